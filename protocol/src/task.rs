@@ -1,0 +1,179 @@
+//! Tasks, functions and results: what travels down to a worker and what comes back.
+//!
+//! Arguments and result values are opaque JSON bytes here. The interchange and the manager never
+//! parse them; only the worker that runs the function does, which keeps the dispatch path free of
+//! JSON work and lets the broker hand through what clients sent.
+
+use crate::ids::TaskId;
+use serde::{Deserialize, Serialize};
+
+/// A function ready to run, as a worker needs to see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Function {
+    /// One of the functions built into every worker, for tests and experiments.
+    Builtin(Builtin),
+    /// A command line run by `/bin/sh -c` after `{name}` placeholders are filled from the arguments.
+    Shell(ShellSpec),
+}
+
+/// The built-in functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Builtin {
+    /// Returns `null` at once.
+    Noop,
+    /// Sleeps `{"ms": N}` milliseconds, then returns `null`.
+    Sleep,
+    /// Keeps the CPU busy for `{"ms": N}` milliseconds, then returns `null`.
+    Spin,
+    /// Returns its arguments unchanged.
+    Echo,
+    /// Fails with a `function_error` whose message is `{"message": "..."}` or a fixed text.
+    Fail,
+}
+
+impl Builtin {
+    /// Parses a builtin's name as users write it.
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Some(match name {
+            "noop" => Builtin::Noop,
+            "sleep" => Builtin::Sleep,
+            "spin" => Builtin::Spin,
+            "echo" => Builtin::Echo,
+            "fail" => Builtin::Fail,
+            _ => return None,
+        })
+    }
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Noop => "noop",
+            Builtin::Sleep => "sleep",
+            Builtin::Spin => "spin",
+            Builtin::Echo => "echo",
+            Builtin::Fail => "fail",
+        }
+    }
+}
+
+/// A shell command with its environment, working directory and walltime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellSpec {
+    /// The command template, for example `echo {message} > {path}`. Placeholders are replaced by
+    /// the shell-quoted string form of the argument of that name.
+    pub command: String,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working directory; the worker's own when `None`.
+    pub cwd: Option<String>,
+    /// Wall-clock limit in milliseconds; 0 means none. A command past it is killed with its process
+    /// group and reported as `timeout`.
+    pub walltime_ms: u64,
+}
+
+/// One unit of work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub function: Function,
+    /// JSON-encoded arguments (an object, or empty for none).
+    pub args: Vec<u8>,
+    /// How many times this task has been started before (0 on the first run).
+    pub attempt: u32,
+    /// The container type it must run in; `None` runs on the node's own environment.
+    pub container: Option<String>,
+}
+
+/// Why a task failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The function itself raised an error or returned a non-zero status it treats as failure.
+    FunctionError,
+    /// The worker process running it died, more often than the retry limit allows.
+    WorkerLost,
+    /// The manager holding it disconnected or stopped heartbeating, more often than allowed.
+    ManagerLost,
+    /// It ran past its walltime.
+    Timeout,
+    /// A client cancelled it.
+    Cancelled,
+    /// It was refused before running: too large, unknown function, bad arguments.
+    Rejected,
+}
+
+impl FailureKind {
+    /// The snake_case name used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::FunctionError => "function_error",
+            FailureKind::WorkerLost => "worker_lost",
+            FailureKind::ManagerLost => "manager_lost",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::Rejected => "rejected",
+        }
+    }
+}
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The JSON-encoded return value.
+    Success(Vec<u8>),
+    /// A structured failure.
+    Failure { kind: FailureKind, message: String },
+}
+
+/// The result of one task, with the time it spent running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub id: TaskId,
+    pub outcome: Outcome,
+    /// Microseconds the function ran inside the worker.
+    pub run_us: u64,
+}
+
+impl TaskResult {
+    /// A failure result.
+    pub fn failure(id: TaskId, kind: FailureKind, message: impl Into<String>) -> TaskResult {
+        TaskResult {
+            id,
+            outcome: Outcome::Failure {
+                kind,
+                message: message.into(),
+            },
+            run_us: 0,
+        }
+    }
+
+    /// Whether the task succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(self.outcome, Outcome::Success(_))
+    }
+
+    /// Approximate encoded size, for cutting batches before they exceed a frame.
+    pub fn approx_size(&self) -> usize {
+        24 + match &self.outcome {
+            Outcome::Success(v) => v.len(),
+            Outcome::Failure { message, .. } => message.len(),
+        }
+    }
+}
+
+impl Task {
+    /// Approximate encoded size, for cutting batches before they exceed a frame.
+    pub fn approx_size(&self) -> usize {
+        32 + self.args.len()
+            + match &self.function {
+                Function::Builtin(_) => 1,
+                Function::Shell(s) => {
+                    s.command.len()
+                        + s.cwd.as_ref().map_or(0, String::len)
+                        + s.env
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len() + 2)
+                            .sum::<usize>()
+                }
+            }
+    }
+}
