@@ -1,1 +1,78 @@
-fn main() {}
+//! The `fxr` command: parses arguments, sets up logging, and calls into the library crates.
+
+mod bench;
+mod client;
+mod endpoint;
+mod opts;
+mod pilot;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// fxr: federated functions as a service for HPC.
+#[derive(Parser, Debug)]
+#[command(name = "fxr", version, about)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    output: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run and manage endpoints.
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCmd),
+    /// Run a pilot: one manager per node, dialling the interchange.
+    Pilot(pilot::PilotArgs),
+    /// Run one task and print its result.
+    Run(client::RunArgs),
+    /// Submit many tasks and wait for their results.
+    Submit(client::SubmitArgs),
+    /// Measure throughput or latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// (internal) A worker process, driven by its manager over stdin and stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Exit codes, as documented in the README.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Something went wrong (connection, I/O, bad configuration).
+    pub const ERROR: u8 = 1;
+    /// Bad command-line usage (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The command ran, but at least one task failed.
+    pub const TASK_FAILED: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FXR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.output == "json";
+    let result = match cli.command {
+        Command::Endpoint(c) => endpoint::run(c, json),
+        Command::Pilot(a) => pilot::run(a),
+        Command::Run(a) => client::run(a, json),
+        Command::Submit(a) => client::submit(a, json),
+        Command::Bench(c) => bench::run(c, json),
+        Command::Worker => fxr_pilot::worker::worker_main().map(|()| exit::OK).map_err(Into::into),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("fxr: error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}

@@ -1,1 +1,126 @@
-//! placeholder
+//! fxr-interchange: the endpoint agent that runs on a cluster's login node.
+//!
+//! It accepts managers over nng ([`links::managers`]), accepts work from clients
+//! ([`links::front`]; later the broker), and decides who runs what ([`dispatch`]). The
+//! [`core`] thread owns all state; socket threads only translate bytes into events.
+
+pub mod client;
+pub mod core;
+pub mod dispatch;
+pub mod links;
+pub mod providers;
+
+use crate::core::{Core, CoreSettings, Event};
+use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::links::front::LocalClient;
+use crate::links::managers::{LinkError, ManagerLink};
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use links::front::{FrontDoor, TcpClient};
+
+/// How to run an interchange.
+#[derive(Clone, Debug)]
+pub struct InterchangeConfig {
+    /// Where managers dial, for example `tcp://127.0.0.1:0`.
+    pub manager_url: String,
+    /// The secret managers must present. Must not be empty.
+    pub secret: String,
+    pub dispatch: DispatchConfig,
+    pub heartbeat_period: Duration,
+    /// How long a shutdown waits for managers to drain.
+    pub drain_timeout: Duration,
+}
+
+impl Default for InterchangeConfig {
+    fn default() -> Self {
+        InterchangeConfig {
+            manager_url: "tcp://127.0.0.1:0".into(),
+            secret: String::new(),
+            dispatch: DispatchConfig::default(),
+            heartbeat_period: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an interchange could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the endpoint secret is empty; managers could register without one")]
+    EmptySecret,
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("cannot start the interchange thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A running interchange.
+#[derive(Debug)]
+pub struct Interchange {
+    events: Sender<Event>,
+    port: u16,
+    core: Option<JoinHandle<()>>,
+    front_stop: Arc<AtomicBool>,
+}
+
+impl Interchange {
+    /// Binds the manager socket and starts the core thread.
+    pub fn start(config: InterchangeConfig) -> Result<Interchange, StartError> {
+        if config.secret.is_empty() {
+            return Err(StartError::EmptySecret);
+        }
+        let (tx, rx) = mpsc::channel();
+        let link = ManagerLink::listen(&config.manager_url, fxr_protocol::MAX_FRAME, tx.clone())?;
+        let port = link.port();
+        let settings = CoreSettings {
+            secret: config.secret,
+            heartbeat_period: config.heartbeat_period,
+            heartbeat_threshold: config.dispatch.heartbeat_threshold,
+            drain_timeout: config.drain_timeout,
+        };
+        let core = Core::new(settings, Dispatcher::new(config.dispatch), link);
+        let handle = std::thread::Builder::new()
+            .name("interchange".into())
+            .spawn(move || core.run(rx))
+            .map_err(StartError::Thread)?;
+        tracing::info!(port, "interchange listening for managers");
+        Ok(Interchange { events: tx, port, core: Some(handle), front_stop: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// The TCP port managers dial.
+    pub fn manager_port(&self) -> u16 {
+        self.port
+    }
+
+    /// A client in this process.
+    pub fn local_client(&self) -> LocalClient {
+        LocalClient::connect(self.events.clone())
+    }
+
+    /// Serves the TCP front door on an already-bound listener, on a thread of its own.
+    pub fn serve_front_door(&self, listener: TcpListener) -> std::io::Result<()> {
+        let events = self.events.clone();
+        let stop = self.front_stop.clone();
+        std::thread::Builder::new().name("front-door".into()).spawn(move || links::front::serve(listener, events, stop))?;
+        Ok(())
+    }
+
+    /// Waits until the core has stopped (after a client's `Shutdown` drained the managers).
+    pub fn join(mut self) {
+        if let Some(h) = self.core.take() {
+            let _ = h.join();
+        }
+        self.front_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stops at once, without draining.
+    pub fn stop(self) {
+        let _ = self.events.send(Event::Stop);
+        self.join();
+    }
+}

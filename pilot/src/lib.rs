@@ -1,1 +1,56 @@
-//! placeholder
+//! fxr-pilot: what runs on compute nodes. One [`manager`] per node dials the interchange and runs
+//! tasks in [`worker`] processes (or simulated in-process workers), using [`exec`] to run each
+//! function.
+
+pub mod exec;
+pub mod link;
+pub mod manager;
+pub mod worker;
+
+pub use manager::{Manager, ManagerConfig, ManagerError, ManagerHandle, WorkerMode};
+
+/// Several managers running in this process, one thread each. Used for simulated scaling runs,
+/// where one process stands in for many nodes.
+#[derive(Debug)]
+pub struct Fleet {
+    pub handles: Vec<ManagerHandle>,
+    threads: Vec<std::thread::JoinHandle<Result<(), ManagerError>>>,
+}
+
+impl Fleet {
+    /// Starts one thread per manager.
+    pub fn start(configs: Vec<ManagerConfig>) -> Result<Fleet, ManagerError> {
+        let mut fleet = Fleet { handles: Vec::new(), threads: Vec::new() };
+        for cfg in configs {
+            let id = cfg.manager_id;
+            let m = Manager::new(cfg);
+            fleet.handles.push(m.handle());
+            let t = std::thread::Builder::new()
+                .name(format!("manager-{id}"))
+                .stack_size(512 * 1024)
+                .spawn(move || m.run())
+                .map_err(|e| ManagerError::Link(link::LinkError::Thread(e)))?;
+            fleet.threads.push(t);
+        }
+        Ok(fleet)
+    }
+
+    /// Asks every manager to drain and exit.
+    pub fn terminate(&self) {
+        for h in &self.handles {
+            h.terminate();
+        }
+    }
+
+    /// Waits for every manager; returns the first error.
+    pub fn wait(self) -> Result<(), ManagerError> {
+        let mut first = Ok(());
+        for t in self.threads {
+            let r = t.join().unwrap_or(Ok(()));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}

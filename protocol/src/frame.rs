@@ -117,3 +117,28 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     }
     Ok(msg)
 }
+
+/// Reads one frame from any byte stream the caller owns (a pipe, a socket) and decodes it.
+/// `Ok(None)` on a clean end of stream before a header. The crate opens nothing itself; this is
+/// the codec applied to a reader, kept here so every stream transport shares one implementation.
+pub fn read_frame<T: DeserializeOwned>(
+    r: &mut impl std::io::Read,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<T>> {
+    use std::io::{Error, ErrorKind};
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let mut got = 0;
+    while got < FRAME_HEADER_LEN {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(Error::new(ErrorKind::UnexpectedEof, "stream ended inside a frame header")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = parse_header(&header).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    decode_body(buf).map(Some).map_err(|e| Error::new(ErrorKind::InvalidData, e))
+}

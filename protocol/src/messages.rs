@@ -25,6 +25,8 @@ pub struct Registration {
     pub cores: u32,
     pub memory_bytes: u64,
     pub workers: u32,
+    /// Tasks the manager queues beyond its workers; it accepts `workers + prefetch` at once.
+    pub prefetch: u32,
     /// Container types this manager can start workers in (always includes the bare node, `""`).
     pub containers: Vec<String>,
     /// Software version of the pilot.

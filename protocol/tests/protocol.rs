@@ -52,6 +52,7 @@ fn samples() -> Vec<Vec<u8>> {
             cores: 2,
             memory_bytes: 1 << 34,
             workers: 2,
+            prefetch: 4,
             containers: vec![String::new()],
             version: VERSION.into(),
             secret: "s3cret".into(),

@@ -1,0 +1,221 @@
+//! `fxr bench`: throughput and latency of an endpoint started for the measurement.
+//!
+//! The interchange runs in this process (so its peak memory is this process's); pilots run as
+//! separate processes, as they would on compute nodes.
+
+use crate::endpoint::{start_local, LocalEndpoint, StartArgs};
+use crate::exit;
+use anyhow::Context;
+use fxr_interchange::client;
+use fxr_interchange::dispatch::Policy;
+use fxr_protocol::{Builtin, Function, ShellSpec, Task, TaskId};
+use hdrhistogram::Histogram;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Tasks per second for N tasks.
+    Throughput(ThroughputArgs),
+    /// Round-trip latency of one task at a time.
+    Latency(LatencyArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Real worker processes (per block).
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Simulated workers per manager instead of processes.
+    #[arg(long)]
+    pub simulate_workers: Option<u32>,
+    /// Managers per pilot process.
+    #[arg(long, default_value_t = 1)]
+    pub managers: u32,
+    /// Pilot processes.
+    #[arg(long, default_value_t = 1)]
+    pub blocks: u32,
+    /// noop | sleep:MS | shell-true
+    #[arg(long, default_value = "noop")]
+    pub function: String,
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: u32,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 100_000)]
+    pub tasks: usize,
+    /// Tasks per submission message.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: usize,
+    /// Runs to make; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 1000)]
+    pub tasks: usize,
+}
+
+fn function(name: &str) -> anyhow::Result<(Function, Vec<u8>)> {
+    if name == "shell-true" {
+        return Ok((
+            Function::Shell(ShellSpec { command: "/bin/true".into(), env: vec![], cwd: None, walltime_ms: 0 }),
+            vec![],
+        ));
+    }
+    if let Some(ms) = name.strip_prefix("sleep:") {
+        let ms: u64 = ms.parse().with_context(|| format!("bad sleep time in `{name}`"))?;
+        return Ok((Function::Builtin(Builtin::Sleep), format!("{{\"ms\":{ms}}}").into_bytes()));
+    }
+    let b = Builtin::from_name(name).with_context(|| format!("unknown bench function `{name}`"))?;
+    Ok((Function::Builtin(b), vec![]))
+}
+
+fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
+    let args = StartArgs {
+        local: true,
+        listen: String::new(),
+        manager_url: "tcp://127.0.0.1:0".into(),
+        blocks: c.blocks,
+        workers_per_node: Some(c.workers),
+        prefetch: c.prefetch,
+        simulate_workers: c.simulate_workers,
+        managers: c.managers,
+        dispatch: Policy::LeastLoaded,
+        max_retries: 2,
+        heartbeat_period: Duration::from_secs(5),
+        heartbeat_threshold: Duration::from_secs(60),
+        address_file: None,
+    };
+    let per_manager = u64::from(c.simulate_workers.unwrap_or(c.workers));
+    let workers = per_manager * u64::from(c.managers) * u64::from(c.blocks);
+    Ok((start_local(&args)?, workers))
+}
+
+/// Peak resident memory of this process (the interchange), in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        (u.ru_utime.tv_sec + u.ru_stime.tv_sec) as f64 + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) as f64 / 1e6
+    }
+}
+
+fn shutdown(ep: LocalEndpoint) {
+    let LocalEndpoint { interchange, mut provider } = ep;
+    let mut c = interchange.local_client();
+    let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);
+    drop(c);
+    interchange.join();
+    provider.stop_all(Duration::from_secs(5));
+}
+
+pub fn run(cmd: BenchCmd, json: bool) -> anyhow::Result<u8> {
+    match cmd {
+        BenchCmd::Throughput(a) => throughput(a, json),
+        BenchCmd::Latency(a) => latency(a, json),
+    }
+}
+
+fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
+    let (f, args) = function(&a.common.function)?;
+    let (ep, workers) = endpoint(&a.common)?;
+    let mut door = ep.interchange.local_client();
+    let ready = Instant::now();
+    client::wait_for_workers(&mut door, workers, Duration::from_secs(120))?;
+    let startup = ready.elapsed().as_secs_f64();
+    let mut rates = Vec::new();
+    let mut times = Vec::new();
+    let mut failed = 0;
+    let cpu0 = cpu_seconds();
+    for rep in 0..a.repeat.max(1) {
+        let base = (rep * a.tasks) as u64;
+        let tasks: Vec<Task> = (0..a.tasks)
+            .map(|i| Task { id: TaskId(base + i as u64), function: f.clone(), args: args.clone(), attempt: 0, container: None })
+            .collect();
+        let start = Instant::now();
+        let results = client::submit_and_wait(&mut door, tasks, a.batch, Duration::from_secs(600), &mut |_, _| {})?;
+        let secs = start.elapsed().as_secs_f64();
+        failed += results.iter().filter(|r| !r.is_success()).count();
+        times.push(secs);
+        rates.push(a.tasks as f64 / secs);
+        if !json {
+            eprintln!("run {}: {} tasks in {secs:.3} s = {:.0} tasks/s", rep + 1, a.tasks, a.tasks as f64 / secs);
+        }
+    }
+    let cpu = cpu_seconds() - cpu0;
+    drop(door);
+    let rss = peak_rss();
+    shutdown(ep);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let rate = median(&mut rates.clone());
+    let secs = median(&mut times.clone());
+    let mode = if a.common.simulate_workers.is_some() { "simulated" } else { "processes" };
+    let v = serde_json::json!({
+        "tasks": a.tasks, "workers": workers, "managers": a.common.managers * a.common.blocks,
+        "mode": mode, "function": a.common.function, "batch": a.batch,
+        "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
+        "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
+    });
+    if json {
+        println!("{v}");
+    } else {
+        println!("{} tasks on {workers} {mode} workers: median {secs:.3} s, {rate:.0} tasks/s (peak RSS {} MiB)", a.tasks, rss >> 20);
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::TASK_FAILED })
+}
+
+fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
+    let (f, args) = function(&a.common.function)?;
+    let (ep, workers) = endpoint(&a.common)?;
+    let mut door = ep.interchange.local_client();
+    client::wait_for_workers(&mut door, workers, Duration::from_secs(120))?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
+    let mut first_us = 0;
+    let mut failed = 0;
+    for i in 0..a.tasks {
+        let t = Task { id: TaskId(i as u64), function: f.clone(), args: args.clone(), attempt: 0, container: None };
+        let start = Instant::now();
+        let r = client::submit_and_wait(&mut door, vec![t], 1, Duration::from_secs(60), &mut |_, _| {})?;
+        let us = start.elapsed().as_micros() as u64;
+        if i == 0 {
+            first_us = us;
+        }
+        failed += r.iter().filter(|r| !r.is_success()).count();
+        hist.saturating_record(us.max(1));
+    }
+    drop(door);
+    shutdown(ep);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let v = serde_json::json!({
+        "tasks": a.tasks, "workers": workers, "function": a.common.function,
+        "mode": if a.common.simulate_workers.is_some() { "simulated" } else { "processes" },
+        "first_ms": first_us as f64 / 1000.0,
+        "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+        "max_ms": hist.max() as f64 / 1000.0, "mean_ms": hist.mean() / 1000.0, "failed": failed,
+    });
+    if json {
+        println!("{v}");
+    } else {
+        println!("{} tasks one at a time: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", a.tasks, ms(0.5), ms(0.99), hist.max() as f64 / 1000.0);
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::TASK_FAILED })
+}

@@ -1,0 +1,95 @@
+//! Shared option parsing: durations and function selection.
+
+use anyhow::{bail, Context};
+use fxr_protocol::{Builtin, Function, ShellSpec};
+use std::time::Duration;
+
+/// Parses `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 500ms, 5s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{s}` (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// What to run: a builtin by name, or a shell command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FunctionArgs {
+    /// A builtin function: noop, sleep, spin, echo, fail.
+    #[arg(conflicts_with = "shell")]
+    pub function: Option<String>,
+    /// A shell command template instead of a builtin; `{name}` is filled from the arguments.
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// Wall-clock limit for a shell command.
+    #[arg(long, value_parser = duration)]
+    pub walltime: Option<Duration>,
+    /// Working directory for a shell command.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Environment for a shell command, as NAME=VALUE (repeatable).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+}
+
+impl FunctionArgs {
+    pub fn function(&self) -> anyhow::Result<Function> {
+        if let Some(cmd) = &self.shell {
+            let env = self
+                .env
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("--env `{kv}` is not NAME=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            return Ok(Function::Shell(ShellSpec {
+                command: cmd.clone(),
+                env,
+                cwd: self.cwd.clone(),
+                walltime_ms: self.walltime.map_or(0, |d| d.as_millis() as u64),
+            }));
+        }
+        match &self.function {
+            Some(name) => match Builtin::from_name(name) {
+                Some(b) => Ok(Function::Builtin(b)),
+                None => bail!("unknown function `{name}` (builtins: noop, sleep, spin, echo, fail; or use --shell)"),
+            },
+            None => bail!("name a builtin function or give --shell COMMAND"),
+        }
+    }
+}
+
+/// Checks that a string is a JSON value and returns its bytes.
+pub fn json_arg(s: &str) -> anyhow::Result<Vec<u8>> {
+    serde_json::from_str::<serde_json::Value>(s).with_context(|| format!("--args is not valid JSON: {s}"))?;
+    Ok(s.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(duration("5x").unwrap_err().contains("unknown unit"));
+        assert!(duration("abc").is_err());
+    }
+}

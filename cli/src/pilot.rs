@@ -1,0 +1,81 @@
+//! `fxr pilot`: run one manager (or, for simulation, many) against an interchange.
+
+use crate::exit;
+use anyhow::Context;
+use fxr_pilot::{Fleet, ManagerConfig, WorkerMode};
+use fxr_protocol::{BlockId, ManagerId};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct PilotArgs {
+    /// The interchange's manager address, tcp://HOST:PORT.
+    #[arg(long)]
+    pub interchange: String,
+    /// File holding the endpoint secret (otherwise the FXR_SECRET environment variable).
+    #[arg(long)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Worker processes per manager (default: this node's cores).
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Tasks queued at the manager beyond its idle workers.
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: u32,
+    /// Simulate this many in-process workers per manager instead of starting processes.
+    #[arg(long)]
+    pub simulate_workers: Option<u32>,
+    /// Managers in this process (each with its own connection); for simulation.
+    #[arg(long, default_value_t = 1)]
+    pub managers: u32,
+    /// The block this pilot belongs to.
+    #[arg(long, default_value = "local")]
+    pub block_id: String,
+    /// Exit when the interchange has been unreachable this long.
+    #[arg(long, value_parser = crate::opts::duration, default_value = "60s")]
+    pub give_up_after: Duration,
+}
+
+pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
+    let secret = match &a.secret_file {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?.trim().to_string(),
+        None => std::env::var("FXR_SECRET").context("no endpoint secret: give --secret-file or set FXR_SECRET")?,
+    };
+    let exe = std::env::current_exe().context("cannot find this executable to start workers")?;
+    let (mode, workers) = match a.simulate_workers {
+        Some(n) => (WorkerMode::Simulated, n),
+        None => (
+            WorkerMode::Processes { command: vec![exe.to_string_lossy().into_owned(), "worker".into()] },
+            a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
+        ),
+    };
+    anyhow::ensure!(workers > 0, "a manager needs at least one worker");
+    anyhow::ensure!(a.managers > 0 && a.managers <= 10_000, "--managers must be between 1 and 10000");
+    let base = fastrand::u64(..) & !0xffff;
+    let configs = (0..a.managers)
+        .map(|i| ManagerConfig {
+            interchange: a.interchange.clone(),
+            secret: secret.clone(),
+            manager_id: ManagerId(base | u64::from(i)),
+            block_id: BlockId(a.block_id.clone()),
+            rank: i,
+            block_size: a.managers,
+            workers,
+            prefetch: a.prefetch,
+            mode: mode.clone(),
+            heartbeat_period: Duration::from_secs(5),
+            give_up_after: a.give_up_after,
+        })
+        .collect();
+    let fleet = Fleet::start(configs)?;
+    let handles = fleet.handles.clone();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("cannot install signal handlers")?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            for h in &handles {
+                h.terminate();
+            }
+        }
+    });
+    fleet.wait()?;
+    Ok(exit::OK)
+}

@@ -1,0 +1,77 @@
+//! Client-side helpers over any [`FrontDoor`]: submit a set of tasks in batches and collect every
+//! result, with a bounded wait.
+
+use crate::links::front::FrontDoor;
+use fxr_protocol::{ClientMsg, EndpointStatus, FrontMsg, Task, TaskResult};
+use std::io;
+use std::time::{Duration, Instant};
+
+/// Submits `tasks` in batches of `batch` and waits until each has a result or `timeout` passes
+/// without progress. `progress(done, total)` is called as results arrive.
+pub fn submit_and_wait(
+    door: &mut dyn FrontDoor,
+    tasks: Vec<Task>,
+    batch: usize,
+    timeout: Duration,
+    progress: &mut dyn FnMut(usize, usize),
+) -> io::Result<Vec<TaskResult>> {
+    let total = tasks.len();
+    let mut results = Vec::with_capacity(total);
+    let mut it = tasks.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<Task> = it.by_ref().take(batch.max(1)).collect();
+        door.send(ClientMsg::Submit { tasks: chunk })?;
+    }
+    let mut last_progress = Instant::now();
+    while results.len() < total {
+        match door.recv(Duration::from_millis(200))? {
+            Some(FrontMsg::Results { results: r }) => {
+                results.extend(r);
+                last_progress = Instant::now();
+                progress(results.len(), total);
+            }
+            Some(FrontMsg::Error { message }) => return Err(io::Error::other(message)),
+            Some(_) => {}
+            None => {
+                if last_progress.elapsed() > timeout {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no result for {timeout:?}; {} of {total} results received", results.len()),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Asks for the endpoint's status.
+pub fn status(door: &mut dyn FrontDoor, timeout: Duration) -> io::Result<EndpointStatus> {
+    door.send(ClientMsg::Status)?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(FrontMsg::Status(s)) = door.recv(Duration::from_millis(100))? {
+            return Ok(s);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, "the endpoint did not answer a status request"))
+}
+
+/// Waits until at least `workers` workers are connected.
+pub fn wait_for_workers(door: &mut dyn FrontDoor, workers: u64, timeout: Duration) -> io::Result<EndpointStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(door, Duration::from_secs(5))?;
+        let have: u64 = s.managers.iter().map(|m| u64::from(m.workers)).sum();
+        if have >= workers {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("only {have} of {workers} workers connected after {timeout:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,333 @@
+//! The interchange's core loop: one thread that owns the [`Dispatcher`] and every piece of
+//! connection state, fed by a channel of [`Event`]s from the socket threads.
+//!
+//! Why one thread and a channel rather than tokio: the hot path is "decode a batch, update maps,
+//! encode a batch", which is CPU work on data owned in one place. A single owner needs no locks,
+//! and draining every waiting event before dispatching batches results and tasks naturally: the
+//! busier the endpoint, the larger each message.
+
+use crate::dispatch::{Dispatcher, Outbox};
+use crate::links::managers::{close_pipe, ManagerLink};
+use fxr_protocol::{
+    ClientMsg, EndpointStatus, FrontMsg, InterchangeMsg, ManagerId, ManagerMsg, TaskId, TaskResult,
+};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// A client of the interchange, in-process or behind the TCP front door.
+pub type ClientId = u64;
+
+/// Everything that can happen to the interchange.
+#[derive(Debug)]
+pub enum Event {
+    /// A message arrived on a manager pipe.
+    FromPipe { pipe_id: u32, pipe: nng::Pipe, body: Vec<u8> },
+    /// A manager pipe closed.
+    PipeClosed(u32),
+    /// A client connected; results for it go to this sender.
+    ClientConnected(ClientId, Sender<FrontMsg>),
+    /// A client sent a request.
+    Client(ClientId, ClientMsg),
+    /// A client went away.
+    ClientGone(ClientId),
+    /// Stop at once (used when the process is told to exit).
+    Stop,
+}
+
+#[derive(Debug)]
+struct PipeState {
+    pipe: nng::Pipe,
+    manager: Option<ManagerId>,
+    refused_at: Option<Instant>,
+}
+
+pub(crate) struct CoreSettings {
+    pub secret: String,
+    pub heartbeat_period: Duration,
+    pub heartbeat_threshold: Duration,
+    pub drain_timeout: Duration,
+}
+
+pub(crate) struct Core {
+    settings: CoreSettings,
+    dispatcher: Dispatcher,
+    link: ManagerLink,
+    pipes: HashMap<u32, PipeState>,
+    manager_pipe: HashMap<ManagerId, u32>,
+    clients: HashMap<ClientId, Sender<FrontMsg>>,
+    /// Interchange task id → (client, the client's own task id).
+    routes: HashMap<TaskId, (ClientId, TaskId)>,
+    next_task: u64,
+    shutting_down: Option<Instant>,
+    frame: Vec<u8>,
+}
+
+impl Core {
+    pub(crate) fn new(settings: CoreSettings, dispatcher: Dispatcher, link: ManagerLink) -> Core {
+        Core {
+            settings,
+            dispatcher,
+            link,
+            pipes: HashMap::new(),
+            manager_pipe: HashMap::new(),
+            clients: HashMap::new(),
+            routes: HashMap::new(),
+            next_task: 1,
+            shutting_down: None,
+            frame: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Runs until a `Shutdown` request has drained every manager, or `Stop`.
+    pub(crate) fn run(mut self, events: Receiver<Event>) {
+        let tick_every = (self.settings.heartbeat_period / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut next_tick = Instant::now() + tick_every;
+        let mut next_heartbeat = Instant::now() + self.settings.heartbeat_period;
+        let mut out = Outbox::default();
+        'outer: loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match events.recv_timeout(wait) {
+                Ok(Event::Stop) => break,
+                Ok(ev) => self.handle(ev, &mut out),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Take everything already waiting before dispatching, so work is batched.
+            for _ in 0..100_000 {
+                match events.try_recv() {
+                    Ok(Event::Stop) => break 'outer,
+                    Ok(ev) => self.handle(ev, &mut out),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + tick_every;
+                self.dispatcher.tick(now, &mut out);
+                self.reap_refused(now);
+                if now >= next_heartbeat {
+                    next_heartbeat = now + self.settings.heartbeat_period;
+                    for m in self.dispatcher.manager_ids() {
+                        out.to_managers.push((m, InterchangeMsg::Heartbeat));
+                    }
+                }
+            }
+            if self.shutting_down.is_none() {
+                self.dispatcher.dispatch(now, &mut out);
+            }
+            self.flush(&mut out);
+            if let Some(since) = self.shutting_down {
+                let drained = self.dispatcher.manager_ids().is_empty();
+                if drained || now.saturating_duration_since(since) > self.settings.drain_timeout {
+                    break;
+                }
+            }
+        }
+        self.link.close();
+    }
+
+    fn handle(&mut self, ev: Event, out: &mut Outbox) {
+        let now = Instant::now();
+        match ev {
+            Event::FromPipe { pipe_id, pipe, body } => self.from_pipe(pipe_id, pipe, &body, now, out),
+            Event::PipeClosed(pipe_id) => {
+                if let Some(state) = self.pipes.remove(&pipe_id) {
+                    if let Some(m) = state.manager {
+                        tracing::info!(manager_id = %m, "manager disconnected");
+                        self.manager_pipe.remove(&m);
+                        self.dispatcher.lost(m, "connection closed", out);
+                    }
+                }
+            }
+            Event::ClientConnected(id, tx) => {
+                self.clients.insert(id, tx);
+            }
+            Event::ClientGone(id) => {
+                self.clients.remove(&id);
+            }
+            Event::Client(id, msg) => self.from_client(id, msg, out),
+            Event::Stop => {}
+        }
+    }
+
+    fn from_pipe(&mut self, pipe_id: u32, pipe: nng::Pipe, body: &[u8], now: Instant, out: &mut Outbox) {
+        let state = self.pipes.entry(pipe_id).or_insert(PipeState { pipe, manager: None, refused_at: None });
+        if state.refused_at.is_some() {
+            return;
+        }
+        let msg = match fxr_protocol::decode::<ManagerMsg>(body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(pipe_id, error = %e, "undecodable message from a manager; closing its connection");
+                if let Some(m) = state.manager {
+                    self.manager_pipe.remove(&m);
+                    self.dispatcher.lost(m, "sent an undecodable message", out);
+                }
+                self.pipes.remove(&pipe_id);
+                close_pipe(pipe);
+                return;
+            }
+        };
+        match (state.manager, msg) {
+            (Some(m), msg) => self.dispatcher.on_message(m, msg, now, out),
+            (None, ManagerMsg::Register(reg)) => {
+                if !constant_time_eq(reg.secret.as_bytes(), self.settings.secret.as_bytes()) {
+                    tracing::warn!(manager_id = %reg.manager_id, host = %reg.hostname, "manager refused: wrong or missing secret");
+                    state.refused_at = Some(now);
+                    self.send(pipe_id, &InterchangeMsg::Refused { reason: "wrong or missing endpoint secret".into() });
+                    return;
+                }
+                if self.shutting_down.is_some() {
+                    state.refused_at = Some(now);
+                    self.send(pipe_id, &InterchangeMsg::Refused { reason: "endpoint is shutting down".into() });
+                    return;
+                }
+                let id = reg.manager_id;
+                tracing::info!(manager_id = %id, block_id = %reg.block_id, host = %reg.hostname, workers = reg.workers, "manager registered");
+                state.manager = Some(id);
+                if let Some(old) = self.manager_pipe.insert(id, pipe_id) {
+                    if let Some(old_state) = self.pipes.remove(&old) {
+                        close_pipe(old_state.pipe);
+                    }
+                }
+                self.dispatcher.register(reg, now, out);
+                self.send(
+                    pipe_id,
+                    &InterchangeMsg::Welcome {
+                        heartbeat_period_ms: self.settings.heartbeat_period.as_millis() as u64,
+                        heartbeat_threshold_ms: self.settings.heartbeat_threshold.as_millis() as u64,
+                    },
+                );
+            }
+            (None, other) => {
+                tracing::warn!(pipe_id, kind = ?std::mem::discriminant(&other), "message before registration; closing");
+                self.pipes.remove(&pipe_id);
+                close_pipe(pipe);
+            }
+        }
+    }
+
+    fn reap_refused(&mut self, now: Instant) {
+        // Refused pipes are closed a moment later so the refusal itself can be delivered.
+        let stale: Vec<u32> = self
+            .pipes
+            .iter()
+            .filter(|(_, s)| s.refused_at.is_some_and(|t| now.saturating_duration_since(t) > Duration::from_millis(200)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(s) = self.pipes.remove(&id) {
+                close_pipe(s.pipe);
+            }
+        }
+    }
+
+    fn from_client(&mut self, client: ClientId, msg: ClientMsg, out: &mut Outbox) {
+        match msg {
+            ClientMsg::Submit { tasks } => {
+                if self.shutting_down.is_some() {
+                    self.reply(client, FrontMsg::Error { message: "endpoint is shutting down".into() });
+                    return;
+                }
+                let count = tasks.len() as u32;
+                let tasks: Vec<_> = tasks
+                    .into_iter()
+                    .map(|mut t| {
+                        let id = TaskId(self.next_task);
+                        self.next_task += 1;
+                        self.routes.insert(id, (client, t.id));
+                        t.id = id;
+                        t
+                    })
+                    .collect();
+                self.dispatcher.submit(tasks, out);
+                self.reply(client, FrontMsg::Accepted { count });
+            }
+            ClientMsg::Status => {
+                let status = self.status();
+                self.reply(client, FrontMsg::Status(status));
+            }
+            ClientMsg::DrainManager { manager_id } => {
+                if !self.dispatcher.drain(manager_id, out) {
+                    self.reply(client, FrontMsg::Error { message: format!("no manager {manager_id}") });
+                }
+            }
+            ClientMsg::Shutdown => {
+                tracing::info!("shutdown requested; draining managers");
+                self.shutting_down = Some(Instant::now());
+                for m in self.dispatcher.manager_ids() {
+                    self.dispatcher.drain(m, out);
+                }
+            }
+        }
+    }
+
+    /// A snapshot for status requests.
+    fn status(&self) -> EndpointStatus {
+        let c = self.dispatcher.counters();
+        EndpointStatus {
+            managers: self.dispatcher.manager_status(),
+            queued: self.dispatcher.queued() as u64,
+            running: self.dispatcher.in_flight() as u64,
+            completed: c.completed,
+            failed: c.failed,
+        }
+    }
+
+    fn reply(&mut self, client: ClientId, msg: FrontMsg) {
+        if let Some(tx) = self.clients.get(&client) {
+            if tx.send(msg).is_err() {
+                self.clients.remove(&client);
+            }
+        }
+    }
+
+    fn send(&mut self, pipe_id: u32, msg: &InterchangeMsg) {
+        self.frame.clear();
+        match fxr_protocol::encode_into(&mut self.frame, msg) {
+            Ok(()) => self.link.send(pipe_id, &self.frame),
+            Err(e) => tracing::error!(pipe_id, error = %e, "cannot encode a message for a manager"),
+        }
+    }
+
+    fn flush(&mut self, out: &mut Outbox) {
+        for (m, msg) in out.to_managers.drain(..) {
+            if let Some(&pipe) = self.manager_pipe.get(&m) {
+                self.frame.clear();
+                match fxr_protocol::encode_into(&mut self.frame, &msg) {
+                    Ok(()) => self.link.send(pipe, &self.frame),
+                    Err(e) => tracing::error!(manager_id = %m, error = %e, "cannot encode a batch"),
+                }
+            }
+        }
+        for m in out.close.drain(..) {
+            if let Some(pipe) = self.manager_pipe.remove(&m) {
+                if let Some(s) = self.pipes.remove(&pipe) {
+                    close_pipe(s.pipe);
+                }
+            }
+        }
+        if out.results.is_empty() {
+            return;
+        }
+        let mut per_client: HashMap<ClientId, Vec<TaskResult>> = HashMap::new();
+        for mut r in out.results.drain(..) {
+            if let Some((client, original)) = self.routes.remove(&r.id) {
+                r.id = original;
+                per_client.entry(client).or_default().push(r);
+            }
+        }
+        for (client, results) in per_client {
+            self.reply(client, FrontMsg::Results { results });
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+

@@ -1,0 +1,521 @@
+//! The dispatcher: which task goes to which manager, and what happens when a manager goes away.
+//!
+//! It is a state machine over plain data. Events come in as method calls (`submit`,
+//! `register`, `on_message`, `lost`, `tick`); what must be sent goes into an [`Outbox`] that the
+//! caller drains after each event. Time is passed in, never read. Nothing here touches a socket,
+//! so every rule is unit-tested without one (see `tests.rs`).
+//!
+//! Invariants:
+//! - a task id is in exactly one place: a container queue, or one manager's in-flight set;
+//! - a result leaves through the outbox at most once per task id; later duplicates are counted
+//!   and dropped;
+//! - a manager never holds more than `workers + prefetch` tasks, and never more than
+//!   `max_unacked` unacknowledged batches, because nng drops messages silently when a pipe's
+//!   queue is full.
+
+mod policy;
+#[cfg(test)]
+mod tests;
+
+pub use policy::Policy;
+
+use fxr_protocol::{
+    BlockId, Capacity, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus, Outcome,
+    Registration, Task, TaskId, TaskResult, MAX_BODY,
+};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Tunables of the dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub policy: Policy,
+    /// Re-runs allowed after a lost worker or manager.
+    pub max_retries: u32,
+    /// Most tasks in one batch message.
+    pub max_batch: usize,
+    /// Most encoded bytes (approximately) in one batch message.
+    pub max_batch_bytes: usize,
+    /// Most unacknowledged batches per manager.
+    pub max_unacked: usize,
+    /// A batch not acknowledged in this time is sent again.
+    pub ack_timeout: Duration,
+    /// A manager silent for this long is lost.
+    pub heartbeat_threshold: Duration,
+    pub seed: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            policy: Policy::default(),
+            max_retries: 2,
+            max_batch: 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
+            max_unacked: 16,
+            ack_timeout: Duration::from_secs(2),
+            heartbeat_threshold: Duration::from_secs(20),
+            seed: 0x0f0e_0d0c,
+        }
+    }
+}
+
+/// What the dispatcher wants done; the caller drains it after every event.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Messages to send to managers.
+    pub to_managers: Vec<(ManagerId, InterchangeMsg)>,
+    /// Final results, each task exactly once.
+    pub results: Vec<TaskResult>,
+    /// Managers whose connection should be closed.
+    pub close: Vec<ManagerId>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.to_managers.is_empty() && self.results.is_empty() && self.close.is_empty()
+    }
+}
+
+#[derive(Debug)]
+enum Place {
+    Queued,
+    InFlight(ManagerId),
+}
+
+#[derive(Debug)]
+struct Entry {
+    task: Task,
+    place: Place,
+}
+
+#[derive(Debug)]
+struct Unacked {
+    tasks: Vec<TaskId>,
+    sent: Instant,
+}
+
+#[derive(Debug)]
+struct Manager {
+    reg: Registration,
+    slots: usize,
+    in_flight: HashSet<TaskId>,
+    unacked: BTreeMap<u64, Unacked>,
+    next_seq: u64,
+    last_seen: Instant,
+    draining: bool,
+    capacity: Vec<Capacity>,
+    /// Order of registration, for round-robin.
+    order: u64,
+}
+
+impl Manager {
+    fn free(&self) -> usize {
+        self.slots.saturating_sub(self.in_flight.len())
+    }
+    fn can_take(&self, max_unacked: usize) -> bool {
+        !self.draining && self.free() > 0 && self.unacked.len() < max_unacked
+    }
+    fn runs(&self, container: &str) -> bool {
+        container.is_empty() || self.reg.containers.iter().any(|c| c == container)
+    }
+}
+
+/// Counters for status reports and experiments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub duplicates_dropped: u64,
+    pub batches_sent: u64,
+}
+
+/// The dispatcher. See the module documentation.
+#[derive(Debug)]
+pub struct Dispatcher {
+    config: DispatchConfig,
+    tasks: HashMap<TaskId, Entry>,
+    /// Queued task ids per container type (`""` for the bare node). Ids whose entry has moved on
+    /// are skipped when popped.
+    queues: BTreeMap<String, VecDeque<TaskId>>,
+    queued: usize,
+    managers: BTreeMap<ManagerId, Manager>,
+    rr_cursor: u64,
+    next_order: u64,
+    rng: fastrand::Rng,
+    counters: Counters,
+}
+
+impl Dispatcher {
+    pub fn new(config: DispatchConfig) -> Dispatcher {
+        let rng = fastrand::Rng::with_seed(config.seed);
+        Dispatcher {
+            config,
+            tasks: HashMap::new(),
+            queues: BTreeMap::new(),
+            queued: 0,
+            managers: BTreeMap::new(),
+            rr_cursor: 0,
+            next_order: 0,
+            rng,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Tasks waiting for a manager.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Tasks held by managers.
+    pub fn in_flight(&self) -> usize {
+        self.tasks.len() - self.queued
+    }
+
+    /// Tasks not yet finished (queued or in flight).
+    pub fn outstanding(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn manager_ids(&self) -> Vec<ManagerId> {
+        self.managers.keys().copied().collect()
+    }
+
+    /// Total worker slots of the connected managers.
+    pub fn workers(&self) -> u64 {
+        self.managers.values().map(|m| u64::from(m.reg.workers)).sum()
+    }
+
+    /// Accepts new tasks. A task whose id is already known is ignored (dropped as a duplicate);
+    /// a task whose arguments exceed the body limit fails at once as `rejected`.
+    pub fn submit(&mut self, tasks: impl IntoIterator<Item = Task>, out: &mut Outbox) {
+        for task in tasks {
+            if self.tasks.contains_key(&task.id) {
+                self.counters.duplicates_dropped += 1;
+                continue;
+            }
+            self.counters.submitted += 1;
+            if task.args.len() > MAX_BODY {
+                self.counters.failed += 1;
+                out.results.push(TaskResult::failure(
+                    task.id,
+                    FailureKind::Rejected,
+                    format!("arguments of {} bytes exceed the limit of {MAX_BODY} bytes", task.args.len()),
+                ));
+                continue;
+            }
+            self.enqueue(task, false);
+        }
+    }
+
+    fn enqueue(&mut self, task: Task, front: bool) {
+        let id = task.id;
+        let queue = self.queues.entry(task.container.clone().unwrap_or_default()).or_default();
+        if front {
+            queue.push_front(id);
+        } else {
+            queue.push_back(id);
+        }
+        self.queued += 1;
+        self.tasks.insert(id, Entry { task, place: Place::Queued });
+    }
+
+    /// A manager registered (its secret was already checked by the caller).
+    pub fn register(&mut self, reg: Registration, now: Instant, out: &mut Outbox) {
+        let id = reg.manager_id;
+        if self.managers.contains_key(&id) {
+            // The same manager reconnected: what the old connection held is lost.
+            self.lost(id, "manager re-registered", out);
+        }
+        let slots = (reg.workers as usize + reg.prefetch as usize).max(1);
+        self.next_order += 1;
+        self.managers.insert(
+            id,
+            Manager {
+                reg,
+                slots,
+                in_flight: HashSet::new(),
+                unacked: BTreeMap::new(),
+                next_seq: 1,
+                last_seen: now,
+                draining: false,
+                capacity: Vec::new(),
+                order: self.next_order,
+            },
+        );
+    }
+
+    /// Whether a manager is registered.
+    pub fn is_registered(&self, id: ManagerId) -> bool {
+        self.managers.contains_key(&id)
+    }
+
+    /// A message from a registered manager.
+    pub fn on_message(&mut self, id: ManagerId, msg: ManagerMsg, now: Instant, out: &mut Outbox) {
+        let Some(m) = self.managers.get_mut(&id) else { return };
+        m.last_seen = now;
+        match msg {
+            ManagerMsg::Register(_) => {}
+            ManagerMsg::Heartbeat { capacity } => m.capacity = capacity,
+            ManagerMsg::Ack { seq } => {
+                m.unacked.remove(&seq);
+            }
+            ManagerMsg::Results { results, capacity } => {
+                m.capacity = capacity;
+                for r in results {
+                    self.on_result(id, r, out);
+                }
+            }
+            ManagerMsg::Returned { tasks } => {
+                let back: Vec<TaskId> = tasks.into_iter().filter(|t| m.in_flight.remove(t)).collect();
+                for t in back.into_iter().rev() {
+                    if let Some(entry) = self.tasks.remove(&t) {
+                        self.enqueue(entry.task, true);
+                    }
+                }
+            }
+            ManagerMsg::Drained => {
+                self.lost(id, "manager drained with tasks still assigned", out);
+                out.close.push(id);
+            }
+        }
+    }
+
+    fn on_result(&mut self, from: ManagerId, r: TaskResult, out: &mut Outbox) {
+        if let Some(m) = self.managers.get_mut(&from) {
+            m.in_flight.remove(&r.id);
+        }
+        let Some(entry) = self.tasks.get_mut(&r.id) else {
+            self.counters.duplicates_dropped += 1;
+            return;
+        };
+        // A lost worker is retried here, where the retry budget lives.
+        if let Outcome::Failure { kind: FailureKind::WorkerLost, .. } = r.outcome {
+            if entry.task.attempt < self.config.max_retries && matches!(entry.place, Place::InFlight(m) if m == from) {
+                let mut task = entry.task.clone();
+                task.attempt += 1;
+                self.tasks.remove(&r.id);
+                self.counters.retried += 1;
+                self.enqueue(task, true);
+                return;
+            }
+        }
+        let Some(entry) = self.tasks.remove(&r.id) else { return };
+        match entry.place {
+            Place::Queued => self.queued -= 1,
+            Place::InFlight(other) if other != from => {
+                if let Some(m) = self.managers.get_mut(&other) {
+                    m.in_flight.remove(&r.id);
+                }
+            }
+            Place::InFlight(_) => {}
+        }
+        if r.is_success() {
+            self.counters.completed += 1;
+        } else {
+            self.counters.failed += 1;
+        }
+        out.results.push(r);
+    }
+
+    /// A manager's connection closed or it stopped heartbeating: re-queue what it held, or fail
+    /// tasks that have used up their retries as `manager_lost`.
+    pub fn lost(&mut self, id: ManagerId, why: &str, out: &mut Outbox) {
+        let Some(m) = self.managers.remove(&id) else { return };
+        let mut held: Vec<TaskId> = m.in_flight.into_iter().collect();
+        held.sort_unstable();
+        for t in held.into_iter().rev() {
+            let Some(entry) = self.tasks.remove(&t) else { continue };
+            let mut task = entry.task;
+            if task.attempt >= self.config.max_retries {
+                self.counters.failed += 1;
+                out.results.push(TaskResult::failure(
+                    t,
+                    FailureKind::ManagerLost,
+                    format!("manager {id} lost ({why}) after {} attempts", task.attempt + 1),
+                ));
+            } else {
+                task.attempt += 1;
+                self.counters.retried += 1;
+                self.enqueue(task, true);
+            }
+        }
+    }
+
+    /// Marks a manager as draining (it gets no new work) and tells it so.
+    pub fn drain(&mut self, id: ManagerId, out: &mut Outbox) -> bool {
+        match self.managers.get_mut(&id) {
+            Some(m) => {
+                m.draining = true;
+                out.to_managers.push((id, InterchangeMsg::Drain));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Periodic work: lose silent managers, resend unacknowledged batches.
+    pub fn tick(&mut self, now: Instant, out: &mut Outbox) {
+        let threshold = self.config.heartbeat_threshold;
+        let silent: Vec<ManagerId> = self
+            .managers
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > threshold)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            self.lost(id, "missed heartbeats", out);
+            out.close.push(id);
+        }
+        let ack_timeout = self.config.ack_timeout;
+        for (id, m) in &mut self.managers {
+            for (seq, u) in m.unacked.iter_mut() {
+                if now.saturating_duration_since(u.sent) > ack_timeout {
+                    u.sent = now;
+                    let tasks: Vec<Task> = u
+                        .tasks
+                        .iter()
+                        .filter(|t| m.in_flight.contains(t))
+                        .filter_map(|t| self.tasks.get(t).map(|e| e.task.clone()))
+                        .collect();
+                    out.to_managers.push((*id, InterchangeMsg::Tasks { seq: *seq, tasks }));
+                }
+            }
+        }
+    }
+
+    /// Hands queued tasks to managers with room, many per message, by the configured policy.
+    pub fn dispatch(&mut self, now: Instant, out: &mut Outbox) {
+        if self.queued == 0 {
+            return;
+        }
+        let containers: Vec<String> =
+            self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(c, _)| c.clone()).collect();
+        for container in containers {
+            loop {
+                let Some(target) = self.pick(&container) else { break };
+                if !self.send_batch(target, &container, now, out) {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn pick(&mut self, container: &str) -> Option<ManagerId> {
+        let max_unacked = self.config.max_unacked;
+        let eligible = |m: &Manager| m.can_take(max_unacked) && m.runs(container);
+        match self.config.policy {
+            Policy::Random => {
+                let n = self.managers.values().filter(|m| eligible(m)).count();
+                if n == 0 {
+                    return None;
+                }
+                let k = self.rng.usize(0..n);
+                self.managers.iter().filter(|(_, m)| eligible(m)).nth(k).map(|(id, _)| *id)
+            }
+            Policy::RoundRobin => {
+                let cursor = self.rr_cursor;
+                let best = self
+                    .managers
+                    .iter()
+                    .filter(|(_, m)| eligible(m))
+                    .min_by_key(|(_, m)| (m.order <= cursor, m.order))
+                    .map(|(id, m)| (*id, m.order))?;
+                self.rr_cursor = best.1;
+                Some(best.0)
+            }
+            Policy::LeastLoaded => self
+                .managers
+                .iter()
+                .filter(|(_, m)| eligible(m))
+                .min_by(|(_, a), (_, b)| {
+                    // Compare in_flight/slots without floating point.
+                    (a.in_flight.len() * b.slots).cmp(&(b.in_flight.len() * a.slots))
+                })
+                .map(|(id, _)| *id),
+        }
+    }
+
+    /// Sends one batch to `target`; false when the queue had nothing to give.
+    fn send_batch(&mut self, target: ManagerId, container: &str, now: Instant, out: &mut Outbox) -> bool {
+        let Some(m) = self.managers.get_mut(&target) else { return false };
+        let Some(queue) = self.queues.get_mut(container) else { return false };
+        let room = m.free().min(self.config.max_batch);
+        let mut batch = Vec::with_capacity(room.min(queue.len()));
+        let mut ids = Vec::with_capacity(batch.capacity());
+        let mut bytes = 0;
+        while batch.len() < room && bytes < self.config.max_batch_bytes {
+            let Some(id) = queue.pop_front() else { break };
+            let Some(entry) = self.tasks.get_mut(&id) else { continue };
+            if !matches!(entry.place, Place::Queued) {
+                continue;
+            }
+            entry.place = Place::InFlight(target);
+            self.queued -= 1;
+            bytes += entry.task.approx_size();
+            m.in_flight.insert(id);
+            ids.push(id);
+            batch.push(entry.task.clone());
+        }
+        if batch.is_empty() {
+            return false;
+        }
+        let seq = m.next_seq;
+        m.next_seq += 1;
+        m.unacked.insert(seq, Unacked { tasks: ids, sent: now });
+        self.counters.batches_sent += 1;
+        out.to_managers.push((target, InterchangeMsg::Tasks { seq, tasks: batch }));
+        true
+    }
+
+    /// Cancels tasks still queued here; tasks already at a manager are asked to stop there.
+    pub fn cancel(&mut self, ids: &[TaskId], out: &mut Outbox) {
+        let mut at: HashMap<ManagerId, Vec<TaskId>> = HashMap::new();
+        for id in ids {
+            match self.tasks.get(id).map(|e| &e.place) {
+                Some(Place::Queued) => {
+                    self.tasks.remove(id);
+                    self.queued -= 1;
+                    self.counters.failed += 1;
+                    out.results.push(TaskResult::failure(*id, FailureKind::Cancelled, "cancelled while queued"));
+                }
+                Some(Place::InFlight(m)) => at.entry(*m).or_default().push(*id),
+                None => {}
+            }
+        }
+        for (m, tasks) in at {
+            out.to_managers.push((m, InterchangeMsg::Cancel { tasks }));
+        }
+    }
+
+    /// A status line per manager.
+    pub fn manager_status(&self) -> Vec<ManagerStatus> {
+        self.managers
+            .iter()
+            .map(|(id, m)| ManagerStatus {
+                manager_id: *id,
+                block_id: m.reg.block_id.clone(),
+                hostname: m.reg.hostname.clone(),
+                workers: m.reg.workers,
+                in_flight: m.in_flight.len() as u32,
+                draining: m.draining,
+                simulated: m.reg.simulated,
+            })
+            .collect()
+    }
+
+    /// Managers of one block.
+    pub fn managers_of_block(&self, block: &BlockId) -> Vec<ManagerId> {
+        self.managers.iter().filter(|(_, m)| &m.reg.block_id == block).map(|(id, _)| *id).collect()
+    }
+}

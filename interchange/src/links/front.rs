@@ -1,0 +1,198 @@
+//! The local front door: clients submit tasks and receive results, in-process or over TCP.
+//!
+//! It exists so the endpoint is usable before (and without) a broker. Both kinds of client speak
+//! [`ClientMsg`]/[`FrontMsg`]; over TCP each is one protocol frame. Each TCP connection has a
+//! reading thread (frames to core events) and a writing thread (results to frames), so a slow
+//! client never stalls the core: its results queue in its own channel.
+
+use crate::core::{ClientId, Event};
+use fxr_protocol::{read_frame, ClientMsg, FrameError, FrontMsg};
+use std::io::{self, BufWriter, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+fn invalid(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Something that speaks to the interchange as a client.
+pub trait FrontDoor: Send {
+    fn send(&mut self, msg: ClientMsg) -> io::Result<()>;
+    /// The next message, or `None` after `timeout`.
+    fn recv(&mut self, timeout: Duration) -> io::Result<Option<FrontMsg>>;
+}
+
+/// A client inside the interchange's own process.
+#[derive(Debug)]
+pub struct LocalClient {
+    id: ClientId,
+    events: Sender<Event>,
+    rx: Receiver<FrontMsg>,
+}
+
+impl LocalClient {
+    pub(crate) fn connect(events: Sender<Event>) -> LocalClient {
+        let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        let _ = events.send(Event::ClientConnected(id, tx));
+        LocalClient { id, events, rx }
+    }
+}
+
+impl Drop for LocalClient {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::ClientGone(self.id));
+    }
+}
+
+impl FrontDoor for LocalClient {
+    fn send(&mut self, msg: ClientMsg) -> io::Result<()> {
+        self.events
+            .send(Event::Client(self.id, msg))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the interchange has stopped"))
+    }
+
+    fn recv(&mut self, timeout: Duration) -> io::Result<Option<FrontMsg>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => Ok(Some(m)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "the interchange has stopped"))
+            }
+        }
+    }
+}
+
+/// A client connected over TCP.
+#[derive(Debug)]
+pub struct TcpClient {
+    writer: BufWriter<TcpStream>,
+    rx: Receiver<io::Result<FrontMsg>>,
+    frame: Vec<u8>,
+}
+
+impl TcpClient {
+    /// Connects to a front door at `addr` (`HOST:PORT`, optionally prefixed with `tcp://`).
+    pub fn connect(addr: &str) -> io::Result<TcpClient> {
+        let addr = addr.strip_prefix("tcp://").unwrap_or(addr);
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut reader = stream.try_clone()?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("client-recv".into()).spawn(move || {
+            let mut buf = Vec::new();
+            loop {
+                match read_frame::<FrontMsg>(&mut reader, &mut buf) {
+                    Ok(Some(m)) => {
+                        if tx.send(Ok(m)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "endpoint closed the connection")));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        })?;
+        Ok(TcpClient { writer: BufWriter::new(stream), rx, frame: Vec::new() })
+    }
+}
+
+impl FrontDoor for TcpClient {
+    fn send(&mut self, msg: ClientMsg) -> io::Result<()> {
+        self.frame.clear();
+        fxr_protocol::encode_into(&mut self.frame, &msg).map_err(invalid)?;
+        self.writer.write_all(&self.frame)?;
+        self.writer.flush()
+    }
+
+    fn recv(&mut self, timeout: Duration) -> io::Result<Option<FrontMsg>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => m.map(Some),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection lost")),
+        }
+    }
+}
+
+/// Accepts TCP clients until the listener fails or `stop` is set.
+pub(crate) fn serve(listener: TcpListener, events: Sender<Event>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "front door accept failed");
+                continue;
+            }
+        };
+        let events = events.clone();
+        let _ = std::thread::Builder::new().name("front-conn".into()).spawn(move || connection(stream, events));
+    }
+}
+
+fn connection(stream: TcpStream, events: Sender<Event>) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let Ok(write_half) = stream.try_clone() else { return };
+    let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<FrontMsg>();
+    if events.send(Event::ClientConnected(id, tx.clone())).is_err() {
+        return;
+    }
+    let writer = std::thread::Builder::new().name("front-write".into()).spawn(move || write_loop(write_half, rx));
+    let mut reader = io::BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        match read_frame::<ClientMsg>(&mut reader, &mut buf) {
+            Ok(Some(msg)) => {
+                if events.send(Event::Client(id, msg)).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "bad frame from a client; closing its connection");
+                let _ = tx.send(FrontMsg::Error { message: format!("bad frame: {e}") });
+                break;
+            }
+        }
+    }
+    let _ = events.send(Event::ClientGone(id));
+    drop(tx);
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
+}
+
+fn write_loop(stream: TcpStream, rx: Receiver<FrontMsg>) {
+    let mut w = BufWriter::with_capacity(1 << 16, stream);
+    let mut frame = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            frame.clear();
+            if fxr_protocol::encode_into(&mut frame, &msg).is_err() || w.write_all(&frame).is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().is_err() {
+            return;
+        }
+    }
+    let _ = w.flush();
+    let _ = w.get_ref().shutdown(std::net::Shutdown::Write);
+}

@@ -1,0 +1,127 @@
+//! The manager link: one raw REP socket (nng over TCP) that every manager dials.
+//!
+//! Why a raw REP socket: the interchange must address each manager individually and never block
+//! on a slow one. In raw mode, a received message's header starts with the id of the pipe it came
+//! on, and writing `[pipe id][0x8000_0000]` into an outgoing header routes the message to that
+//! pipe, unsolicited and as often as we like. Sends never block; nng drops a message when the
+//! pipe's queue is full, which is why the dispatcher keeps a window of unacknowledged batches per
+//! manager. The alternatives measured (pair1 polyamorous, which the `nng` crate cannot open, and a
+//! socket per direction, which doubles the connections and file descriptors per manager) are
+//! described in ARCHITECTURE.md.
+
+use crate::core::Event;
+use nng::options::{Options, RecvMaxSize};
+use nng::{Pipe, PipeEvent, Protocol, RawSocket};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+/// Errors of the manager link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot open the manager socket: {0}")]
+    Open(#[source] nng::Error),
+    #[error("cannot listen on {url}: {source}")]
+    Listen { url: String, source: nng::Error },
+    #[error("the manager listener on {url} reports no bound TCP port")]
+    NoPort { url: String },
+    #[error("cannot start the receiving thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The listening socket and its receiving thread.
+#[derive(Debug)]
+pub struct ManagerLink {
+    socket: nng::Socket,
+    port: u16,
+    receiver: Option<JoinHandle<()>>,
+}
+
+/// The numeric id of a pipe, as it appears in message headers.
+pub fn pipe_id(pipe: Pipe) -> u32 {
+    // SAFETY: nng_pipe_id only reads the id field of a by-value handle; any handle, even a
+    // closed one, gives a number (-1 for invalid).
+    unsafe { nng_sys::nng_pipe_id(pipe.nng_pipe()) as u32 }
+}
+
+/// Closes a pipe, ignoring the errors of one already closed (the crate's `Pipe::close` panics
+/// on those).
+pub fn close_pipe(pipe: Pipe) {
+    // SAFETY: closing a stale or closed pipe handle only returns an error code.
+    let _ = unsafe { nng_sys::nng_pipe_close(pipe.nng_pipe()) };
+}
+
+impl ManagerLink {
+    /// Listens on `url` (for example `tcp://127.0.0.1:0`) and forwards every message and every
+    /// closed pipe to `events`.
+    pub fn listen(url: &str, max_frame: usize, events: Sender<Event>) -> Result<ManagerLink, LinkError> {
+        let raw = RawSocket::new(Protocol::Rep0).map_err(LinkError::Open)?;
+        let socket = raw.socket;
+        socket.set_opt::<RecvMaxSize>(max_frame + 64).map_err(LinkError::Open)?;
+        let notify = events.clone();
+        socket
+            .pipe_notify(move |pipe, ev| {
+                if ev == PipeEvent::RemovePost {
+                    // The core may be gone at shutdown; nothing to do then.
+                    let _ = notify.send(Event::PipeClosed(pipe_id(pipe)));
+                }
+            })
+            .map_err(LinkError::Open)?;
+        let listener = nng::Listener::new(&socket, url)
+            .map_err(|source| LinkError::Listen { url: url.to_string(), source })?;
+        let port = listener
+            .get_opt::<nng::options::transport::tcp::BoundPort>()
+            .map_err(|_| LinkError::NoPort { url: url.to_string() })?;
+        // `Listener` is a plain handle: dropping it does not close it; it closes with the socket.
+        let _ = listener;
+        let rx_socket = socket.clone();
+        let receiver = std::thread::Builder::new()
+            .name("ix-recv".into())
+            .spawn(move || receive_loop(rx_socket, events))
+            .map_err(LinkError::Thread)?;
+        Ok(ManagerLink { socket, port, receiver: Some(receiver) })
+    }
+
+    /// The TCP port managers dial.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends one frame to one pipe. Never blocks; a full or closed pipe drops it.
+    pub fn send(&self, pipe: u32, frame: &[u8]) {
+        let mut msg = nng::Message::with_capacity(frame.len());
+        msg.push_back(frame);
+        let header = msg.as_mut_header();
+        header.push_back(&pipe.to_be_bytes());
+        header.push_back(&0x8000_0000u32.to_be_bytes());
+        if let Err((_, e)) = self.socket.send(msg) {
+            tracing::debug!(pipe, error = %e, "send to manager dropped");
+        }
+    }
+
+    /// Closes the socket and waits for the receiving thread.
+    pub fn close(mut self) {
+        self.socket.close();
+        if let Some(h) = self.receiver.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn receive_loop(socket: nng::Socket, events: Sender<Event>) {
+    loop {
+        let mut msg = match socket.recv() {
+            Ok(m) => m,
+            Err(nng::Error::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "manager socket receive failed");
+                continue;
+            }
+        };
+        let Some(pipe) = msg.pipe() else { continue };
+        let id = pipe_id(pipe);
+        let body = msg.as_slice().to_vec();
+        if events.send(Event::FromPipe { pipe_id: id, pipe, body }).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The interchange's sockets: managers below (nng), clients above (TCP or in-process).
+
+pub mod front;
+pub mod managers;

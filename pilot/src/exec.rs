@@ -1,0 +1,252 @@
+//! Running one function: the built-ins and shell commands.
+//!
+//! Used by real worker processes for every kind, and by simulated workers for the built-ins that
+//! finish at once (`noop`, `echo`, `fail`); simulated `sleep` and `spin` become timers instead.
+
+use fxr_protocol::{Builtin, FailureKind, Function, Outcome, ShellSpec, Task, TaskResult};
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Most bytes of stdout and of stderr kept from a shell command; the rest is read and dropped.
+pub const MAX_CAPTURE: usize = 1024 * 1024;
+
+/// Runs a task to completion in this thread.
+pub fn run(task: &Task) -> TaskResult {
+    let start = Instant::now();
+    let outcome = match &task.function {
+        Function::Builtin(b) => run_builtin(*b, &task.args),
+        Function::Shell(spec) => run_shell(spec, &task.args),
+    };
+    TaskResult { id: task.id, outcome, run_us: start.elapsed().as_micros() as u64 }
+}
+
+fn fail(kind: FailureKind, message: impl Into<String>) -> Outcome {
+    Outcome::Failure { kind, message: message.into() }
+}
+
+/// Reads `{"ms": N}` (a missing argument means 0).
+pub fn millis_arg(args: &[u8]) -> Result<u64, String> {
+    if args.is_empty() {
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_slice(args).map_err(|e| format!("arguments are not JSON: {e}"))?;
+    match v.get("ms") {
+        None => Ok(0),
+        Some(ms) => ms.as_u64().ok_or_else(|| format!("`ms` must be a non-negative integer, got {ms}")),
+    }
+}
+
+/// Runs a built-in. `sleep` and `spin` block this thread.
+pub fn run_builtin(b: Builtin, args: &[u8]) -> Outcome {
+    match b {
+        Builtin::Noop => Outcome::Success(b"null".to_vec()),
+        Builtin::Echo => Outcome::Success(if args.is_empty() { b"null".to_vec() } else { args.to_vec() }),
+        Builtin::Fail => {
+            let msg = serde_json::from_slice::<serde_json::Value>(args)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or_else(|| "the fail builtin failed, as asked".to_string());
+            fail(FailureKind::FunctionError, msg)
+        }
+        Builtin::Sleep | Builtin::Spin => match millis_arg(args) {
+            Err(e) => fail(FailureKind::FunctionError, e),
+            Ok(ms) => {
+                let d = Duration::from_millis(ms);
+                if b == Builtin::Sleep {
+                    std::thread::sleep(d);
+                } else {
+                    let until = Instant::now() + d;
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                }
+                Outcome::Success(b"null".to_vec())
+            }
+        },
+    }
+}
+
+/// Quotes a string for `/bin/sh`.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&c)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Fills `{name}` placeholders from a JSON object, shell-quoting each value. `{{` and `}}` are
+/// literal braces.
+pub fn fill_template(template: &str, args: &[u8]) -> Result<String, String> {
+    let values: serde_json::Map<String, serde_json::Value> = if args.is_empty() {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice(args) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(other) => return Err(format!("shell arguments must be a JSON object, got {other}")),
+            Err(e) => return Err(format!("arguments are not JSON: {e}")),
+        }
+    };
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        if tail.starts_with('}') {
+            return Err(format!("unmatched `}}` at byte {} of the command template", template.len() - tail.len()));
+        }
+        let Some(end) = tail.find('}') else {
+            return Err(format!("unclosed `{{` at byte {} of the command template", template.len() - tail.len()));
+        };
+        let name = &tail[1..end];
+        let value = values.get(name).ok_or_else(|| format!("the command needs argument `{name}`, which was not given"))?;
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push_str(&shell_quote(&text));
+        rest = &tail[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn capture(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => return kept,
+                Ok(n) => {
+                    let room = MAX_CAPTURE.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        }
+    })
+}
+
+/// Runs a shell command with its walltime; the result is `{stdout, stderr, returncode}`.
+pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
+    let command = match fill_template(&spec.command, args) {
+        Ok(c) => c,
+        Err(e) => return fail(FailureKind::FunctionError, e),
+    };
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(&command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Its own process group, so a timeout kills everything it started.
+    cmd.process_group(0);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(FailureKind::FunctionError, format!("cannot start `{command}`: {e}")),
+    };
+    let pid = child.id() as i32;
+    let out = child.stdout.take().map(capture);
+    let err = child.stderr.take().map(capture);
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = if spec.walltime_ms == 0 {
+        rx.recv().ok()
+    } else {
+        match rx.recv_timeout(Duration::from_millis(spec.walltime_ms)) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                // SAFETY: kill(2) with a negative pid signals the process group we created.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                let _ = waiter.join();
+                let _ = out.map(|h| h.join());
+                let _ = err.map(|h| h.join());
+                return fail(
+                    FailureKind::Timeout,
+                    format!("`{command}` ran past its walltime of {} ms and was killed", spec.walltime_ms),
+                );
+            }
+        }
+    };
+    let _ = waiter.join();
+    let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
+    let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    let code = match status {
+        Some(Ok(s)) => s.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            -s.signal().unwrap_or(0)
+        }),
+        Some(Err(e)) => return fail(FailureKind::FunctionError, format!("waiting for `{command}` failed: {e}")),
+        None => return fail(FailureKind::FunctionError, format!("waiting for `{command}` failed")),
+    };
+    let value = serde_json::json!({
+        "stdout": String::from_utf8_lossy(&stdout),
+        "stderr": String::from_utf8_lossy(&stderr),
+        "returncode": code,
+    });
+    Outcome::Success(value.to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_quotes_and_reports_missing() {
+        let args = br#"{"a":"x y","n":3,"q":"it's"}"#;
+        assert_eq!(fill_template("echo {a} {n} {q} {{}}", args).unwrap(), "echo 'x y' 3 'it'\\''s' {}");
+        assert!(fill_template("echo {b}", args).unwrap_err().contains("`b`"));
+        assert!(fill_template("echo {a", args).unwrap_err().contains("unclosed"));
+        assert!(fill_template("echo", b"[1]").unwrap_err().contains("object"));
+    }
+
+    #[test]
+    fn shell_captures_output_and_code() {
+        let spec = ShellSpec {
+            command: "echo {m}; echo err >&2; exit 3".into(),
+            env: vec![],
+            cwd: None,
+            walltime_ms: 0,
+        };
+        let Outcome::Success(v) = run_shell(&spec, br#"{"m":"hi there"}"#) else { panic!("expected success") };
+        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(v["stdout"], "hi there\n");
+        assert_eq!(v["stderr"], "err\n");
+        assert_eq!(v["returncode"], 3);
+    }
+
+    #[test]
+    fn shell_env_cwd_and_timeout() {
+        let spec = ShellSpec {
+            command: "echo $FOO; pwd".into(),
+            env: vec![("FOO".into(), "bar".into())],
+            cwd: Some("/tmp".into()),
+            walltime_ms: 0,
+        };
+        let Outcome::Success(v) = run_shell(&spec, b"") else { panic!("expected success") };
+        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(v["stdout"], "bar\n/tmp\n");
+        let slow = ShellSpec { command: "sleep 30".into(), env: vec![], cwd: None, walltime_ms: 100 };
+        let start = Instant::now();
+        assert!(matches!(run_shell(&slow, b""), Outcome::Failure { kind: FailureKind::Timeout, .. }));
+        assert!(start.elapsed() < Duration::from_secs(20), "the command was killed, not waited for");
+    }
+
+    #[test]
+    fn builtins() {
+        assert_eq!(run_builtin(Builtin::Echo, b"[1,2]"), Outcome::Success(b"[1,2]".to_vec()));
+        assert!(matches!(run_builtin(Builtin::Fail, b""), Outcome::Failure { kind: FailureKind::FunctionError, .. }));
+        assert!(matches!(run_builtin(Builtin::Sleep, br#"{"ms":"x"}"#), Outcome::Failure { .. }));
+    }
+}

@@ -1,0 +1,61 @@
+//! The worker process: reads task batches from the manager on stdin, runs them one at a time,
+//! and writes results to stdout.
+//!
+//! Results of short tasks are held back until the batch ends, so a batch of a thousand no-ops
+//! costs one write; a result that took over a millisecond is written at once, so the manager
+//! learns promptly that the worker is free.
+
+use crate::exec;
+use fxr_protocol::{read_frame, FailureKind, FromWorker, TaskResult, ToWorker, MAX_BODY};
+use std::io::{BufReader, BufWriter, Write};
+use std::time::Duration;
+
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+/// Runs the worker loop on this process's stdin and stdout until stdin closes or `Stop` arrives.
+pub fn worker_main() -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let mut input = BufReader::with_capacity(1 << 16, stdin.lock());
+    let stdout = std::io::stdout();
+    let mut output = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut frame = Vec::new();
+    send(&mut output, &mut frame, &FromWorker::Ready { pid: std::process::id() })?;
+    let mut buf = Vec::new();
+    let mut pending: Vec<TaskResult> = Vec::new();
+    let mut pending_bytes = 0;
+    while let Some(msg) = read_frame::<ToWorker>(&mut input, &mut buf)? {
+        match msg {
+            ToWorker::Stop => break,
+            ToWorker::Run { tasks } => {
+                let n = tasks.len();
+                for (i, task) in tasks.iter().enumerate() {
+                    let mut result = exec::run(task);
+                    if result.approx_size() > MAX_BODY {
+                        let size = result.approx_size();
+                        result = TaskResult::failure(
+                            task.id,
+                            FailureKind::Rejected,
+                            format!("result of {size} bytes exceeds the limit of {MAX_BODY} bytes"),
+                        );
+                    }
+                    let slow = Duration::from_micros(result.run_us) >= FLUSH_AFTER;
+                    pending_bytes += result.approx_size();
+                    pending.push(result);
+                    if slow || i + 1 == n || pending_bytes > 4 * 1024 * 1024 {
+                        pending_bytes = 0;
+                        let results = std::mem::take(&mut pending);
+                        send(&mut output, &mut frame, &FromWorker::Results { results })?;
+                    }
+                }
+            }
+        }
+    }
+    output.flush()
+}
+
+fn send(out: &mut impl Write, frame: &mut Vec<u8>, msg: &FromWorker) -> std::io::Result<()> {
+    frame.clear();
+    fxr_protocol::encode_into(frame, msg).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    out.write_all(frame)?;
+    out.flush()
+}
