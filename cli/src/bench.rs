@@ -66,7 +66,7 @@ pub struct LatencyArgs {
 fn function(name: &str) -> anyhow::Result<(Function, Vec<u8>)> {
     if name == "shell-true" {
         return Ok((
-            Function::Shell(ShellSpec { command: "/bin/true".into(), env: vec![], cwd: None, walltime_ms: 0 }),
+            Function::Shell(Box::new(ShellSpec { command: "/bin/true".into(), env: vec![], cwd: None, walltime_ms: 0 })),
             vec![],
         ));
     }

@@ -57,12 +57,12 @@ impl FunctionArgs {
                         .with_context(|| format!("--env `{kv}` is not NAME=VALUE"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            return Ok(Function::Shell(ShellSpec {
+            return Ok(Function::Shell(Box::new(ShellSpec {
                 command: cmd.clone(),
                 env,
                 cwd: self.cwd.clone(),
                 walltime_ms: self.walltime.map_or(0, |d| d.as_millis() as u64),
-            }));
+            })));
         }
         match &self.function {
             Some(name) => match Builtin::from_name(name) {

@@ -11,7 +11,7 @@ use crate::links::managers::{close_pipe, ManagerLink};
 use fxr_protocol::{
     ClientMsg, EndpointStatus, FrontMsg, InterchangeMsg, ManagerId, ManagerMsg, TaskId, TaskResult,
 };
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -69,10 +69,10 @@ impl Core {
             settings,
             dispatcher,
             link,
-            pipes: HashMap::new(),
-            manager_pipe: HashMap::new(),
-            clients: HashMap::new(),
-            routes: HashMap::new(),
+            pipes: HashMap::default(),
+            manager_pipe: HashMap::default(),
+            clients: HashMap::default(),
+            routes: HashMap::default(),
             next_task: 1,
             shutting_down: None,
             frame: Vec::with_capacity(4096),
@@ -311,7 +311,7 @@ impl Core {
         if out.results.is_empty() {
             return;
         }
-        let mut per_client: HashMap<ClientId, Vec<TaskResult>> = HashMap::new();
+        let mut per_client: HashMap<ClientId, Vec<TaskResult>> = HashMap::default();
         for mut r in out.results.drain(..) {
             if let Some((client, original)) = self.routes.remove(&r.id) {
                 r.id = original;

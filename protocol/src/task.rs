@@ -13,7 +13,7 @@ pub enum Function {
     /// One of the functions built into every worker, for tests and experiments.
     Builtin(Builtin),
     /// A command line run by `/bin/sh -c` after `{name}` placeholders are filled from the arguments.
-    Shell(ShellSpec),
+    Shell(Box<ShellSpec>),
 }
 
 /// The built-in functions.

@@ -13,12 +13,12 @@ fn sample_tasks() -> Vec<Task> {
         },
         Task {
             id: TaskId(u64::MAX),
-            function: Function::Shell(ShellSpec {
+            function: Function::Shell(Box::new(ShellSpec {
                 command: "echo {x}".into(),
                 env: vec![("A".into(), "b".into())],
                 cwd: Some("/tmp".into()),
                 walltime_ms: 1500,
-            }),
+            })),
             args: br#"{"x":"hi"}"#.to_vec(),
             attempt: 2,
             container: Some("bwrap:debian".into()),

@@ -23,7 +23,8 @@ use fxr_protocol::{
     BlockId, Capacity, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus, Outcome,
     Registration, Task, TaskId, TaskResult, MAX_BODY,
 };
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Tunables of the dispatcher.
@@ -40,6 +41,11 @@ pub struct DispatchConfig {
     pub max_unacked: usize,
     /// A batch not acknowledged in this time is sent again.
     pub ack_timeout: Duration,
+    /// Extra tasks a manager may hold while its tasks are short (mean run time under
+    /// `short_task_us`): a manager running no-ops drains `workers + prefetch` tasks in
+    /// microseconds, and would otherwise idle while waiting for the next batch.
+    pub burst_prefetch: usize,
+    pub short_task_us: u64,
     /// A manager silent for this long is lost.
     pub heartbeat_threshold: Duration,
     pub seed: u64,
@@ -54,6 +60,8 @@ impl Default for DispatchConfig {
             max_batch_bytes: 4 * 1024 * 1024,
             max_unacked: 16,
             ack_timeout: Duration::from_secs(2),
+            burst_prefetch: 1024,
+            short_task_us: 1000,
             heartbeat_threshold: Duration::from_secs(20),
             seed: 0x0f0e_0d0c,
         }
@@ -99,6 +107,11 @@ struct Unacked {
 struct Manager {
     reg: Registration,
     slots: usize,
+    /// `slots` widened by the burst prefetch while tasks are short.
+    limit: usize,
+    /// Moving mean of the run time of this manager's tasks, in microseconds.
+    mean_run_us: f64,
+    results_seen: u64,
     in_flight: HashSet<TaskId>,
     unacked: BTreeMap<u64, Unacked>,
     next_seq: u64,
@@ -111,7 +124,17 @@ struct Manager {
 
 impl Manager {
     fn free(&self) -> usize {
-        self.slots.saturating_sub(self.in_flight.len())
+        self.limit.saturating_sub(self.in_flight.len())
+    }
+
+    fn observe(&mut self, run_us: u64, burst: usize, short_us: u64) {
+        self.mean_run_us = if self.results_seen == 0 { run_us as f64 } else { 0.95 * self.mean_run_us + 0.05 * run_us as f64 };
+        self.results_seen += 1;
+        self.limit = if self.mean_run_us < short_us as f64 {
+            self.slots.max(self.reg.workers as usize + burst)
+        } else {
+            self.slots
+        };
     }
     fn can_take(&self, max_unacked: usize) -> bool {
         !self.draining && self.free() > 0 && self.unacked.len() < max_unacked
@@ -153,7 +176,7 @@ impl Dispatcher {
         let rng = fastrand::Rng::with_seed(config.seed);
         Dispatcher {
             config,
-            tasks: HashMap::new(),
+            tasks: HashMap::default(),
             queues: BTreeMap::new(),
             queued: 0,
             managers: BTreeMap::new(),
@@ -244,7 +267,10 @@ impl Dispatcher {
             Manager {
                 reg,
                 slots,
-                in_flight: HashSet::new(),
+                limit: slots,
+                mean_run_us: 0.0,
+                results_seen: 0,
+                in_flight: HashSet::default(),
                 unacked: BTreeMap::new(),
                 next_seq: 1,
                 last_seen: now,
@@ -294,6 +320,7 @@ impl Dispatcher {
     fn on_result(&mut self, from: ManagerId, r: TaskResult, out: &mut Outbox) {
         if let Some(m) = self.managers.get_mut(&from) {
             m.in_flight.remove(&r.id);
+            m.observe(r.run_us, self.config.burst_prefetch, self.config.short_task_us);
         }
         let Some(entry) = self.tasks.get_mut(&r.id) else {
             self.counters.duplicates_dropped += 1;
@@ -440,7 +467,7 @@ impl Dispatcher {
                 .filter(|(_, m)| eligible(m))
                 .min_by(|(_, a), (_, b)| {
                     // Compare in_flight/slots without floating point.
-                    (a.in_flight.len() * b.slots).cmp(&(b.in_flight.len() * a.slots))
+                    (a.in_flight.len() * b.limit).cmp(&(b.in_flight.len() * a.limit))
                 })
                 .map(|(id, _)| *id),
         }
@@ -480,7 +507,7 @@ impl Dispatcher {
 
     /// Cancels tasks still queued here; tasks already at a manager are asked to stop there.
     pub fn cancel(&mut self, ids: &[TaskId], out: &mut Outbox) {
-        let mut at: HashMap<ManagerId, Vec<TaskId>> = HashMap::new();
+        let mut at: HashMap<ManagerId, Vec<TaskId>> = HashMap::default();
         for id in ids {
             match self.tasks.get(id).map(|e| &e.place) {
                 Some(Place::Queued) => {

@@ -41,8 +41,13 @@ fn sent(out: &Outbox) -> Vec<(ManagerId, u64, Vec<TaskId>)> {
         .collect()
 }
 
+/// Defaults without the short-task burst, so slot counts are exact.
+fn base() -> DispatchConfig {
+    DispatchConfig { burst_prefetch: 0, ..DispatchConfig::default() }
+}
+
 fn dispatcher(policy: Policy) -> Dispatcher {
-    Dispatcher::new(DispatchConfig { policy, max_retries: 1, ..DispatchConfig::default() })
+    Dispatcher::new(DispatchConfig { policy, max_retries: 1, ..base() })
 }
 
 #[test]
@@ -144,7 +149,7 @@ fn worker_lost_is_retried_within_the_budget() {
 #[test]
 fn unacknowledged_batches_limit_and_resend() {
     let t0 = Instant::now();
-    let mut d = Dispatcher::new(DispatchConfig { max_unacked: 2, max_batch: 1, ..DispatchConfig::default() });
+    let mut d = Dispatcher::new(DispatchConfig { max_unacked: 2, max_batch: 1, ..base() });
     let mut out = Outbox::default();
     d.register(reg(1, 10, 0), t0, &mut out);
     d.submit(tasks(0..10), &mut out);
@@ -182,7 +187,7 @@ fn draining_manager_gets_nothing_and_returned_tasks_requeue() {
 #[test]
 fn round_robin_rotates_and_least_loaded_balances() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::RoundRobin, max_batch: 1, ..DispatchConfig::default() });
+    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::RoundRobin, max_batch: 1, ..base() });
     let mut out = Outbox::default();
     for i in 1..=3 {
         d.register(reg(i, 4, 0), now, &mut out);
@@ -192,7 +197,7 @@ fn round_robin_rotates_and_least_loaded_balances() {
     let order: Vec<u64> = sent(&out).iter().map(|s| s.0 .0).collect();
     assert_eq!(order, vec![1, 2, 3, 1, 2, 3]);
 
-    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::LeastLoaded, max_batch: 1, ..DispatchConfig::default() });
+    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::LeastLoaded, max_batch: 1, ..base() });
     let mut out = Outbox::default();
     d.register(reg(1, 4, 0), now, &mut out);
     d.register(reg(2, 8, 0), now, &mut out);
@@ -205,7 +210,7 @@ fn round_robin_rotates_and_least_loaded_balances() {
 #[test]
 fn random_spreads_over_all_managers() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::Random, max_batch: 1, ..DispatchConfig::default() });
+    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::Random, max_batch: 1, ..base() });
     let mut out = Outbox::default();
     for i in 1..=4 {
         d.register(reg(i, 100, 0), now, &mut out);
@@ -251,4 +256,25 @@ fn cancel_and_oversized_and_duplicate_submissions() {
     d.cancel(&[TaskId(0)], &mut out);
     assert!(matches!(out.results[0].outcome, Outcome::Failure { kind: FailureKind::Cancelled, .. }));
     assert_eq!(d.queued(), 1);
+}
+
+#[test]
+fn short_tasks_widen_a_managers_window_and_long_ones_narrow_it() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(DispatchConfig { burst_prefetch: 100, short_task_us: 1000, ..base() });
+    let mut out = Outbox::default();
+    d.register(reg(1, 2, 2), now, &mut out);
+    d.submit(tasks(0..1000), &mut out);
+    d.dispatch(now, &mut out);
+    assert_eq!(d.in_flight(), 4, "before any result, workers + prefetch");
+    let r = ManagerMsg::Results { results: vec![ok(TaskId(0))], capacity: vec![] };
+    d.on_message(ManagerId(1), r, now, &mut out);
+    d.dispatch(now, &mut out);
+    assert_eq!(d.in_flight(), 102, "short tasks: workers + burst");
+    let slow = |id| TaskResult { id: TaskId(id), outcome: Outcome::Success(vec![]), run_us: 1_000_000 };
+    let r = ManagerMsg::Results { results: (1..40).map(slow).collect(), capacity: vec![] };
+    d.on_message(ManagerId(1), r, now, &mut out);
+    let before = d.in_flight();
+    d.dispatch(now, &mut out);
+    assert_eq!(d.in_flight(), before, "long tasks: back to workers + prefetch, nothing more is sent");
 }
