@@ -66,13 +66,23 @@ pub struct LatencyArgs {
 fn function(name: &str) -> anyhow::Result<(Function, Vec<u8>)> {
     if name == "shell-true" {
         return Ok((
-            Function::Shell(Box::new(ShellSpec { command: "/bin/true".into(), env: vec![], cwd: None, walltime_ms: 0 })),
+            Function::Shell(Box::new(ShellSpec {
+                command: "/bin/true".into(),
+                env: vec![],
+                cwd: None,
+                walltime_ms: 0,
+            })),
             vec![],
         ));
     }
     if let Some(ms) = name.strip_prefix("sleep:") {
-        let ms: u64 = ms.parse().with_context(|| format!("bad sleep time in `{name}`"))?;
-        return Ok((Function::Builtin(Builtin::Sleep), format!("{{\"ms\":{ms}}}").into_bytes()));
+        let ms: u64 = ms
+            .parse()
+            .with_context(|| format!("bad sleep time in `{name}`"))?;
+        return Ok((
+            Function::Builtin(Builtin::Sleep),
+            format!("{{\"ms\":{ms}}}").into_bytes(),
+        ));
     }
     let b = Builtin::from_name(name).with_context(|| format!("unknown bench function `{name}`"))?;
     Ok((Function::Builtin(b), vec![]))
@@ -103,7 +113,11 @@ fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
 fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -112,12 +126,16 @@ fn cpu_seconds() -> f64 {
     unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        (u.ru_utime.tv_sec + u.ru_stime.tv_sec) as f64 + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) as f64 / 1e6
+        (u.ru_utime.tv_sec + u.ru_stime.tv_sec) as f64
+            + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) as f64 / 1e6
     }
 }
 
 fn shutdown(ep: LocalEndpoint) {
-    let LocalEndpoint { interchange, mut provider } = ep;
+    let LocalEndpoint {
+        interchange,
+        mut provider,
+    } = ep;
     let mut c = interchange.local_client();
     let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);
     drop(c);
@@ -146,16 +164,33 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     for rep in 0..a.repeat.max(1) {
         let base = (rep * a.tasks) as u64;
         let tasks: Vec<Task> = (0..a.tasks)
-            .map(|i| Task { id: TaskId(base + i as u64), function: f.clone(), args: args.clone(), attempt: 0, container: None })
+            .map(|i| Task {
+                id: TaskId(base + i as u64),
+                function: f.clone(),
+                args: args.clone(),
+                attempt: 0,
+                container: None,
+            })
             .collect();
         let start = Instant::now();
-        let results = client::submit_and_wait(&mut door, tasks, a.batch, Duration::from_secs(600), &mut |_, _| {})?;
+        let results = client::submit_and_wait(
+            &mut door,
+            tasks,
+            a.batch,
+            Duration::from_secs(600),
+            &mut |_, _| {},
+        )?;
         let secs = start.elapsed().as_secs_f64();
         failed += results.iter().filter(|r| !r.is_success()).count();
         times.push(secs);
         rates.push(a.tasks as f64 / secs);
         if !json {
-            eprintln!("run {}: {} tasks in {secs:.3} s = {:.0} tasks/s", rep + 1, a.tasks, a.tasks as f64 / secs);
+            eprintln!(
+                "run {}: {} tasks in {secs:.3} s = {:.0} tasks/s",
+                rep + 1,
+                a.tasks,
+                a.tasks as f64 / secs
+            );
         }
     }
     let cpu = cpu_seconds() - cpu0;
@@ -168,7 +203,11 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     };
     let rate = median(&mut rates.clone());
     let secs = median(&mut times.clone());
-    let mode = if a.common.simulate_workers.is_some() { "simulated" } else { "processes" };
+    let mode = if a.common.simulate_workers.is_some() {
+        "simulated"
+    } else {
+        "processes"
+    };
     let v = serde_json::json!({
         "tasks": a.tasks, "workers": workers, "managers": a.common.managers * a.common.blocks,
         "mode": mode, "function": a.common.function, "batch": a.batch,
@@ -180,7 +219,11 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     } else {
         println!("{} tasks on {workers} {mode} workers: median {secs:.3} s, {rate:.0} tasks/s (peak RSS {} MiB)", a.tasks, rss >> 20);
     }
-    Ok(if failed == 0 { exit::OK } else { exit::TASK_FAILED })
+    Ok(if failed == 0 {
+        exit::OK
+    } else {
+        exit::TASK_FAILED
+    })
 }
 
 fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
@@ -188,13 +231,26 @@ fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
     let (ep, workers) = endpoint(&a.common)?;
     let mut door = ep.interchange.local_client();
     client::wait_for_workers(&mut door, workers, Duration::from_secs(120))?;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
     let mut first_us = 0;
     let mut failed = 0;
     for i in 0..a.tasks {
-        let t = Task { id: TaskId(i as u64), function: f.clone(), args: args.clone(), attempt: 0, container: None };
+        let t = Task {
+            id: TaskId(i as u64),
+            function: f.clone(),
+            args: args.clone(),
+            attempt: 0,
+            container: None,
+        };
         let start = Instant::now();
-        let r = client::submit_and_wait(&mut door, vec![t], 1, Duration::from_secs(60), &mut |_, _| {})?;
+        let r = client::submit_and_wait(
+            &mut door,
+            vec![t],
+            1,
+            Duration::from_secs(60),
+            &mut |_, _| {},
+        )?;
         let us = start.elapsed().as_micros() as u64;
         if i == 0 {
             first_us = us;
@@ -215,7 +271,17 @@ fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
     if json {
         println!("{v}");
     } else {
-        println!("{} tasks one at a time: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", a.tasks, ms(0.5), ms(0.99), hist.max() as f64 / 1000.0);
+        println!(
+            "{} tasks one at a time: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            a.tasks,
+            ms(0.5),
+            ms(0.99),
+            hist.max() as f64 / 1000.0
+        );
     }
-    Ok(if failed == 0 { exit::OK } else { exit::TASK_FAILED })
+    Ok(if failed == 0 {
+        exit::OK
+    } else {
+        exit::TASK_FAILED
+    })
 }

@@ -50,8 +50,9 @@ pub struct SubmitArgs {
 fn outcome_json(r: &TaskResult) -> serde_json::Value {
     match &r.outcome {
         Outcome::Success(v) => {
-            let value = serde_json::from_slice::<serde_json::Value>(v)
-                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(v).into_owned()));
+            let value = serde_json::from_slice::<serde_json::Value>(v).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+            });
             serde_json::json!({"task": r.id.0, "status": "succeeded", "result": value, "run_us": r.run_us})
         }
         Outcome::Failure { kind, message } => {
@@ -62,9 +63,21 @@ fn outcome_json(r: &TaskResult) -> serde_json::Value {
 
 pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
     let function = a.function.function()?;
-    let args = a.args.as_deref().map(json_arg).transpose()?.unwrap_or_default();
-    let mut door = TcpClient::connect(&a.endpoint).with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
-    let task = Task { id: TaskId(0), function, args, attempt: 0, container: None };
+    let args = a
+        .args
+        .as_deref()
+        .map(json_arg)
+        .transpose()?
+        .unwrap_or_default();
+    let mut door = TcpClient::connect(&a.endpoint)
+        .with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
+    let task = Task {
+        id: TaskId(0),
+        function,
+        args,
+        attempt: 0,
+        container: None,
+    };
     let results = client::submit_and_wait(&mut door, vec![task], 1, a.timeout, &mut |_, _| {})?;
     let r = results.first().context("the endpoint returned no result")?;
     let v = outcome_json(r);
@@ -76,33 +89,51 @@ pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
             Outcome::Failure { kind, message } => println!("failed ({}): {message}", kind.as_str()),
         }
     }
-    Ok(if r.is_success() { exit::OK } else { exit::TASK_FAILED })
+    Ok(if r.is_success() {
+        exit::OK
+    } else {
+        exit::TASK_FAILED
+    })
 }
 
 pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
     let function = a.function.function()?;
     let mut all_args = Vec::new();
     if let Some(path) = &a.args_file {
-        let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
                 continue;
             }
-            let v = json_arg(&line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+            let v =
+                json_arg(&line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
             all_args.push(v);
         }
     } else {
-        let args = a.args.as_deref().map(json_arg).transpose()?.unwrap_or_default();
+        let args = a
+            .args
+            .as_deref()
+            .map(json_arg)
+            .transpose()?
+            .unwrap_or_default();
         all_args = vec![args; a.count.unwrap_or(1)];
     }
     let tasks: Vec<Task> = all_args
         .into_iter()
         .enumerate()
-        .map(|(i, args)| Task { id: TaskId(i as u64), function: function.clone(), args, attempt: 0, container: None })
+        .map(|(i, args)| Task {
+            id: TaskId(i as u64),
+            function: function.clone(),
+            args,
+            attempt: 0,
+            container: None,
+        })
         .collect();
     let total = tasks.len();
-    let mut door = TcpClient::connect(&a.endpoint).with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
+    let mut door = TcpClient::connect(&a.endpoint)
+        .with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
     let start = Instant::now();
     let mut last = Instant::now();
     let show = a.progress;
@@ -111,7 +142,11 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
             last = Instant::now();
             let width = 30;
             let filled = done * width / total.max(1);
-            eprint!("\r[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled));
+            eprint!(
+                "\r[{}{}] {done}/{total}",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
             if done == total {
                 eprintln!();
             }
@@ -132,5 +167,9 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
         "{total} tasks, {failed} failed, {secs:.3} s, {:.0} tasks/s",
         total as f64 / secs.max(1e-9)
     );
-    Ok(if failed == 0 { exit::OK } else { exit::TASK_FAILED })
+    Ok(if failed == 0 {
+        exit::OK
+    } else {
+        exit::TASK_FAILED
+    })
 }

@@ -69,14 +69,16 @@ pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
     match cmd {
         EndpointCmd::Start(a) => start(a, json),
         EndpointCmd::Stop(a) => {
-            let mut c = TcpClient::connect(&a.endpoint).with_context(|| format!("cannot reach {}", a.endpoint))?;
+            let mut c = TcpClient::connect(&a.endpoint)
+                .with_context(|| format!("cannot reach {}", a.endpoint))?;
             c.send(ClientMsg::Shutdown)?;
             // The endpoint closes the connection once it has stopped.
             while c.recv(Duration::from_secs(60)).is_ok_and(|m| m.is_some()) {}
             Ok(exit::OK)
         }
         EndpointCmd::Status(a) => {
-            let mut c = TcpClient::connect(&a.endpoint).with_context(|| format!("cannot reach {}", a.endpoint))?;
+            let mut c = TcpClient::connect(&a.endpoint)
+                .with_context(|| format!("cannot reach {}", a.endpoint))?;
             let s = client::status(&mut c, Duration::from_secs(10))?;
             if json {
                 let managers: Vec<_> = s
@@ -94,9 +96,24 @@ pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
                         "completed": s.completed, "failed": s.failed})
                 );
             } else {
-                println!("managers: {}  queued: {}  running: {}  completed: {}  failed: {}", s.managers.len(), s.queued, s.running, s.completed, s.failed);
+                println!(
+                    "managers: {}  queued: {}  running: {}  completed: {}  failed: {}",
+                    s.managers.len(),
+                    s.queued,
+                    s.running,
+                    s.completed,
+                    s.failed
+                );
                 for m in &s.managers {
-                    println!("  {} block={} host={} workers={} in_flight={}{}", m.manager_id, m.block_id, m.hostname, m.workers, m.in_flight, if m.draining { " draining" } else { "" });
+                    println!(
+                        "  {} block={} host={} workers={} in_flight={}{}",
+                        m.manager_id,
+                        m.block_id,
+                        m.hostname,
+                        m.workers,
+                        m.in_flight,
+                        if m.draining { " draining" } else { "" }
+                    );
                 }
             }
             Ok(exit::OK)
@@ -148,30 +165,50 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         if let Some(s) = a.simulate_workers {
             cmd.extend(["--simulate-workers".into(), s.to_string()]);
         }
-        provider.submit(&format!("local-{b}"), &cmd, &[("FXR_SECRET".into(), secret.clone())])?;
+        provider.submit(
+            &format!("local-{b}"),
+            &cmd,
+            &[("FXR_SECRET".into(), secret.clone())],
+        )?;
     }
-    Ok(LocalEndpoint { interchange, provider })
+    Ok(LocalEndpoint {
+        interchange,
+        provider,
+    })
 }
 
 fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     if !a.local {
         bail!("only local endpoints exist so far: pass --local");
     }
-    let listener = TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let listener =
+        TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    let LocalEndpoint { interchange, mut provider } = start_local(&a)?;
+    let LocalEndpoint {
+        interchange,
+        mut provider,
+    } = start_local(&a)?;
     interchange.serve_front_door(listener)?;
     if let Some(f) = &a.address_file {
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, f))?;
     }
     if json {
-        println!("{}", serde_json::json!({"endpoint": addr.to_string(), "manager_port": interchange.manager_port(), "pilot_pids": provider.pids()}));
+        println!(
+            "{}",
+            serde_json::json!({"endpoint": addr.to_string(), "manager_port": interchange.manager_port(), "pilot_pids": provider.pids()})
+        );
     } else {
-        println!("endpoint ready at {addr} (managers dial tcp://127.0.0.1:{})", interchange.manager_port());
+        println!(
+            "endpoint ready at {addr} (managers dial tcp://127.0.0.1:{})",
+            interchange.manager_port()
+        );
     }
     let mut local = interchange.local_client();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
     let sig_handle = signals.handle();
     let watcher = std::thread::spawn(move || {
         if signals.forever().next().is_some() {

@@ -55,7 +55,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FXR_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FXR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -66,7 +67,9 @@ fn main() -> ExitCode {
         Command::Run(a) => client::run(a, json),
         Command::Submit(a) => client::submit(a, json),
         Command::Bench(c) => bench::run(c, json),
-        Command::Worker => fxr_pilot::worker::worker_main().map(|()| exit::OK).map_err(Into::into),
+        Command::Worker => fxr_pilot::worker::worker_main()
+            .map(|()| exit::OK)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => ExitCode::from(code),

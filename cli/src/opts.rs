@@ -11,15 +11,21 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 500ms, 5s, 2m)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 5s, 2m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -76,7 +82,8 @@ impl FunctionArgs {
 
 /// Checks that a string is a JSON value and returns its bytes.
 pub fn json_arg(s: &str) -> anyhow::Result<Vec<u8>> {
-    serde_json::from_str::<serde_json::Value>(s).with_context(|| format!("--args is not valid JSON: {s}"))?;
+    serde_json::from_str::<serde_json::Value>(s)
+        .with_context(|| format!("--args is not valid JSON: {s}"))?;
     Ok(s.as_bytes().to_vec())
 }
 

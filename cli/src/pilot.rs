@@ -36,19 +36,30 @@ pub struct PilotArgs {
 
 pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
     let secret = match &a.secret_file {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?.trim().to_string(),
-        None => std::env::var("FXR_SECRET").context("no endpoint secret: give --secret-file or set FXR_SECRET")?,
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("FXR_SECRET")
+            .context("no endpoint secret: give --secret-file or set FXR_SECRET")?,
     };
     let exe = std::env::current_exe().context("cannot find this executable to start workers")?;
     let (mode, workers) = match a.simulate_workers {
         Some(n) => (WorkerMode::Simulated, n),
         None => (
-            WorkerMode::Processes { command: vec![exe.to_string_lossy().into_owned(), "worker".into()] },
-            a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
+            WorkerMode::Processes {
+                command: vec![exe.to_string_lossy().into_owned(), "worker".into()],
+            },
+            a.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+            }),
         ),
     };
     anyhow::ensure!(workers > 0, "a manager needs at least one worker");
-    anyhow::ensure!(a.managers > 0 && a.managers <= 10_000, "--managers must be between 1 and 10000");
+    anyhow::ensure!(
+        a.managers > 0 && a.managers <= 10_000,
+        "--managers must be between 1 and 10000"
+    );
     let base = fastrand::u64(..) & !0xffff;
     let configs = (0..a.managers)
         .map(|i| ManagerConfig {
@@ -67,8 +78,11 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
         .collect();
     let fleet = Fleet::start(configs)?;
     let handles = fleet.handles.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             for h in &handles {

@@ -36,7 +36,10 @@ pub fn submit_and_wait(
                 if last_progress.elapsed() > timeout {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("no result for {timeout:?}; {} of {total} results received", results.len()),
+                        format!(
+                            "no result for {timeout:?}; {} of {total} results received",
+                            results.len()
+                        ),
                     ));
                 }
             }
@@ -54,11 +57,18 @@ pub fn status(door: &mut dyn FrontDoor, timeout: Duration) -> io::Result<Endpoin
             return Ok(s);
         }
     }
-    Err(io::Error::new(io::ErrorKind::TimedOut, "the endpoint did not answer a status request"))
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the endpoint did not answer a status request",
+    ))
 }
 
 /// Waits until at least `workers` workers are connected.
-pub fn wait_for_workers(door: &mut dyn FrontDoor, workers: u64, timeout: Duration) -> io::Result<EndpointStatus> {
+pub fn wait_for_workers(
+    door: &mut dyn FrontDoor,
+    workers: u64,
+    timeout: Duration,
+) -> io::Result<EndpointStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         let s = status(door, Duration::from_secs(5))?;

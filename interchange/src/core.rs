@@ -22,7 +22,11 @@ pub type ClientId = u64;
 #[derive(Debug)]
 pub enum Event {
     /// A message arrived on a manager pipe.
-    FromPipe { pipe_id: u32, pipe: nng::Pipe, body: Vec<u8> },
+    FromPipe {
+        pipe_id: u32,
+        pipe: nng::Pipe,
+        body: Vec<u8>,
+    },
     /// A manager pipe closed.
     PipeClosed(u32),
     /// A client connected; results for it go to this sender.
@@ -81,7 +85,8 @@ impl Core {
 
     /// Runs until a `Shutdown` request has drained every manager, or `Stop`.
     pub(crate) fn run(mut self, events: Receiver<Event>) {
-        let tick_every = (self.settings.heartbeat_period / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let tick_every = (self.settings.heartbeat_period / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut next_tick = Instant::now() + tick_every;
         let mut next_heartbeat = Instant::now() + self.settings.heartbeat_period;
         let mut out = Outbox::default();
@@ -130,7 +135,11 @@ impl Core {
     fn handle(&mut self, ev: Event, out: &mut Outbox) {
         let now = Instant::now();
         match ev {
-            Event::FromPipe { pipe_id, pipe, body } => self.from_pipe(pipe_id, pipe, &body, now, out),
+            Event::FromPipe {
+                pipe_id,
+                pipe,
+                body,
+            } => self.on_pipe_message(pipe_id, pipe, &body, now, out),
             Event::PipeClosed(pipe_id) => {
                 if let Some(state) = self.pipes.remove(&pipe_id) {
                     if let Some(m) = state.manager {
@@ -146,13 +155,24 @@ impl Core {
             Event::ClientGone(id) => {
                 self.clients.remove(&id);
             }
-            Event::Client(id, msg) => self.from_client(id, msg, out),
+            Event::Client(id, msg) => self.on_client_message(id, msg, out),
             Event::Stop => {}
         }
     }
 
-    fn from_pipe(&mut self, pipe_id: u32, pipe: nng::Pipe, body: &[u8], now: Instant, out: &mut Outbox) {
-        let state = self.pipes.entry(pipe_id).or_insert(PipeState { pipe, manager: None, refused_at: None });
+    fn on_pipe_message(
+        &mut self,
+        pipe_id: u32,
+        pipe: nng::Pipe,
+        body: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        let state = self.pipes.entry(pipe_id).or_insert(PipeState {
+            pipe,
+            manager: None,
+            refused_at: None,
+        });
         if state.refused_at.is_some() {
             return;
         }
@@ -175,12 +195,22 @@ impl Core {
                 if !constant_time_eq(reg.secret.as_bytes(), self.settings.secret.as_bytes()) {
                     tracing::warn!(manager_id = %reg.manager_id, host = %reg.hostname, "manager refused: wrong or missing secret");
                     state.refused_at = Some(now);
-                    self.send(pipe_id, &InterchangeMsg::Refused { reason: "wrong or missing endpoint secret".into() });
+                    self.send(
+                        pipe_id,
+                        &InterchangeMsg::Refused {
+                            reason: "wrong or missing endpoint secret".into(),
+                        },
+                    );
                     return;
                 }
                 if self.shutting_down.is_some() {
                     state.refused_at = Some(now);
-                    self.send(pipe_id, &InterchangeMsg::Refused { reason: "endpoint is shutting down".into() });
+                    self.send(
+                        pipe_id,
+                        &InterchangeMsg::Refused {
+                            reason: "endpoint is shutting down".into(),
+                        },
+                    );
                     return;
                 }
                 let id = reg.manager_id;
@@ -196,7 +226,8 @@ impl Core {
                     pipe_id,
                     &InterchangeMsg::Welcome {
                         heartbeat_period_ms: self.settings.heartbeat_period.as_millis() as u64,
-                        heartbeat_threshold_ms: self.settings.heartbeat_threshold.as_millis() as u64,
+                        heartbeat_threshold_ms: self.settings.heartbeat_threshold.as_millis()
+                            as u64,
                     },
                 );
             }
@@ -213,7 +244,10 @@ impl Core {
         let stale: Vec<u32> = self
             .pipes
             .iter()
-            .filter(|(_, s)| s.refused_at.is_some_and(|t| now.saturating_duration_since(t) > Duration::from_millis(200)))
+            .filter(|(_, s)| {
+                s.refused_at
+                    .is_some_and(|t| now.saturating_duration_since(t) > Duration::from_millis(200))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
@@ -223,11 +257,16 @@ impl Core {
         }
     }
 
-    fn from_client(&mut self, client: ClientId, msg: ClientMsg, out: &mut Outbox) {
+    fn on_client_message(&mut self, client: ClientId, msg: ClientMsg, out: &mut Outbox) {
         match msg {
             ClientMsg::Submit { tasks } => {
                 if self.shutting_down.is_some() {
-                    self.reply(client, FrontMsg::Error { message: "endpoint is shutting down".into() });
+                    self.reply(
+                        client,
+                        FrontMsg::Error {
+                            message: "endpoint is shutting down".into(),
+                        },
+                    );
                     return;
                 }
                 let count = tasks.len() as u32;
@@ -250,7 +289,12 @@ impl Core {
             }
             ClientMsg::DrainManager { manager_id } => {
                 if !self.dispatcher.drain(manager_id, out) {
-                    self.reply(client, FrontMsg::Error { message: format!("no manager {manager_id}") });
+                    self.reply(
+                        client,
+                        FrontMsg::Error {
+                            message: format!("no manager {manager_id}"),
+                        },
+                    );
                 }
             }
             ClientMsg::Shutdown => {
@@ -330,4 +374,3 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
-

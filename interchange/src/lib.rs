@@ -89,7 +89,12 @@ impl Interchange {
             .spawn(move || core.run(rx))
             .map_err(StartError::Thread)?;
         tracing::info!(port, "interchange listening for managers");
-        Ok(Interchange { events: tx, port, core: Some(handle), front_stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Interchange {
+            events: tx,
+            port,
+            core: Some(handle),
+            front_stop: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// The TCP port managers dial.
@@ -106,7 +111,9 @@ impl Interchange {
     pub fn serve_front_door(&self, listener: TcpListener) -> std::io::Result<()> {
         let events = self.events.clone();
         let stop = self.front_stop.clone();
-        std::thread::Builder::new().name("front-door".into()).spawn(move || links::front::serve(listener, events, stop))?;
+        std::thread::Builder::new()
+            .name("front-door".into())
+            .spawn(move || links::front::serve(listener, events, stop))?;
         Ok(())
     }
 
@@ -115,7 +122,8 @@ impl Interchange {
         if let Some(h) = self.core.take() {
             let _ = h.join();
         }
-        self.front_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.front_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops at once, without draining.

@@ -20,11 +20,18 @@ pub fn run(task: &Task) -> TaskResult {
         Function::Builtin(b) => run_builtin(*b, &task.args),
         Function::Shell(spec) => run_shell(spec, &task.args),
     };
-    TaskResult { id: task.id, outcome, run_us: start.elapsed().as_micros() as u64 }
+    TaskResult {
+        id: task.id,
+        outcome,
+        run_us: start.elapsed().as_micros() as u64,
+    }
 }
 
 fn fail(kind: FailureKind, message: impl Into<String>) -> Outcome {
-    Outcome::Failure { kind, message: message.into() }
+    Outcome::Failure {
+        kind,
+        message: message.into(),
+    }
 }
 
 /// Reads `{"ms": N}` (a missing argument means 0).
@@ -32,10 +39,13 @@ pub fn millis_arg(args: &[u8]) -> Result<u64, String> {
     if args.is_empty() {
         return Ok(0);
     }
-    let v: serde_json::Value = serde_json::from_slice(args).map_err(|e| format!("arguments are not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(args).map_err(|e| format!("arguments are not JSON: {e}"))?;
     match v.get("ms") {
         None => Ok(0),
-        Some(ms) => ms.as_u64().ok_or_else(|| format!("`ms` must be a non-negative integer, got {ms}")),
+        Some(ms) => ms
+            .as_u64()
+            .ok_or_else(|| format!("`ms` must be a non-negative integer, got {ms}")),
     }
 }
 
@@ -43,11 +53,19 @@ pub fn millis_arg(args: &[u8]) -> Result<u64, String> {
 pub fn run_builtin(b: Builtin, args: &[u8]) -> Outcome {
     match b {
         Builtin::Noop => Outcome::Success(b"null".to_vec()),
-        Builtin::Echo => Outcome::Success(if args.is_empty() { b"null".to_vec() } else { args.to_vec() }),
+        Builtin::Echo => Outcome::Success(if args.is_empty() {
+            b"null".to_vec()
+        } else {
+            args.to_vec()
+        }),
         Builtin::Fail => {
             let msg = serde_json::from_slice::<serde_json::Value>(args)
                 .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                .and_then(|v| {
+                    v.get("message")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
                 .unwrap_or_else(|| "the fail builtin failed, as asked".to_string());
             fail(FailureKind::FunctionError, msg)
         }
@@ -71,7 +89,10 @@ pub fn run_builtin(b: Builtin, args: &[u8]) -> Outcome {
 
 /// Quotes a string for `/bin/sh`.
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&c)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&c))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -85,7 +106,11 @@ pub fn fill_template(template: &str, args: &[u8]) -> Result<String, String> {
     } else {
         match serde_json::from_slice(args) {
             Ok(serde_json::Value::Object(m)) => m,
-            Ok(other) => return Err(format!("shell arguments must be a JSON object, got {other}")),
+            Ok(other) => {
+                return Err(format!(
+                    "shell arguments must be a JSON object, got {other}"
+                ))
+            }
             Err(e) => return Err(format!("arguments are not JSON: {e}")),
         }
     };
@@ -100,13 +125,21 @@ pub fn fill_template(template: &str, args: &[u8]) -> Result<String, String> {
             continue;
         }
         if tail.starts_with('}') {
-            return Err(format!("unmatched `}}` at byte {} of the command template", template.len() - tail.len()));
+            return Err(format!(
+                "unmatched `}}` at byte {} of the command template",
+                template.len() - tail.len()
+            ));
         }
         let Some(end) = tail.find('}') else {
-            return Err(format!("unclosed `{{` at byte {} of the command template", template.len() - tail.len()));
+            return Err(format!(
+                "unclosed `{{` at byte {} of the command template",
+                template.len() - tail.len()
+            ));
         };
         let name = &tail[1..end];
-        let value = values.get(name).ok_or_else(|| format!("the command needs argument `{name}`, which was not given"))?;
+        let value = values
+            .get(name)
+            .ok_or_else(|| format!("the command needs argument `{name}`, which was not given"))?;
         let text = match value {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -141,7 +174,11 @@ pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
         Err(e) => return fail(FailureKind::FunctionError, e),
     };
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(&command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("-c")
+        .arg(&command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Its own process group, so a timeout kills everything it started.
     cmd.process_group(0);
     for (k, v) in &spec.env {
@@ -152,7 +189,12 @@ pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return fail(FailureKind::FunctionError, format!("cannot start `{command}`: {e}")),
+        Err(e) => {
+            return fail(
+                FailureKind::FunctionError,
+                format!("cannot start `{command}`: {e}"),
+            )
+        }
     };
     let pid = child.id() as i32;
     let out = child.stdout.take().map(capture);
@@ -174,7 +216,10 @@ pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
                 let _ = err.map(|h| h.join());
                 return fail(
                     FailureKind::Timeout,
-                    format!("`{command}` ran past its walltime of {} ms and was killed", spec.walltime_ms),
+                    format!(
+                        "`{command}` ran past its walltime of {} ms and was killed",
+                        spec.walltime_ms
+                    ),
                 );
             }
         }
@@ -187,8 +232,18 @@ pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
             use std::os::unix::process::ExitStatusExt;
             -s.signal().unwrap_or(0)
         }),
-        Some(Err(e)) => return fail(FailureKind::FunctionError, format!("waiting for `{command}` failed: {e}")),
-        None => return fail(FailureKind::FunctionError, format!("waiting for `{command}` failed")),
+        Some(Err(e)) => {
+            return fail(
+                FailureKind::FunctionError,
+                format!("waiting for `{command}` failed: {e}"),
+            )
+        }
+        None => {
+            return fail(
+                FailureKind::FunctionError,
+                format!("waiting for `{command}` failed"),
+            )
+        }
     };
     let value = serde_json::json!({
         "stdout": String::from_utf8_lossy(&stdout),
@@ -205,10 +260,17 @@ mod tests {
     #[test]
     fn template_quotes_and_reports_missing() {
         let args = br#"{"a":"x y","n":3,"q":"it's"}"#;
-        assert_eq!(fill_template("echo {a} {n} {q} {{}}", args).unwrap(), "echo 'x y' 3 'it'\\''s' {}");
+        assert_eq!(
+            fill_template("echo {a} {n} {q} {{}}", args).unwrap(),
+            "echo 'x y' 3 'it'\\''s' {}"
+        );
         assert!(fill_template("echo {b}", args).unwrap_err().contains("`b`"));
-        assert!(fill_template("echo {a", args).unwrap_err().contains("unclosed"));
-        assert!(fill_template("echo", b"[1]").unwrap_err().contains("object"));
+        assert!(fill_template("echo {a", args)
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(fill_template("echo", b"[1]")
+            .unwrap_err()
+            .contains("object"));
     }
 
     #[test]
@@ -219,7 +281,9 @@ mod tests {
             cwd: None,
             walltime_ms: 0,
         };
-        let Outcome::Success(v) = run_shell(&spec, br#"{"m":"hi there"}"#) else { panic!("expected success") };
+        let Outcome::Success(v) = run_shell(&spec, br#"{"m":"hi there"}"#) else {
+            panic!("expected success")
+        };
         let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(v["stdout"], "hi there\n");
         assert_eq!(v["stderr"], "err\n");
@@ -234,19 +298,47 @@ mod tests {
             cwd: Some("/tmp".into()),
             walltime_ms: 0,
         };
-        let Outcome::Success(v) = run_shell(&spec, b"") else { panic!("expected success") };
+        let Outcome::Success(v) = run_shell(&spec, b"") else {
+            panic!("expected success")
+        };
         let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(v["stdout"], "bar\n/tmp\n");
-        let slow = ShellSpec { command: "sleep 30".into(), env: vec![], cwd: None, walltime_ms: 100 };
+        let slow = ShellSpec {
+            command: "sleep 30".into(),
+            env: vec![],
+            cwd: None,
+            walltime_ms: 100,
+        };
         let start = Instant::now();
-        assert!(matches!(run_shell(&slow, b""), Outcome::Failure { kind: FailureKind::Timeout, .. }));
-        assert!(start.elapsed() < Duration::from_secs(20), "the command was killed, not waited for");
+        assert!(matches!(
+            run_shell(&slow, b""),
+            Outcome::Failure {
+                kind: FailureKind::Timeout,
+                ..
+            }
+        ));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the command was killed, not waited for"
+        );
     }
 
     #[test]
     fn builtins() {
-        assert_eq!(run_builtin(Builtin::Echo, b"[1,2]"), Outcome::Success(b"[1,2]".to_vec()));
-        assert!(matches!(run_builtin(Builtin::Fail, b""), Outcome::Failure { kind: FailureKind::FunctionError, .. }));
-        assert!(matches!(run_builtin(Builtin::Sleep, br#"{"ms":"x"}"#), Outcome::Failure { .. }));
+        assert_eq!(
+            run_builtin(Builtin::Echo, b"[1,2]"),
+            Outcome::Success(b"[1,2]".to_vec())
+        );
+        assert!(matches!(
+            run_builtin(Builtin::Fail, b""),
+            Outcome::Failure {
+                kind: FailureKind::FunctionError,
+                ..
+            }
+        ));
+        assert!(matches!(
+            run_builtin(Builtin::Sleep, br#"{"ms":"x"}"#),
+            Outcome::Failure { .. }
+        ));
     }
 }

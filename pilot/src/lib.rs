@@ -20,7 +20,10 @@ pub struct Fleet {
 impl Fleet {
     /// Starts one thread per manager.
     pub fn start(configs: Vec<ManagerConfig>) -> Result<Fleet, ManagerError> {
-        let mut fleet = Fleet { handles: Vec::new(), threads: Vec::new() };
+        let mut fleet = Fleet {
+            handles: Vec::new(),
+            threads: Vec::new(),
+        };
         for cfg in configs {
             let id = cfg.manager_id;
             let m = Manager::new(cfg);

@@ -34,13 +34,23 @@ impl Link {
     /// Dials `url` in the background (retrying until the interchange answers) and forwards
     /// messages and connection changes to `events`.
     pub fn dial(url: &str, events: Sender<Event>) -> Result<Link, LinkError> {
-        let socket = RawSocket::new(Protocol::Req0).map_err(LinkError::Open)?.socket;
-        socket.set_opt::<RecvMaxSize>(fxr_protocol::MAX_FRAME + 64).map_err(LinkError::Open)?;
-        socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50))).map_err(LinkError::Open)?;
-        socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_secs(2))).map_err(LinkError::Open)?;
+        let socket = RawSocket::new(Protocol::Req0)
+            .map_err(LinkError::Open)?
+            .socket;
+        socket
+            .set_opt::<RecvMaxSize>(fxr_protocol::MAX_FRAME + 64)
+            .map_err(LinkError::Open)?;
+        socket
+            .set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50)))
+            .map_err(LinkError::Open)?;
+        socket
+            .set_opt::<ReconnectMaxTime>(Some(Duration::from_secs(2)))
+            .map_err(LinkError::Open)?;
         // Results must not be dropped on a busy pipe, so sends wait for room, but not forever:
         // a link down for this long means the interchange has already re-queued our tasks.
-        socket.set_opt::<SendTimeout>(Some(Duration::from_secs(5))).map_err(LinkError::Open)?;
+        socket
+            .set_opt::<SendTimeout>(Some(Duration::from_secs(5)))
+            .map_err(LinkError::Open)?;
         let notify = events.clone();
         socket
             .pipe_notify(move |_, ev| {
@@ -52,7 +62,10 @@ impl Link {
                 let _ = notify.send(e);
             })
             .map_err(LinkError::Open)?;
-        socket.dial_async(url).map_err(|source| LinkError::Dial { url: url.to_string(), source })?;
+        socket.dial_async(url).map_err(|source| LinkError::Dial {
+            url: url.to_string(),
+            source,
+        })?;
         let rx = socket.clone();
         std::thread::Builder::new()
             .name("mgr-recv".into())
@@ -65,14 +78,20 @@ impl Link {
                                 return;
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "undecodable message from the interchange"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "undecodable message from the interchange")
+                        }
                     },
                     Err(nng::Error::Closed) => return,
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
                 }
             })
             .map_err(LinkError::Thread)?;
-        Ok(Link { socket, counter: 0, frame: Vec::with_capacity(4096) })
+        Ok(Link {
+            socket,
+            counter: 0,
+            frame: Vec::with_capacity(4096),
+        })
     }
 
     /// Sends one message, waiting for room on the pipe for up to the send timeout.
@@ -85,7 +104,8 @@ impl Link {
         let mut m = nng::Message::with_capacity(self.frame.len());
         m.push_back(&self.frame);
         self.counter = self.counter.wrapping_add(1);
-        m.as_mut_header().push_back(&(0x8000_0000 | self.counter).to_be_bytes());
+        m.as_mut_header()
+            .push_back(&(0x8000_0000 | self.counter).to_be_bytes());
         if let Err((_, e)) = self.socket.send(m) {
             tracing::debug!(error = %e, "send to the interchange dropped");
         }

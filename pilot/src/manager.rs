@@ -9,8 +9,8 @@
 use crate::exec;
 use crate::link::{Link, LinkError};
 use fxr_protocol::{
-    BlockId, Builtin, Capacity, FailureKind, FromWorker, Function, InterchangeMsg, ManagerId, ManagerMsg,
-    Outcome, Registration, Task, TaskId, TaskResult, ToWorker,
+    BlockId, Builtin, Capacity, FailureKind, FromWorker, Function, InterchangeMsg, ManagerId,
+    ManagerMsg, Outcome, Registration, Task, TaskId, TaskResult, ToWorker,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -52,8 +52,15 @@ pub enum Event {
     LinkUp,
     LinkDown,
     FromInterchange(InterchangeMsg),
-    Worker { slot: usize, generation: u64, msg: FromWorker },
-    WorkerGone { slot: usize, generation: u64 },
+    Worker {
+        slot: usize,
+        generation: u64,
+        msg: FromWorker,
+    },
+    WorkerGone {
+        slot: usize,
+        generation: u64,
+    },
     /// SIGTERM: drain and exit.
     Terminate,
 }
@@ -235,10 +242,15 @@ impl State {
                         }
                     }
                     // Give the interchange a moment to take the last messages and close the pipe.
-                    Some(t) if now.saturating_duration_since(t) > Duration::from_secs(2) || !self.connected => {
+                    Some(t)
+                        if now.saturating_duration_since(t) > Duration::from_secs(2)
+                            || !self.connected =>
+                    {
                         return Ok(())
                     }
-                    Some(_) => next_heartbeat = next_heartbeat.min(now + Duration::from_millis(100)),
+                    Some(_) => {
+                        next_heartbeat = next_heartbeat.min(now + Duration::from_millis(100))
+                    }
                 }
             }
         }
@@ -260,13 +272,21 @@ impl State {
             Event::LinkDown => {
                 self.connected = false;
                 self.registered = false;
-                tracing::warn!(manager_id = %self.cfg.manager_id, "lost the interchange; reconnecting");
+                if self.draining {
+                    tracing::info!(manager_id = %self.cfg.manager_id, "interchange closed the connection after the drain");
+                } else {
+                    tracing::warn!(manager_id = %self.cfg.manager_id, "lost the interchange; reconnecting");
+                }
             }
             Event::FromInterchange(msg) => {
                 self.last_heard = Instant::now();
-                self.from_interchange(msg)?;
+                self.on_interchange_message(msg)?;
             }
-            Event::Worker { slot, generation, msg } => self.from_worker(slot, generation, msg),
+            Event::Worker {
+                slot,
+                generation,
+                msg,
+            } => self.on_worker_message(slot, generation, msg),
             Event::WorkerGone { slot, generation } => self.worker_gone(slot, generation),
             Event::Terminate => {
                 tracing::info!(manager_id = %self.cfg.manager_id, "terminating: draining");
@@ -294,9 +314,12 @@ impl State {
         }
     }
 
-    fn from_interchange(&mut self, msg: InterchangeMsg) -> Result<(), ManagerError> {
+    fn on_interchange_message(&mut self, msg: InterchangeMsg) -> Result<(), ManagerError> {
         match msg {
-            InterchangeMsg::Welcome { heartbeat_period_ms, .. } => {
+            InterchangeMsg::Welcome {
+                heartbeat_period_ms,
+                ..
+            } => {
                 self.registered = true;
                 self.heartbeat_period = Duration::from_millis(heartbeat_period_ms.max(10));
             }
@@ -321,7 +344,11 @@ impl State {
                 for t in self.queue.drain(..) {
                     if cancel.contains(&t.id) {
                         self.known.remove(&t.id);
-                        self.results.push(TaskResult::failure(t.id, FailureKind::Cancelled, "cancelled while queued"));
+                        self.results.push(TaskResult::failure(
+                            t.id,
+                            FailureKind::Cancelled,
+                            "cancelled while queued",
+                        ));
                     } else {
                         kept.push_back(t);
                     }
@@ -353,7 +380,10 @@ impl State {
         let (warm, unused) = match self.cfg.mode {
             WorkerMode::Simulated => (workers.saturating_sub(self.sim_running), 0),
             WorkerMode::Processes { .. } => (
-                self.slots.iter().filter(|s| s.ready && s.assigned.is_empty()).count(),
+                self.slots
+                    .iter()
+                    .filter(|s| s.ready && s.assigned.is_empty())
+                    .count(),
                 self.slots.iter().filter(|s| s.proc.is_none()).count(),
             ),
         };
@@ -390,7 +420,11 @@ impl State {
     fn finish(&mut self, r: TaskResult) {
         self.known.remove(&r.id);
         self.inflight_copy.remove(&r.id);
-        self.ewma_us = if self.seen_results { 0.9 * self.ewma_us + 0.1 * r.run_us as f64 } else { r.run_us as f64 };
+        self.ewma_us = if self.seen_results {
+            0.9 * self.ewma_us + 0.1 * r.run_us as f64
+        } else {
+            r.run_us as f64
+        };
         self.seen_results = true;
         self.results.push(r);
     }
@@ -407,18 +441,30 @@ impl State {
     fn assign_simulated(&mut self) {
         let now = Instant::now();
         while self.sim_running < self.cfg.workers as usize {
-            let Some(task) = self.queue.pop_front() else { return };
+            let Some(task) = self.queue.pop_front() else {
+                return;
+            };
             let delay = match &task.function {
-                Function::Builtin(Builtin::Sleep | Builtin::Spin) => match exec::millis_arg(&task.args) {
-                    Ok(ms) => Some(ms),
-                    Err(e) => {
-                        self.finish(TaskResult::failure(task.id, FailureKind::FunctionError, e));
-                        None
+                Function::Builtin(Builtin::Sleep | Builtin::Spin) => {
+                    match exec::millis_arg(&task.args) {
+                        Ok(ms) => Some(ms),
+                        Err(e) => {
+                            self.finish(TaskResult::failure(
+                                task.id,
+                                FailureKind::FunctionError,
+                                e,
+                            ));
+                            None
+                        }
                     }
-                },
+                }
                 Function::Builtin(b) => {
                     let outcome = exec::run_builtin(*b, &task.args);
-                    self.finish(TaskResult { id: task.id, outcome, run_us: 0 });
+                    self.finish(TaskResult {
+                        id: task.id,
+                        outcome,
+                        run_us: 0,
+                    });
                     None
                 }
                 Function::Shell(_) => {
@@ -432,7 +478,8 @@ impl State {
             };
             if let Some(ms) = delay {
                 self.sim_running += 1;
-                self.timers.push(Reverse((now + Duration::from_millis(ms), task.id, ms)));
+                self.timers
+                    .push(Reverse((now + Duration::from_millis(ms), task.id, ms)));
             }
         }
     }
@@ -442,17 +489,27 @@ impl State {
             if *t > now {
                 break;
             }
-            let Some(Reverse((_, id, ms))) = self.timers.pop() else { break };
+            let Some(Reverse((_, id, ms))) = self.timers.pop() else {
+                break;
+            };
             self.sim_running -= 1;
-            self.finish(TaskResult { id, outcome: Outcome::Success(b"null".to_vec()), run_us: ms * 1000 });
+            self.finish(TaskResult {
+                id,
+                outcome: Outcome::Success(b"null".to_vec()),
+                run_us: ms * 1000,
+            });
         }
     }
 
     // ---- worker processes ----
 
     fn spawn(&mut self, i: usize) {
-        let WorkerMode::Processes { command } = &self.cfg.mode else { return };
-        let Some((prog, args)) = command.split_first() else { return };
+        let WorkerMode::Processes { command } = &self.cfg.mode else {
+            return;
+        };
+        let Some((prog, args)) = command.split_first() else {
+            return;
+        };
         let slot = &mut self.slots[i];
         slot.generation += 1;
         slot.ready = false;
@@ -473,18 +530,32 @@ impl State {
                 return;
             }
         };
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else { return };
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return;
+        };
         let tx = self.tx.clone();
-        let reader = std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
-            let mut r = BufReader::with_capacity(1 << 16, stdout);
-            let mut buf = Vec::new();
-            while let Ok(Some(msg)) = fxr_protocol::read_frame::<FromWorker>(&mut r, &mut buf) {
-                if tx.send(Event::Worker { slot: i, generation, msg }).is_err() {
-                    return;
+        let reader = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                let mut r = BufReader::with_capacity(1 << 16, stdout);
+                let mut buf = Vec::new();
+                while let Ok(Some(msg)) = fxr_protocol::read_frame::<FromWorker>(&mut r, &mut buf) {
+                    if tx
+                        .send(Event::Worker {
+                            slot: i,
+                            generation,
+                            msg,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-            }
-            let _ = tx.send(Event::WorkerGone { slot: i, generation });
-        });
+                let _ = tx.send(Event::WorkerGone {
+                    slot: i,
+                    generation,
+                });
+            });
         if reader.is_err() {
             let _ = child.kill();
             let _ = child.wait();
@@ -494,8 +565,10 @@ impl State {
         slot.started = Some(Instant::now());
     }
 
-    fn from_worker(&mut self, i: usize, generation: u64, msg: FromWorker) {
-        let Some(slot) = self.slots.get_mut(i) else { return };
+    fn on_worker_message(&mut self, i: usize, generation: u64, msg: FromWorker) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
         if slot.generation != generation {
             return;
         }
@@ -522,7 +595,9 @@ impl State {
     }
 
     fn worker_gone(&mut self, i: usize, generation: u64) {
-        let Some(slot) = self.slots.get_mut(i) else { return };
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
         if slot.generation != generation {
             return;
         }
@@ -532,7 +607,11 @@ impl State {
         }
         slot.ready = false;
         let lived = slot.started.map_or(Duration::ZERO, |t| t.elapsed());
-        slot.quick_deaths = if lived < Duration::from_secs(1) { slot.quick_deaths + 1 } else { 0 };
+        slot.quick_deaths = if lived < Duration::from_secs(1) {
+            slot.quick_deaths + 1
+        } else {
+            0
+        };
         let mut assigned = std::mem::take(&mut slot.assigned);
         // The first was running; the rest never started and go back to the queue.
         let running = assigned.pop_front();
@@ -544,7 +623,11 @@ impl State {
             }
         }
         if let Some(id) = running {
-            self.finish(TaskResult::failure(id, FailureKind::WorkerLost, format!("worker {i} died while running it")));
+            self.finish(TaskResult::failure(
+                id,
+                FailureKind::WorkerLost,
+                format!("worker {i} died while running it"),
+            ));
         }
     }
 
@@ -583,7 +666,14 @@ impl State {
             return;
         }
         let short = self.seen_results && self.ewma_us < SHORT_TASK_US;
-        let per_worker = if short { self.queue.len().div_ceil(idle.len()).clamp(1, MAX_WORKER_BATCH) } else { 1 };
+        let per_worker = if short {
+            self.queue
+                .len()
+                .div_ceil(idle.len())
+                .clamp(1, MAX_WORKER_BATCH)
+        } else {
+            1
+        };
         let mut frame = Vec::new();
         for i in idle {
             if self.queue.is_empty() {
@@ -596,10 +686,18 @@ impl State {
             if fxr_protocol::encode_into(&mut frame, &msg).is_err() {
                 continue;
             }
-            let ToWorker::Run { tasks } = msg else { continue };
+            let ToWorker::Run { tasks } = msg else {
+                continue;
+            };
             let slot = &mut self.slots[i];
-            let Some(p) = slot.proc.as_mut() else { continue };
-            if p.stdin.write_all(&frame).and_then(|()| p.stdin.flush()).is_err() {
+            let Some(p) = slot.proc.as_mut() else {
+                continue;
+            };
+            if p.stdin
+                .write_all(&frame)
+                .and_then(|()| p.stdin.flush())
+                .is_err()
+            {
                 // The worker is dying; its reader will report it. Keep the tasks.
                 for t in tasks.into_iter().rev() {
                     self.queue.push_front(t);
@@ -625,7 +723,9 @@ impl State {
                 loop {
                     match p.child.try_wait() {
                         Ok(Some(_)) => break,
-                        Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                        Ok(None) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(5))
+                        }
                         _ => {
                             let _ = p.child.kill();
                             let _ = p.child.wait();
@@ -648,7 +748,9 @@ fn backoff(quick_deaths: u32) -> Duration {
 
 /// This node's name.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn memory_bytes() -> u64 {

@@ -14,12 +14,28 @@ const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
 /// Runs the worker loop on this process's stdin and stdout until stdin closes or `Stop` arrives.
 pub fn worker_main() -> std::io::Result<()> {
+    // Die with the manager: a worker has no purpose once nobody reads its results.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    match serve() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn serve() -> std::io::Result<()> {
     let stdin = std::io::stdin();
     let mut input = BufReader::with_capacity(1 << 16, stdin.lock());
     let stdout = std::io::stdout();
     let mut output = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut frame = Vec::new();
-    send(&mut output, &mut frame, &FromWorker::Ready { pid: std::process::id() })?;
+    send(
+        &mut output,
+        &mut frame,
+        &FromWorker::Ready {
+            pid: std::process::id(),
+        },
+    )?;
     let mut buf = Vec::new();
     let mut pending: Vec<TaskResult> = Vec::new();
     let mut pending_bytes = 0;
@@ -55,7 +71,8 @@ pub fn worker_main() -> std::io::Result<()> {
 
 fn send(out: &mut impl Write, frame: &mut Vec<u8>, msg: &FromWorker) -> std::io::Result<()> {
     frame.clear();
-    fxr_protocol::encode_into(frame, msg).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    fxr_protocol::encode_into(frame, msg)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     out.write_all(frame)?;
     out.flush()
 }

@@ -131,7 +131,12 @@ pub fn read_frame<T: DeserializeOwned>(
     while got < FRAME_HEADER_LEN {
         match r.read(&mut header[got..]) {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(Error::new(ErrorKind::UnexpectedEof, "stream ended inside a frame header")),
+            Ok(0) => {
+                return Err(Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "stream ended inside a frame header",
+                ))
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -140,5 +145,7 @@ pub fn read_frame<T: DeserializeOwned>(
     let len = parse_header(&header).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
     buf.resize(len, 0);
     r.read_exact(buf)?;
-    decode_body(buf).map(Some).map_err(|e| Error::new(ErrorKind::InvalidData, e))
+    decode_body(buf)
+        .map(Some)
+        .map_err(|e| Error::new(ErrorKind::InvalidData, e))
 }

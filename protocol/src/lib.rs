@@ -12,8 +12,8 @@ pub mod messages;
 pub mod task;
 
 pub use frame::{
-    decode, decode_body, encode, encode_into, parse_header, read_frame, FrameError, FRAME_HEADER_LEN, MAX_FRAME,
-    PROTOCOL_VERSION,
+    decode, decode_body, encode, encode_into, parse_header, read_frame, FrameError,
+    FRAME_HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,
 };
 pub use ids::{BlockId, ManagerId, TaskId};
 pub use messages::*;

@@ -1,5 +1,7 @@
 //! Round trips for every message, and the decoder against hostile input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use fxr_protocol::*;
 
 fn sample_tasks() -> Vec<Task> {

@@ -128,7 +128,11 @@ impl Manager {
     }
 
     fn observe(&mut self, run_us: u64, burst: usize, short_us: u64) {
-        self.mean_run_us = if self.results_seen == 0 { run_us as f64 } else { 0.95 * self.mean_run_us + 0.05 * run_us as f64 };
+        self.mean_run_us = if self.results_seen == 0 {
+            run_us as f64
+        } else {
+            0.95 * self.mean_run_us + 0.05 * run_us as f64
+        };
         self.results_seen += 1;
         self.limit = if self.mean_run_us < short_us as f64 {
             self.slots.max(self.reg.workers as usize + burst)
@@ -216,7 +220,10 @@ impl Dispatcher {
 
     /// Total worker slots of the connected managers.
     pub fn workers(&self) -> u64 {
-        self.managers.values().map(|m| u64::from(m.reg.workers)).sum()
+        self.managers
+            .values()
+            .map(|m| u64::from(m.reg.workers))
+            .sum()
     }
 
     /// Accepts new tasks. A task whose id is already known is ignored (dropped as a duplicate);
@@ -233,7 +240,10 @@ impl Dispatcher {
                 out.results.push(TaskResult::failure(
                     task.id,
                     FailureKind::Rejected,
-                    format!("arguments of {} bytes exceed the limit of {MAX_BODY} bytes", task.args.len()),
+                    format!(
+                        "arguments of {} bytes exceed the limit of {MAX_BODY} bytes",
+                        task.args.len()
+                    ),
                 ));
                 continue;
             }
@@ -243,14 +253,23 @@ impl Dispatcher {
 
     fn enqueue(&mut self, task: Task, front: bool) {
         let id = task.id;
-        let queue = self.queues.entry(task.container.clone().unwrap_or_default()).or_default();
+        let queue = self
+            .queues
+            .entry(task.container.clone().unwrap_or_default())
+            .or_default();
         if front {
             queue.push_front(id);
         } else {
             queue.push_back(id);
         }
         self.queued += 1;
-        self.tasks.insert(id, Entry { task, place: Place::Queued });
+        self.tasks.insert(
+            id,
+            Entry {
+                task,
+                place: Place::Queued,
+            },
+        );
     }
 
     /// A manager registered (its secret was already checked by the caller).
@@ -288,7 +307,9 @@ impl Dispatcher {
 
     /// A message from a registered manager.
     pub fn on_message(&mut self, id: ManagerId, msg: ManagerMsg, now: Instant, out: &mut Outbox) {
-        let Some(m) = self.managers.get_mut(&id) else { return };
+        let Some(m) = self.managers.get_mut(&id) else {
+            return;
+        };
         m.last_seen = now;
         match msg {
             ManagerMsg::Register(_) => {}
@@ -303,7 +324,10 @@ impl Dispatcher {
                 }
             }
             ManagerMsg::Returned { tasks } => {
-                let back: Vec<TaskId> = tasks.into_iter().filter(|t| m.in_flight.remove(t)).collect();
+                let back: Vec<TaskId> = tasks
+                    .into_iter()
+                    .filter(|t| m.in_flight.remove(t))
+                    .collect();
                 for t in back.into_iter().rev() {
                     if let Some(entry) = self.tasks.remove(&t) {
                         self.enqueue(entry.task, true);
@@ -320,15 +344,25 @@ impl Dispatcher {
     fn on_result(&mut self, from: ManagerId, r: TaskResult, out: &mut Outbox) {
         if let Some(m) = self.managers.get_mut(&from) {
             m.in_flight.remove(&r.id);
-            m.observe(r.run_us, self.config.burst_prefetch, self.config.short_task_us);
+            m.observe(
+                r.run_us,
+                self.config.burst_prefetch,
+                self.config.short_task_us,
+            );
         }
         let Some(entry) = self.tasks.get_mut(&r.id) else {
             self.counters.duplicates_dropped += 1;
             return;
         };
         // A lost worker is retried here, where the retry budget lives.
-        if let Outcome::Failure { kind: FailureKind::WorkerLost, .. } = r.outcome {
-            if entry.task.attempt < self.config.max_retries && matches!(entry.place, Place::InFlight(m) if m == from) {
+        if let Outcome::Failure {
+            kind: FailureKind::WorkerLost,
+            ..
+        } = r.outcome
+        {
+            if entry.task.attempt < self.config.max_retries
+                && matches!(entry.place, Place::InFlight(m) if m == from)
+            {
                 let mut task = entry.task.clone();
                 task.attempt += 1;
                 self.tasks.remove(&r.id);
@@ -337,7 +371,9 @@ impl Dispatcher {
                 return;
             }
         }
-        let Some(entry) = self.tasks.remove(&r.id) else { return };
+        let Some(entry) = self.tasks.remove(&r.id) else {
+            return;
+        };
         match entry.place {
             Place::Queued => self.queued -= 1,
             Place::InFlight(other) if other != from => {
@@ -358,18 +394,25 @@ impl Dispatcher {
     /// A manager's connection closed or it stopped heartbeating: re-queue what it held, or fail
     /// tasks that have used up their retries as `manager_lost`.
     pub fn lost(&mut self, id: ManagerId, why: &str, out: &mut Outbox) {
-        let Some(m) = self.managers.remove(&id) else { return };
+        let Some(m) = self.managers.remove(&id) else {
+            return;
+        };
         let mut held: Vec<TaskId> = m.in_flight.into_iter().collect();
         held.sort_unstable();
         for t in held.into_iter().rev() {
-            let Some(entry) = self.tasks.remove(&t) else { continue };
+            let Some(entry) = self.tasks.remove(&t) else {
+                continue;
+            };
             let mut task = entry.task;
             if task.attempt >= self.config.max_retries {
                 self.counters.failed += 1;
                 out.results.push(TaskResult::failure(
                     t,
                     FailureKind::ManagerLost,
-                    format!("manager {id} lost ({why}) after {} attempts", task.attempt + 1),
+                    format!(
+                        "manager {id} lost ({why}) after {} attempts",
+                        task.attempt + 1
+                    ),
                 ));
             } else {
                 task.attempt += 1;
@@ -415,7 +458,8 @@ impl Dispatcher {
                         .filter(|t| m.in_flight.contains(t))
                         .filter_map(|t| self.tasks.get(t).map(|e| e.task.clone()))
                         .collect();
-                    out.to_managers.push((*id, InterchangeMsg::Tasks { seq: *seq, tasks }));
+                    out.to_managers
+                        .push((*id, InterchangeMsg::Tasks { seq: *seq, tasks }));
                 }
             }
         }
@@ -426,11 +470,14 @@ impl Dispatcher {
         if self.queued == 0 {
             return;
         }
-        let containers: Vec<String> =
-            self.queues.iter().filter(|(_, q)| !q.is_empty()).map(|(c, _)| c.clone()).collect();
+        let containers: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(c, _)| c.clone())
+            .collect();
         for container in containers {
-            loop {
-                let Some(target) = self.pick(&container) else { break };
+            while let Some(target) = self.pick(&container) {
                 if !self.send_batch(target, &container, now, out) {
                     break;
                 }
@@ -448,7 +495,11 @@ impl Dispatcher {
                     return None;
                 }
                 let k = self.rng.usize(0..n);
-                self.managers.iter().filter(|(_, m)| eligible(m)).nth(k).map(|(id, _)| *id)
+                self.managers
+                    .iter()
+                    .filter(|(_, m)| eligible(m))
+                    .nth(k)
+                    .map(|(id, _)| *id)
             }
             Policy::RoundRobin => {
                 let cursor = self.rr_cursor;
@@ -474,16 +525,28 @@ impl Dispatcher {
     }
 
     /// Sends one batch to `target`; false when the queue had nothing to give.
-    fn send_batch(&mut self, target: ManagerId, container: &str, now: Instant, out: &mut Outbox) -> bool {
-        let Some(m) = self.managers.get_mut(&target) else { return false };
-        let Some(queue) = self.queues.get_mut(container) else { return false };
+    fn send_batch(
+        &mut self,
+        target: ManagerId,
+        container: &str,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(m) = self.managers.get_mut(&target) else {
+            return false;
+        };
+        let Some(queue) = self.queues.get_mut(container) else {
+            return false;
+        };
         let room = m.free().min(self.config.max_batch);
         let mut batch = Vec::with_capacity(room.min(queue.len()));
         let mut ids = Vec::with_capacity(batch.capacity());
         let mut bytes = 0;
         while batch.len() < room && bytes < self.config.max_batch_bytes {
             let Some(id) = queue.pop_front() else { break };
-            let Some(entry) = self.tasks.get_mut(&id) else { continue };
+            let Some(entry) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             if !matches!(entry.place, Place::Queued) {
                 continue;
             }
@@ -499,9 +562,16 @@ impl Dispatcher {
         }
         let seq = m.next_seq;
         m.next_seq += 1;
-        m.unacked.insert(seq, Unacked { tasks: ids, sent: now });
+        m.unacked.insert(
+            seq,
+            Unacked {
+                tasks: ids,
+                sent: now,
+            },
+        );
         self.counters.batches_sent += 1;
-        out.to_managers.push((target, InterchangeMsg::Tasks { seq, tasks: batch }));
+        out.to_managers
+            .push((target, InterchangeMsg::Tasks { seq, tasks: batch }));
         true
     }
 
@@ -514,7 +584,11 @@ impl Dispatcher {
                     self.tasks.remove(id);
                     self.queued -= 1;
                     self.counters.failed += 1;
-                    out.results.push(TaskResult::failure(*id, FailureKind::Cancelled, "cancelled while queued"));
+                    out.results.push(TaskResult::failure(
+                        *id,
+                        FailureKind::Cancelled,
+                        "cancelled while queued",
+                    ));
                 }
                 Some(Place::InFlight(m)) => at.entry(*m).or_default().push(*id),
                 None => {}
@@ -543,6 +617,10 @@ impl Dispatcher {
 
     /// Managers of one block.
     pub fn managers_of_block(&self, block: &BlockId) -> Vec<ManagerId> {
-        self.managers.iter().filter(|(_, m)| &m.reg.block_id == block).map(|(id, _)| *id).collect()
+        self.managers
+            .iter()
+            .filter(|(_, m)| &m.reg.block_id == block)
+            .map(|(id, _)| *id)
+            .collect()
     }
 }

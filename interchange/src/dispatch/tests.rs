@@ -23,19 +23,31 @@ fn reg(id: u64, workers: u32, prefetch: u32) -> Registration {
 
 fn tasks(range: std::ops::Range<u64>) -> Vec<Task> {
     range
-        .map(|i| Task { id: TaskId(i), function: Function::Builtin(Builtin::Noop), args: vec![], attempt: 0, container: None })
+        .map(|i| Task {
+            id: TaskId(i),
+            function: Function::Builtin(Builtin::Noop),
+            args: vec![],
+            attempt: 0,
+            container: None,
+        })
         .collect()
 }
 
 fn ok(id: TaskId) -> TaskResult {
-    TaskResult { id, outcome: Outcome::Success(b"null".to_vec()), run_us: 1 }
+    TaskResult {
+        id,
+        outcome: Outcome::Success(b"null".to_vec()),
+        run_us: 1,
+    }
 }
 
 fn sent(out: &Outbox) -> Vec<(ManagerId, u64, Vec<TaskId>)> {
     out.to_managers
         .iter()
         .filter_map(|(m, msg)| match msg {
-            InterchangeMsg::Tasks { seq, tasks } => Some((*m, *seq, tasks.iter().map(|t| t.id).collect())),
+            InterchangeMsg::Tasks { seq, tasks } => {
+                Some((*m, *seq, tasks.iter().map(|t| t.id).collect()))
+            }
             _ => None,
         })
         .collect()
@@ -43,11 +55,18 @@ fn sent(out: &Outbox) -> Vec<(ManagerId, u64, Vec<TaskId>)> {
 
 /// Defaults without the short-task burst, so slot counts are exact.
 fn base() -> DispatchConfig {
-    DispatchConfig { burst_prefetch: 0, ..DispatchConfig::default() }
+    DispatchConfig {
+        burst_prefetch: 0,
+        ..DispatchConfig::default()
+    }
 }
 
 fn dispatcher(policy: Policy) -> Dispatcher {
-    Dispatcher::new(DispatchConfig { policy, max_retries: 1, ..base() })
+    Dispatcher::new(DispatchConfig {
+        policy,
+        max_retries: 1,
+        ..base()
+    })
 }
 
 #[test]
@@ -60,7 +79,11 @@ fn batches_fill_each_manager_up_to_its_slots() {
     d.submit(tasks(0..20), &mut out);
     d.dispatch(now, &mut out);
     let s = sent(&out);
-    assert_eq!(s.len(), 2, "one batch per manager, not one message per task");
+    assert_eq!(
+        s.len(),
+        2,
+        "one batch per manager, not one message per task"
+    );
     assert!(s.iter().all(|(_, _, t)| t.len() == 4));
     assert_eq!(d.queued(), 12);
     assert_eq!(d.in_flight(), 8);
@@ -76,7 +99,10 @@ fn results_free_slots_and_leave_exactly_once() {
     d.dispatch(now, &mut out);
     assert_eq!(sent(&out).len(), 1);
     let mut out = Outbox::default();
-    let r = ManagerMsg::Results { results: vec![ok(TaskId(0)), ok(TaskId(0))], capacity: vec![] };
+    let r = ManagerMsg::Results {
+        results: vec![ok(TaskId(0)), ok(TaskId(0))],
+        capacity: vec![],
+    };
     d.on_message(ManagerId(1), r, now, &mut out);
     assert_eq!(out.results.len(), 1, "the duplicate result is dropped");
     assert_eq!(d.counters().duplicates_dropped, 1);
@@ -101,7 +127,13 @@ fn lost_manager_requeues_then_fails_as_manager_lost() {
     assert_eq!(sent(&out)[0].0, ManagerId(2));
     d.lost(ManagerId(2), "pipe closed", &mut out);
     assert_eq!(out.results.len(), 2, "max_retries = 1 is used up");
-    assert!(out.results.iter().all(|r| matches!(r.outcome, Outcome::Failure { kind: FailureKind::ManagerLost, .. })));
+    assert!(out.results.iter().all(|r| matches!(
+        r.outcome,
+        Outcome::Failure {
+            kind: FailureKind::ManagerLost,
+            ..
+        }
+    )));
     assert_eq!(d.outstanding(), 0);
 }
 
@@ -115,7 +147,12 @@ fn silent_manager_is_lost_at_the_threshold() {
     d.submit(tasks(0..2), &mut out);
     d.dispatch(t0, &mut out);
     let t1 = t0 + Duration::from_secs(15);
-    d.on_message(ManagerId(2), ManagerMsg::Heartbeat { capacity: vec![] }, t1, &mut out);
+    d.on_message(
+        ManagerId(2),
+        ManagerMsg::Heartbeat { capacity: vec![] },
+        t1,
+        &mut out,
+    );
     let mut out = Outbox::default();
     d.tick(t0 + Duration::from_secs(21), &mut out);
     assert_eq!(out.close, vec![ManagerId(1)]);
@@ -132,7 +169,11 @@ fn worker_lost_is_retried_within_the_budget() {
     d.submit(tasks(0..1), &mut out);
     d.dispatch(now, &mut out);
     let lost = || ManagerMsg::Results {
-        results: vec![TaskResult::failure(TaskId(0), FailureKind::WorkerLost, "worker died")],
+        results: vec![TaskResult::failure(
+            TaskId(0),
+            FailureKind::WorkerLost,
+            "worker died",
+        )],
         capacity: vec![],
     };
     let mut out = Outbox::default();
@@ -149,7 +190,11 @@ fn worker_lost_is_retried_within_the_budget() {
 #[test]
 fn unacknowledged_batches_limit_and_resend() {
     let t0 = Instant::now();
-    let mut d = Dispatcher::new(DispatchConfig { max_unacked: 2, max_batch: 1, ..base() });
+    let mut d = Dispatcher::new(DispatchConfig {
+        max_unacked: 2,
+        max_batch: 1,
+        ..base()
+    });
     let mut out = Outbox::default();
     d.register(reg(1, 10, 0), t0, &mut out);
     d.submit(tasks(0..10), &mut out);
@@ -162,7 +207,11 @@ fn unacknowledged_batches_limit_and_resend() {
     let mut out = Outbox::default();
     d.tick(t0 + Duration::from_secs(3), &mut out);
     let resent = sent(&out);
-    assert_eq!(resent.iter().map(|s| s.1).collect::<Vec<_>>(), vec![2, 3], "unacked batches are sent again");
+    assert_eq!(
+        resent.iter().map(|s| s.1).collect::<Vec<_>>(),
+        vec![2, 3],
+        "unacked batches are sent again"
+    );
 }
 
 #[test]
@@ -174,20 +223,35 @@ fn draining_manager_gets_nothing_and_returned_tasks_requeue() {
     d.submit(tasks(0..4), &mut out);
     d.dispatch(now, &mut out);
     assert!(d.drain(ManagerId(1), &mut out));
-    d.on_message(ManagerId(1), ManagerMsg::Returned { tasks: vec![TaskId(1)] }, now, &mut out);
+    d.on_message(
+        ManagerId(1),
+        ManagerMsg::Returned {
+            tasks: vec![TaskId(1)],
+        },
+        now,
+        &mut out,
+    );
     assert_eq!(d.queued(), 3);
     let mut out = Outbox::default();
     d.dispatch(now, &mut out);
     assert!(sent(&out).is_empty(), "a draining manager gets no work");
     d.register(reg(2, 4, 0), now, &mut out);
     d.dispatch(now, &mut out);
-    assert_eq!(sent(&out)[0].2, vec![TaskId(1), TaskId(2), TaskId(3)], "returned task goes first");
+    assert_eq!(
+        sent(&out)[0].2,
+        vec![TaskId(1), TaskId(2), TaskId(3)],
+        "returned task goes first"
+    );
 }
 
 #[test]
 fn round_robin_rotates_and_least_loaded_balances() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::RoundRobin, max_batch: 1, ..base() });
+    let mut d = Dispatcher::new(DispatchConfig {
+        policy: Policy::RoundRobin,
+        max_batch: 1,
+        ..base()
+    });
     let mut out = Outbox::default();
     for i in 1..=3 {
         d.register(reg(i, 4, 0), now, &mut out);
@@ -197,7 +261,11 @@ fn round_robin_rotates_and_least_loaded_balances() {
     let order: Vec<u64> = sent(&out).iter().map(|s| s.0 .0).collect();
     assert_eq!(order, vec![1, 2, 3, 1, 2, 3]);
 
-    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::LeastLoaded, max_batch: 1, ..base() });
+    let mut d = Dispatcher::new(DispatchConfig {
+        policy: Policy::LeastLoaded,
+        max_batch: 1,
+        ..base()
+    });
     let mut out = Outbox::default();
     d.register(reg(1, 4, 0), now, &mut out);
     d.register(reg(2, 8, 0), now, &mut out);
@@ -210,7 +278,11 @@ fn round_robin_rotates_and_least_loaded_balances() {
 #[test]
 fn random_spreads_over_all_managers() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(DispatchConfig { policy: Policy::Random, max_batch: 1, ..base() });
+    let mut d = Dispatcher::new(DispatchConfig {
+        policy: Policy::Random,
+        max_batch: 1,
+        ..base()
+    });
     let mut out = Outbox::default();
     for i in 1..=4 {
         d.register(reg(i, 100, 0), now, &mut out);
@@ -248,33 +320,63 @@ fn cancel_and_oversized_and_duplicate_submissions() {
     let mut big = tasks(9..10);
     big[0].args = vec![b' '; MAX_BODY + 1];
     d.submit(big, &mut out);
-    assert!(matches!(out.results[0].outcome, Outcome::Failure { kind: FailureKind::Rejected, .. }));
+    assert!(matches!(
+        out.results[0].outcome,
+        Outcome::Failure {
+            kind: FailureKind::Rejected,
+            ..
+        }
+    ));
     d.submit(tasks(0..2), &mut out);
     d.submit(tasks(0..2), &mut out);
     assert_eq!(d.outstanding(), 2);
     let mut out = Outbox::default();
     d.cancel(&[TaskId(0)], &mut out);
-    assert!(matches!(out.results[0].outcome, Outcome::Failure { kind: FailureKind::Cancelled, .. }));
+    assert!(matches!(
+        out.results[0].outcome,
+        Outcome::Failure {
+            kind: FailureKind::Cancelled,
+            ..
+        }
+    ));
     assert_eq!(d.queued(), 1);
 }
 
 #[test]
 fn short_tasks_widen_a_managers_window_and_long_ones_narrow_it() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(DispatchConfig { burst_prefetch: 100, short_task_us: 1000, ..base() });
+    let mut d = Dispatcher::new(DispatchConfig {
+        burst_prefetch: 100,
+        short_task_us: 1000,
+        ..base()
+    });
     let mut out = Outbox::default();
     d.register(reg(1, 2, 2), now, &mut out);
     d.submit(tasks(0..1000), &mut out);
     d.dispatch(now, &mut out);
     assert_eq!(d.in_flight(), 4, "before any result, workers + prefetch");
-    let r = ManagerMsg::Results { results: vec![ok(TaskId(0))], capacity: vec![] };
+    let r = ManagerMsg::Results {
+        results: vec![ok(TaskId(0))],
+        capacity: vec![],
+    };
     d.on_message(ManagerId(1), r, now, &mut out);
     d.dispatch(now, &mut out);
     assert_eq!(d.in_flight(), 102, "short tasks: workers + burst");
-    let slow = |id| TaskResult { id: TaskId(id), outcome: Outcome::Success(vec![]), run_us: 1_000_000 };
-    let r = ManagerMsg::Results { results: (1..40).map(slow).collect(), capacity: vec![] };
+    let slow = |id| TaskResult {
+        id: TaskId(id),
+        outcome: Outcome::Success(vec![]),
+        run_us: 1_000_000,
+    };
+    let r = ManagerMsg::Results {
+        results: (1..40).map(slow).collect(),
+        capacity: vec![],
+    };
     d.on_message(ManagerId(1), r, now, &mut out);
     let before = d.in_flight();
     d.dispatch(now, &mut out);
-    assert_eq!(d.in_flight(), before, "long tasks: back to workers + prefetch, nothing more is sent");
+    assert_eq!(
+        d.in_flight(),
+        before,
+        "long tasks: back to workers + prefetch, nothing more is sent"
+    );
 }

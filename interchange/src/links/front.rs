@@ -61,9 +61,10 @@ impl FrontDoor for LocalClient {
         match self.rx.recv_timeout(timeout) {
             Ok(m) => Ok(Some(m)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(io::Error::new(io::ErrorKind::BrokenPipe, "the interchange has stopped"))
-            }
+            Err(RecvTimeoutError::Disconnected) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the interchange has stopped",
+            )),
         }
     }
 }
@@ -84,27 +85,36 @@ impl TcpClient {
         stream.set_nodelay(true)?;
         let mut reader = stream.try_clone()?;
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name("client-recv".into()).spawn(move || {
-            let mut buf = Vec::new();
-            loop {
-                match read_frame::<FrontMsg>(&mut reader, &mut buf) {
-                    Ok(Some(m)) => {
-                        if tx.send(Ok(m)).is_err() {
+        std::thread::Builder::new()
+            .name("client-recv".into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    match read_frame::<FrontMsg>(&mut reader, &mut buf) {
+                        Ok(Some(m)) => {
+                            if tx.send(Ok(m)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            let _ = tx.send(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "endpoint closed the connection",
+                            )));
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
                             return;
                         }
                     }
-                    Ok(None) => {
-                        let _ = tx.send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "endpoint closed the connection")));
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
                 }
-            }
-        })?;
-        Ok(TcpClient { writer: BufWriter::new(stream), rx, frame: Vec::new() })
+            })?;
+        Ok(TcpClient {
+            writer: BufWriter::new(stream),
+            rx,
+            frame: Vec::new(),
+        })
     }
 }
 
@@ -120,13 +130,19 @@ impl FrontDoor for TcpClient {
         match self.rx.recv_timeout(timeout) {
             Ok(m) => m.map(Some),
             Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection lost")),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection lost"))
+            }
         }
     }
 }
 
 /// Accepts TCP clients until the listener fails or `stop` is set.
-pub(crate) fn serve(listener: TcpListener, events: Sender<Event>, stop: Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) fn serve(
+    listener: TcpListener,
+    events: Sender<Event>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     for stream in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -139,20 +155,29 @@ pub(crate) fn serve(listener: TcpListener, events: Sender<Event>, stop: Arc<std:
             }
         };
         let events = events.clone();
-        let _ = std::thread::Builder::new().name("front-conn".into()).spawn(move || connection(stream, events));
+        let _ = std::thread::Builder::new()
+            .name("front-conn".into())
+            .spawn(move || connection(stream, events));
     }
 }
 
 fn connection(stream: TcpStream, events: Sender<Event>) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_nodelay(true);
-    let Ok(write_half) = stream.try_clone() else { return };
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
     let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<FrontMsg>();
     if events.send(Event::ClientConnected(id, tx.clone())).is_err() {
         return;
     }
-    let writer = std::thread::Builder::new().name("front-write".into()).spawn(move || write_loop(write_half, rx));
+    let writer = std::thread::Builder::new()
+        .name("front-write".into())
+        .spawn(move || write_loop(write_half, rx));
     let mut reader = io::BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -165,7 +190,9 @@ fn connection(stream: TcpStream, events: Sender<Event>) {
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "bad frame from a client; closing its connection");
-                let _ = tx.send(FrontMsg::Error { message: format!("bad frame: {e}") });
+                let _ = tx.send(FrontMsg::Error {
+                    message: format!("bad frame: {e}"),
+                });
                 break;
             }
         }
@@ -184,7 +211,8 @@ fn write_loop(stream: TcpStream, rx: Receiver<FrontMsg>) {
         let mut next = Some(first);
         while let Some(msg) = next {
             frame.clear();
-            if fxr_protocol::encode_into(&mut frame, &msg).is_err() || w.write_all(&frame).is_err() {
+            if fxr_protocol::encode_into(&mut frame, &msg).is_err() || w.write_all(&frame).is_err()
+            {
                 return;
             }
             next = rx.try_recv().ok();

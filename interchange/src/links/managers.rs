@@ -53,10 +53,16 @@ pub fn close_pipe(pipe: Pipe) {
 impl ManagerLink {
     /// Listens on `url` (for example `tcp://127.0.0.1:0`) and forwards every message and every
     /// closed pipe to `events`.
-    pub fn listen(url: &str, max_frame: usize, events: Sender<Event>) -> Result<ManagerLink, LinkError> {
+    pub fn listen(
+        url: &str,
+        max_frame: usize,
+        events: Sender<Event>,
+    ) -> Result<ManagerLink, LinkError> {
         let raw = RawSocket::new(Protocol::Rep0).map_err(LinkError::Open)?;
         let socket = raw.socket;
-        socket.set_opt::<RecvMaxSize>(max_frame + 64).map_err(LinkError::Open)?;
+        socket
+            .set_opt::<RecvMaxSize>(max_frame + 64)
+            .map_err(LinkError::Open)?;
         let notify = events.clone();
         socket
             .pipe_notify(move |pipe, ev| {
@@ -66,11 +72,15 @@ impl ManagerLink {
                 }
             })
             .map_err(LinkError::Open)?;
-        let listener = nng::Listener::new(&socket, url)
-            .map_err(|source| LinkError::Listen { url: url.to_string(), source })?;
+        let listener = nng::Listener::new(&socket, url).map_err(|source| LinkError::Listen {
+            url: url.to_string(),
+            source,
+        })?;
         let port = listener
             .get_opt::<nng::options::transport::tcp::BoundPort>()
-            .map_err(|_| LinkError::NoPort { url: url.to_string() })?;
+            .map_err(|_| LinkError::NoPort {
+                url: url.to_string(),
+            })?;
         // `Listener` is a plain handle: dropping it does not close it; it closes with the socket.
         let _ = listener;
         let rx_socket = socket.clone();
@@ -78,7 +88,11 @@ impl ManagerLink {
             .name("ix-recv".into())
             .spawn(move || receive_loop(rx_socket, events))
             .map_err(LinkError::Thread)?;
-        Ok(ManagerLink { socket, port, receiver: Some(receiver) })
+        Ok(ManagerLink {
+            socket,
+            port,
+            receiver: Some(receiver),
+        })
     }
 
     /// The TCP port managers dial.
@@ -120,7 +134,14 @@ fn receive_loop(socket: nng::Socket, events: Sender<Event>) {
         let Some(pipe) = msg.pipe() else { continue };
         let id = pipe_id(pipe);
         let body = msg.as_slice().to_vec();
-        if events.send(Event::FromPipe { pipe_id: id, pipe, body }).is_err() {
+        if events
+            .send(Event::FromPipe {
+                pipe_id: id,
+                pipe,
+                body,
+            })
+            .is_err()
+        {
             return;
         }
     }

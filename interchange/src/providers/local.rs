@@ -13,10 +13,15 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     /// Starts a block: `command` with its arguments, plus `env`.
-    pub fn submit(&mut self, block_id: &str, command: &[String], env: &[(String, String)]) -> std::io::Result<u32> {
-        let (prog, args) = command
-            .split_first()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty pilot command"))?;
+    pub fn submit(
+        &mut self,
+        block_id: &str,
+        command: &[String],
+        env: &[(String, String)],
+    ) -> std::io::Result<u32> {
+        let (prog, args) = command.split_first().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty pilot command")
+        })?;
         let mut cmd = Command::new(prog);
         cmd.args(args).process_group(0);
         for (k, v) in env {
@@ -46,7 +51,8 @@ impl LocalProvider {
             }
             let deadline = Instant::now() + grace;
             loop {
-                self.blocks.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
+                self.blocks
+                    .retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
                 if self.blocks.is_empty() {
                     return;
                 }

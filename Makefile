@@ -1,0 +1,40 @@
+# fxr: the entry points people type. `make demo` and `make test` do all set-up themselves.
+
+CARGO ?= cargo
+FXR := target/release/fxr
+# Debian packages the build and the tests need: cmake builds NNG; clang/libclang for bindgen
+# (the MPI bindings); Slurm daemons and clients, its Torque wrappers, and MPICH for the
+# batch-system tests.
+DEBS := cmake clang libclang-dev pkg-config slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev
+
+.PHONY: all deps build demo test lint bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+
+build: deps
+	$(CARGO) build --release --workspace
+
+demo: build
+	FXR=$(FXR) ./scripts/demo.sh
+
+test: deps
+	$(CARGO) test --workspace --release -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
+
+bench: build
+	$(CARGO) bench --workspace
+
+clean:
+	$(CARGO) clean
