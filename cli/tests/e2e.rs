@@ -537,3 +537,21 @@ fn submit_command_reads_an_args_file_and_reports_json() {
     );
     ep.stop();
 }
+
+#[test]
+fn sigterm_to_the_endpoint_drains_and_leaves_nothing_behind() {
+    let mut ep = Endpoint::start(&["--blocks", "2", "--workers-per-node", "2"]);
+    ep.wait_workers(4);
+    let pilots = ep.pilots.clone();
+    let workers: Vec<u32> = pilots.iter().flat_map(|p| children_of(*p)).collect();
+    assert_eq!(workers.len(), 4);
+    // SAFETY: signalling the endpoint this test started.
+    unsafe { libc::kill(ep.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut ep.child, Duration::from_secs(30)), Some(0));
+    for p in pilots.iter().chain(&workers) {
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(*p)),
+            "process {p} is gone"
+        );
+    }
+}

@@ -201,7 +201,9 @@ pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
             c
         }
     };
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Its own process group, so a timeout kills everything it started.
     cmd.process_group(0);
     for (k, v) in &spec.env {
@@ -355,8 +357,19 @@ mod tests {
         assert_eq!(simple_argv("echo 'a b'"), None);
         assert_eq!(simple_argv("a | b"), None);
         assert_eq!(simple_argv(""), None);
-        let spec = ShellSpec { command: "no-such-program-here".into(), env: vec![], cwd: None, walltime_ms: 0 };
-        assert!(matches!(run_shell(&spec, b""), Outcome::Failure { kind: FailureKind::FunctionError, .. }));
+        let spec = ShellSpec {
+            command: "no-such-program-here".into(),
+            env: vec![],
+            cwd: None,
+            walltime_ms: 0,
+        };
+        assert!(matches!(
+            run_shell(&spec, b""),
+            Outcome::Failure {
+                kind: FailureKind::FunctionError,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use crate::manager::Event;
 use fxr_protocol::ManagerMsg;
-use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, SendTimeout};
+use nng::options::{
+    Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, RecvTimeout, SendTimeout,
+};
 use nng::{PipeEvent, Protocol, RawSocket};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -51,6 +53,11 @@ impl Link {
         socket
             .set_opt::<SendTimeout>(Some(Duration::from_secs(5)))
             .map_err(LinkError::Open)?;
+        // Closing does not always wake a blocked receive (NNG 1.4): wake up now and then, and
+        // stop once the manager has gone (its event channel is closed).
+        socket
+            .set_opt::<RecvTimeout>(Some(Duration::from_millis(500)))
+            .map_err(LinkError::Open)?;
         let notify = events.clone();
         socket
             .pipe_notify(move |_, ev| {
@@ -83,6 +90,11 @@ impl Link {
                         }
                     },
                     Err(nng::Error::Closed) => return,
+                    Err(nng::Error::TimedOut) => {
+                        if events.send(Event::Wake).is_err() {
+                            return;
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
                 }
             })

@@ -63,6 +63,8 @@ pub enum Event {
     },
     /// SIGTERM: drain and exit.
     Terminate,
+    /// Nothing happened; the link's receiving thread checks that the manager still listens.
+    Wake,
 }
 
 /// Why a manager stopped with an error.
@@ -288,6 +290,7 @@ impl State {
                 msg,
             } => self.on_worker_message(slot, generation, msg),
             Event::WorkerGone { slot, generation } => self.worker_gone(slot, generation),
+            Event::Wake => {}
             Event::Terminate => {
                 tracing::info!(manager_id = %self.cfg.manager_id, "terminating: draining");
                 self.start_drain();

@@ -10,9 +10,11 @@
 //! described in ARCHITECTURE.md.
 
 use crate::core::Event;
-use nng::options::{Options, RecvMaxSize};
+use nng::options::{Options, RecvMaxSize, RecvTimeout};
 use nng::{Pipe, PipeEvent, Protocol, RawSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Errors of the manager link.
@@ -34,6 +36,7 @@ pub struct ManagerLink {
     socket: nng::Socket,
     port: u16,
     receiver: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 /// The numeric id of a pipe, as it appears in message headers.
@@ -63,6 +66,11 @@ impl ManagerLink {
         socket
             .set_opt::<RecvMaxSize>(max_frame + 64)
             .map_err(LinkError::Open)?;
+        // Closing the socket does not always wake a thread blocked in receive (NNG 1.4), so the
+        // receiving thread wakes up now and then to look at its stop flag.
+        socket
+            .set_opt::<RecvTimeout>(Some(std::time::Duration::from_millis(200)))
+            .map_err(LinkError::Open)?;
         let notify = events.clone();
         socket
             .pipe_notify(move |pipe, ev| {
@@ -84,14 +92,17 @@ impl ManagerLink {
         // `Listener` is a plain handle: dropping it does not close it; it closes with the socket.
         let _ = listener;
         let rx_socket = socket.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let rx_stop = stop.clone();
         let receiver = std::thread::Builder::new()
             .name("ix-recv".into())
-            .spawn(move || receive_loop(rx_socket, events))
+            .spawn(move || receive_loop(rx_socket, events, &rx_stop))
             .map_err(LinkError::Thread)?;
         Ok(ManagerLink {
             socket,
             port,
             receiver: Some(receiver),
+            stop,
         })
     }
 
@@ -114,6 +125,7 @@ impl ManagerLink {
 
     /// Closes the socket and waits for the receiving thread.
     pub fn close(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         self.socket.close();
         if let Some(h) = self.receiver.take() {
             let _ = h.join();
@@ -121,11 +133,15 @@ impl ManagerLink {
     }
 }
 
-fn receive_loop(socket: nng::Socket, events: Sender<Event>) {
+fn receive_loop(socket: nng::Socket, events: Sender<Event>, stop: &AtomicBool) {
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let mut msg = match socket.recv() {
             Ok(m) => m,
             Err(nng::Error::Closed) => return,
+            Err(nng::Error::TimedOut) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "manager socket receive failed");
                 continue;
