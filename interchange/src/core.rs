@@ -297,6 +297,16 @@ impl Core {
                     );
                 }
             }
+            ClientMsg::Cancel { tasks } => {
+                let wanted: std::collections::HashSet<TaskId> = tasks.into_iter().collect();
+                let ours: Vec<TaskId> = self
+                    .routes
+                    .iter()
+                    .filter(|(_, (c, original))| *c == client && wanted.contains(original))
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.dispatcher.cancel(&ours, out);
+            }
             ClientMsg::Shutdown => {
                 tracing::info!("shutdown requested; draining managers");
                 self.shutting_down = Some(Instant::now());

@@ -5,6 +5,7 @@
 //! | client ↔ interchange (local front door) | [`ClientMsg`] | [`FrontMsg`] |
 //! | interchange ↔ manager (nng) | [`InterchangeMsg`] | [`ManagerMsg`] |
 //! | manager ↔ worker (pipes) | [`ToWorker`] | [`FromWorker`] |
+//! | broker ↔ interchange (WebSocket, binary frames) | [`BrokerMsg`] | [`LinkMsg`] |
 //!
 //! Tasks and results always travel in batches: a message costs 20–40 µs on nng here, a task
 //! a few hundred nanoseconds to encode.
@@ -104,6 +105,8 @@ pub enum ClientMsg {
     Status,
     /// Drain one manager.
     DrainManager { manager_id: ManagerId },
+    /// Cancel these tasks (the client's own ids) if they have not started.
+    Cancel { tasks: Vec<TaskId> },
     /// Stop the endpoint: drain every manager, then exit.
     Shutdown,
 }
@@ -164,4 +167,28 @@ pub enum FromWorker {
     Ready { pid: u32 },
     /// Results of tasks it ran, in order.
     Results { results: Vec<TaskResult> },
+}
+
+/// Broker → interchange, over the endpoint link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerMsg {
+    /// Work for this endpoint; ids are the broker's task ids. Sent only within granted credit.
+    Tasks { tasks: Vec<Task> },
+    /// These results are stored; the interchange may forget them.
+    ResultsStored { tasks: Vec<TaskId> },
+    /// Cancel these tasks.
+    Cancel { tasks: Vec<TaskId> },
+}
+
+/// Interchange → broker, over the endpoint link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkMsg {
+    /// The broker may send this many more tasks.
+    Credit { tasks: u64 },
+    /// These tasks arrived and are queued (their receipt is acknowledged).
+    Received { tasks: Vec<TaskId> },
+    /// Finished tasks; sent again after a reconnect until the broker says they are stored.
+    Results { results: Vec<TaskResult> },
+    /// Managers, workers and queues, every few seconds.
+    Status(EndpointStatus),
 }

@@ -99,6 +99,8 @@ pub enum FailureKind {
     Cancelled,
     /// It was refused before running: too large, unknown function, bad arguments.
     Rejected,
+    /// Its endpoint stayed offline longer than the broker waits.
+    EndpointUnavailable,
 }
 
 impl FailureKind {
@@ -111,6 +113,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Cancelled => "cancelled",
             FailureKind::Rejected => "rejected",
+            FailureKind::EndpointUnavailable => "endpoint_unavailable",
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct LocalClient {
     id: ClientId,
     events: Sender<Event>,
     rx: Receiver<FrontMsg>,
+    /// Split into sender and receiver: the halves now own the registration.
+    detached: bool,
 }
 
 impl LocalClient {
@@ -40,12 +42,40 @@ impl LocalClient {
         let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         let _ = events.send(Event::ClientConnected(id, tx));
-        LocalClient { id, events, rx }
+        LocalClient { id, events, rx, detached: false }
+    }
+}
+
+/// The sending half of a [`LocalClient`], usable from any thread.
+#[derive(Clone, Debug)]
+pub struct LocalSender {
+    id: ClientId,
+    events: Sender<Event>,
+}
+
+impl LocalSender {
+    pub fn send(&self, msg: ClientMsg) -> io::Result<()> {
+        self.events
+            .send(Event::Client(self.id, msg))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the interchange has stopped"))
+    }
+}
+
+impl LocalClient {
+    /// Splits into a sender and the receiver of this client's messages. The client stays
+    /// registered until the receiver is dropped and the core notices.
+    pub fn split(mut self) -> (LocalSender, Receiver<FrontMsg>) {
+        self.detached = true;
+        let rx = std::mem::replace(&mut self.rx, mpsc::channel().1);
+        (LocalSender { id: self.id, events: self.events.clone() }, rx)
     }
 }
 
 impl Drop for LocalClient {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         let _ = self.events.send(Event::ClientGone(self.id));
     }
 }

@@ -1,0 +1,92 @@
+//! Function registration and lookup.
+
+use super::types::{FunctionBody, FunctionInfo, Visibility};
+use super::{ApiError, ApiJson, Caller};
+use crate::{auth, function_of, Broker, FunctionRow};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use std::sync::Arc;
+
+/// Whether `user` may run (and see) this function.
+pub fn may_use(f: &FunctionRow, user: i64) -> bool {
+    f.owner == user || f.public || f.shared_with.contains(&user)
+}
+
+async fn info(broker: &Broker, f: &FunctionRow) -> Result<FunctionInfo, ApiError> {
+    let body: FunctionBody = serde_json::from_str(&f.spec).map_err(ApiError::internal)?;
+    Ok(FunctionInfo { id: f.id.clone(), owner: broker.user_name(f.owner).await, body })
+}
+
+/// Register a function.
+#[utoipa::path(post, path = "/v1/functions", request_body = FunctionBody,
+    responses((status = 201, body = FunctionInfo), (status = 422, body = super::types::ErrorBody)))]
+pub async fn register(
+    State(broker): State<Arc<Broker>>,
+    Caller(user): Caller,
+    ApiJson(body): ApiJson<FunctionBody>,
+) -> Result<(StatusCode, Json<FunctionInfo>), ApiError> {
+    if body.name.trim().is_empty() || body.name.len() > 128 {
+        return Err(ApiError::bad("`name` must be 1 to 128 characters"));
+    }
+    if body.description.len() > 4096 {
+        return Err(ApiError::bad("`description` must be at most 4096 characters"));
+    }
+    let func = function_of(&body).map_err(ApiError::bad)?;
+    let shared_with = broker.user_ids(&body.shared_with).await?;
+    let row = FunctionRow {
+        id: auth::new_id(),
+        owner: user.id,
+        name: body.name.clone(),
+        description: body.description.clone(),
+        spec: serde_json::to_string(&body).map_err(ApiError::internal)?,
+        public: body.visibility == Visibility::Public,
+        shared_with,
+    };
+    broker.add_function(row.clone(), func).await?;
+    Ok((StatusCode::CREATED, Json(info(&broker, &row).await?)))
+}
+
+/// List the functions the caller may run.
+#[utoipa::path(get, path = "/v1/functions", responses((status = 200, body = Vec<FunctionInfo>)))]
+pub async fn list(State(broker): State<Arc<Broker>>, Caller(user): Caller) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
+    let mut out = Vec::new();
+    let mut rows: Vec<FunctionRow> = broker.functions().into_iter().filter(|f| may_use(f, user.id)).collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    for f in rows {
+        out.push(info(&broker, &f).await?);
+    }
+    Ok(Json(out))
+}
+
+/// Get one function.
+#[utoipa::path(get, path = "/v1/functions/{id}", params(("id" = String, Path, description = "function id")),
+    responses((status = 200, body = FunctionInfo), (status = 404, body = super::types::ErrorBody)))]
+pub async fn get_one(
+    State(broker): State<Arc<Broker>>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    match broker.function(&id) {
+        Some((f, _)) if may_use(&f, user.id) => Ok(Json(info(&broker, &f).await?)),
+        _ => Err(ApiError::not_found(format!("no function `{id}`"))),
+    }
+}
+
+/// Delete a function (owner only).
+#[utoipa::path(delete, path = "/v1/functions/{id}", params(("id" = String, Path, description = "function id")),
+    responses((status = 204), (status = 403, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody)))]
+pub async fn delete(
+    State(broker): State<Arc<Broker>>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match broker.function(&id) {
+        Some((f, _)) if f.owner == user.id => {
+            broker.remove_function(&id).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Some((f, _)) if may_use(&f, user.id) => Err(ApiError::forbidden("only the owner may delete a function")),
+        _ => Err(ApiError::not_found(format!("no function `{id}`"))),
+    }
+}

@@ -1,0 +1,181 @@
+//! The REST API: routes, errors, the JSON and authentication extractors, and the OpenAPI
+//! document generated from the handlers' annotations.
+
+mod endpoints;
+mod functions;
+mod tasks;
+pub mod types;
+
+use crate::{Broker, UserRow};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+use types::{ErrorBody, ErrorDetail};
+use utoipa::OpenApi;
+
+/// An error answer: a status and a JSON body naming the problem.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+    pub fn forbidden(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", what)
+    }
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the broker could not complete the request: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+/// A JSON body whose rejections are turned into [`ApiError`]s that name the problem.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => {
+                let (status, code) = match &rejection {
+                    JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+                    JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+                    JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json"),
+                    JsonRejection::BytesRejection(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+                    _ => (StatusCode::BAD_REQUEST, "invalid_body"),
+                };
+                let mut message = rejection.body_text();
+                if code == "body_too_large" {
+                    message = format!("the request body exceeds the limit: {message}");
+                }
+                Err(ApiError::new(status, code, message))
+            }
+        }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug)]
+pub struct Caller(pub UserRow);
+
+impl FromRequestParts<Arc<Broker>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, broker: &Arc<Broker>) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer TOKEN` header"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the Authorization header must be `Bearer TOKEN`"))?;
+        broker
+            .user_by_token(token.trim())
+            .await?
+            .map(Caller)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fxr broker", description = "Federated function-as-a-service: register functions and endpoints, submit tasks, fetch results."),
+    paths(
+        whoami,
+        functions::register, functions::list, functions::get_one, functions::delete,
+        endpoints::register, endpoints::list, endpoints::status, endpoints::delete, endpoints::link,
+        tasks::submit, tasks::get_one, tasks::get_many, tasks::wait, tasks::stream, tasks::cancel,
+    ),
+    modifiers(&BearerAuth)
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// Who am I?
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = types::WhoAmI), (status = 401, body = ErrorBody)))]
+async fn whoami(Caller(u): Caller) -> Json<types::WhoAmI> {
+    Json(types::WhoAmI { id: u.id, name: u.name })
+}
+
+async fn openapi_json() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(s) => ([(axum::http::header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route; see /v1/openapi.json")
+}
+
+/// The router with every route.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let limit = broker.config.max_body_bytes;
+    Router::new()
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/functions", post(functions::register).get(functions::list))
+        .route("/v1/functions/{id}", get(functions::get_one).delete(functions::delete))
+        .route("/v1/endpoints", post(endpoints::register).get(endpoints::list))
+        .route("/v1/endpoints/{id}", get(endpoints::status).delete(endpoints::delete))
+        .route("/v1/endpoints/{id}/link", get(endpoints::link))
+        .route("/v1/tasks", post(tasks::submit).get(tasks::get_many))
+        .route("/v1/tasks/wait", post(tasks::wait))
+        .route("/v1/tasks/stream", get(tasks::stream))
+        .route("/v1/tasks/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}", get(tasks::get_one))
+        .fallback(fallback)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(broker)
+}

@@ -1,0 +1,316 @@
+//! fxr-broker: the service that makes endpoints federated. Users register functions and
+//! endpoints, submit tasks over a REST API, and fetch results; endpoints dial in over a
+//! WebSocket link and receive tasks under credit-based flow control.
+//!
+//! - [`store`]: SQLite (WAL) — users, functions, endpoints, tasks and results survive restarts.
+//! - [`hub`]: live routing state, rebuilt from the store at start-up.
+//! - [`api`]: the REST routes and the OpenAPI document.
+//! - [`link`]: the endpoint side of the WebSocket.
+
+pub mod api;
+pub mod auth;
+pub mod hub;
+pub mod link;
+pub mod store;
+
+use api::types::FunctionBody;
+use fxr_protocol::{Builtin, FailureKind, Function, Outcome, ShellSpec, Task, TaskId, TaskResult};
+use hub::Hub;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+pub use store::{EndpointRow, FunctionRow, Store, StoreError, UserRow};
+use tokio::sync::Notify;
+
+/// Broker settings.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub db_path: PathBuf,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Most tasks in one submission.
+    pub max_tasks_per_request: usize,
+    /// How long tasks wait for an offline endpoint before failing as `endpoint_unavailable`.
+    pub endpoint_wait: Duration,
+    /// How long finished tasks and their results are kept.
+    pub result_retention: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(db_path: PathBuf) -> BrokerConfig {
+        BrokerConfig {
+            db_path,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_tasks_per_request: 10_000,
+            endpoint_wait: Duration::from_secs(3600),
+            result_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Registered functions, endpoints and users, cached from the store.
+#[derive(Debug, Default)]
+struct Registry {
+    functions: HashMap<String, (FunctionRow, Function)>,
+    endpoints: HashMap<String, EndpointRow>,
+    users_by_token: HashMap<String, UserRow>,
+    user_names: HashMap<i64, String>,
+}
+
+/// The broker's shared state.
+#[derive(Debug)]
+pub struct Broker {
+    pub config: BrokerConfig,
+    store: Arc<Mutex<Store>>,
+    pub hub: Mutex<Hub>,
+    registry: RwLock<Registry>,
+    /// Woken whenever results are recorded.
+    pub done: Notify,
+    /// Set when the server is shutting down, so long-lived connections close.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// Turns a registered function's body into what workers run.
+pub fn function_of(body: &FunctionBody) -> Result<Function, String> {
+    use api::types::FunctionKind;
+    match body.kind {
+        FunctionKind::Builtin => {
+            let name = body.builtin.as_deref().ok_or("a builtin function needs `builtin` (noop, sleep, spin, echo, fail)")?;
+            if body.command.is_some() {
+                return Err("`command` is for shell functions".into());
+            }
+            Builtin::from_name(name)
+                .map(Function::Builtin)
+                .ok_or_else(|| format!("unknown builtin `{name}` (noop, sleep, spin, echo, fail)"))
+        }
+        FunctionKind::Shell => {
+            let command = body.command.clone().filter(|c| !c.trim().is_empty()).ok_or("a shell function needs a non-empty `command`")?;
+            if body.builtin.is_some() {
+                return Err("`builtin` is for builtin functions".into());
+            }
+            Ok(Function::Shell(Box::new(ShellSpec {
+                command,
+                env: body.env.clone().unwrap_or_default().into_iter().collect(),
+                cwd: body.cwd.clone(),
+                walltime_ms: body.walltime_ms.unwrap_or(0),
+            })))
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data that is still consistent enough to
+    // serve; recover it rather than cascade the panic.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Broker {
+    /// Opens the store, loads the registry and re-queues every task that has no result.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, StoreError> {
+        let store = Store::open(&config.db_path)?;
+        let mut registry = Registry::default();
+        for f in store.functions()? {
+            let body: FunctionBody =
+                serde_json::from_str(&f.spec).map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
+            let func = function_of(&body).map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
+            registry.functions.insert(f.id.clone(), (f, func));
+        }
+        for e in store.endpoints()? {
+            registry.endpoints.insert(e.id.clone(), e);
+        }
+        let mut hub = Hub::default();
+        let open = store.open_tasks()?;
+        let requeued = open.len();
+        for t in open {
+            let Some((_, func)) = registry.functions.get(&t.function_id) else { continue };
+            hub.enqueue(
+                &t.endpoint_id,
+                Task { id: TaskId(t.id), function: func.clone(), args: t.args, attempt: 0, container: None },
+            );
+        }
+        tracing::info!(requeued, "broker store opened");
+        Ok(Arc::new(Broker {
+            config,
+            store: Arc::new(Mutex::new(store)),
+            hub: Mutex::new(hub),
+            registry: RwLock::new(registry),
+            done: Notify::new(),
+            stopping: tokio::sync::watch::channel(false).0,
+        }))
+    }
+
+    /// Runs `f` on the store in a blocking thread.
+    pub async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&store)))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("store thread failed: {e}")))?
+    }
+
+    /// The hub, locked.
+    pub fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
+        lock(&self.hub)
+    }
+
+    fn reg(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn reg_mut(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub async fn user_by_token(&self, token: &str) -> Result<Option<UserRow>, StoreError> {
+        let h = auth::hash(token);
+        if let Some(u) = self.reg().users_by_token.get(&h) {
+            return Ok(Some(u.clone()));
+        }
+        let hh = h.clone();
+        let found = self.db(move |s| s.user_by_token(&hh)).await?;
+        if let Some(u) = &found {
+            let mut reg = self.reg_mut();
+            reg.users_by_token.insert(h, u.clone());
+            reg.user_names.insert(u.id, u.name.clone());
+        }
+        Ok(found)
+    }
+
+    pub async fn user_name(&self, id: i64) -> String {
+        if let Some(n) = self.reg().user_names.get(&id) {
+            return n.clone();
+        }
+        let name = self.db(move |s| s.user_name(id)).await.ok().flatten().unwrap_or_else(|| format!("user#{id}"));
+        self.reg_mut().user_names.insert(id, name.clone());
+        name
+    }
+
+    /// Resolves user names to ids; the error names the first unknown one.
+    pub async fn user_ids(&self, names: &[String]) -> Result<Vec<i64>, api::ApiError> {
+        let mut ids = Vec::with_capacity(names.len());
+        for n in names {
+            let nn = n.clone();
+            match self.db(move |s| s.user_by_name(&nn)).await? {
+                Some(u) => ids.push(u.id),
+                None => return Err(api::ApiError::bad(format!("unknown user `{n}` in shared_with"))),
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn function(&self, id: &str) -> Option<(FunctionRow, Function)> {
+        self.reg().functions.get(id).cloned()
+    }
+
+    pub fn functions(&self) -> Vec<FunctionRow> {
+        self.reg().functions.values().map(|(f, _)| f.clone()).collect()
+    }
+
+    pub fn endpoint(&self, id: &str) -> Option<EndpointRow> {
+        self.reg().endpoints.get(id).cloned()
+    }
+
+    pub fn endpoints(&self) -> Vec<EndpointRow> {
+        self.reg().endpoints.values().cloned().collect()
+    }
+
+    pub async fn add_function(&self, row: FunctionRow, func: Function) -> Result<(), StoreError> {
+        let r = row.clone();
+        self.db(move |s| s.put_function(&r)).await?;
+        self.reg_mut().functions.insert(row.id.clone(), (row, func));
+        Ok(())
+    }
+
+    pub async fn remove_function(&self, id: &str) -> Result<(), StoreError> {
+        let i = id.to_string();
+        self.db(move |s| s.delete_function(&i)).await?;
+        self.reg_mut().functions.remove(id);
+        Ok(())
+    }
+
+    pub async fn add_endpoint(&self, row: EndpointRow) -> Result<(), StoreError> {
+        let r = row.clone();
+        self.db(move |s| s.put_endpoint(&r)).await?;
+        self.reg_mut().endpoints.insert(row.id.clone(), row);
+        Ok(())
+    }
+
+    pub async fn remove_endpoint(&self, id: &str) -> Result<(), StoreError> {
+        let i = id.to_string();
+        self.db(move |s| s.delete_endpoint(&i)).await?;
+        self.reg_mut().endpoints.remove(id);
+        Ok(())
+    }
+
+    /// Records results (each task once), then forgets them in the hub and wakes waiters.
+    pub async fn record(&self, results: Vec<TaskResult>) -> Result<Vec<u64>, StoreError> {
+        let ids: Vec<u64> = results.iter().map(|r| r.id.0).collect();
+        let done: Vec<store::Completion> = results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Outcome::Success(v) => store::Completion { id: r.id.0, result: Some(v), error: None },
+                Outcome::Failure { kind, message } => {
+                    store::Completion { id: r.id.0, result: None, error: Some((kind.as_str().to_string(), message)) }
+                }
+            })
+            .collect();
+        let recorded = self.db(move |s| s.complete(&done)).await?;
+        self.hub().finished(ids);
+        self.done.notify_waiters();
+        Ok(recorded)
+    }
+
+    /// Fails tasks whose endpoint stayed offline too long, and purges old results.
+    async fn housekeeping(&self) {
+        let expired = self.hub().expired(self.config.endpoint_wait);
+        if !expired.is_empty() {
+            tracing::warn!(count = expired.len(), "tasks failed: endpoint offline too long");
+            let results = expired
+                .into_iter()
+                .map(|id| {
+                    TaskResult::failure(
+                        TaskId(id),
+                        FailureKind::EndpointUnavailable,
+                        "the endpoint stayed offline longer than the broker waits",
+                    )
+                })
+                .collect();
+            if let Err(e) = self.record(results).await {
+                tracing::error!(error = %e, "cannot record expired tasks");
+            }
+        }
+        let before = store::now_ms() - self.config.result_retention.as_millis() as i64;
+        if let Err(e) = self.db(move |s| s.purge(before)).await {
+            tracing::error!(error = %e, "cannot purge old results");
+        }
+    }
+}
+
+/// Serves the API on an already-bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let keeper = broker.clone();
+    let housekeeping = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            keeper.housekeeping().await;
+        }
+    });
+    let stopper = broker.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopper.stopping.send(true);
+    };
+    let app = api::router(broker);
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    housekeeping.abort();
+    result
+}

@@ -1,0 +1,324 @@
+//! The persistent store: SQLite in WAL mode.
+//!
+//! Every write that the broker acknowledges is committed first (`synchronous = FULL`), and writes
+//! come in batches — a submission of a thousand tasks is one transaction, a result batch from an
+//! endpoint another — so durability costs one fsync per batch, not per task. Access goes through
+//! one connection behind a mutex, called from blocking threads.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored data is malformed: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone, Debug)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct FunctionRow {
+    pub id: String,
+    pub owner: i64,
+    pub name: String,
+    pub description: String,
+    /// JSON of `api::FunctionBody`.
+    pub spec: String,
+    pub public: bool,
+    pub shared_with: Vec<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EndpointRow {
+    pub id: String,
+    pub owner: i64,
+    pub name: String,
+    pub credential_hash: String,
+    pub shared_with: Vec<i64>,
+}
+
+/// A task as stored.
+#[derive(Clone, Debug)]
+pub struct TaskRow {
+    pub id: u64,
+    pub owner: i64,
+    pub function_id: String,
+    pub endpoint_id: String,
+    pub args: Vec<u8>,
+    pub state: String,
+    pub result: Option<Vec<u8>>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+}
+
+/// A new task to insert.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub owner: i64,
+    pub function_id: String,
+    pub endpoint_id: String,
+    pub args: Vec<u8>,
+}
+
+/// A finished task to record.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub id: u64,
+    pub result: Option<Vec<u8>>,
+    pub error: Option<(String, String)>,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, token_hash TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS functions (
+    id TEXT PRIMARY KEY, owner INTEGER NOT NULL, name TEXT NOT NULL, description TEXT NOT NULL,
+    spec TEXT NOT NULL, public INTEGER NOT NULL, shared_with TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS endpoints (
+    id TEXT PRIMARY KEY, owner INTEGER NOT NULL, name TEXT NOT NULL, credential_hash TEXT NOT NULL,
+    shared_with TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, function_id TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL, args BLOB NOT NULL, state TEXT NOT NULL, result BLOB,
+    error_kind TEXT, error_message TEXT, created_ms INTEGER NOT NULL, completed_ms INTEGER);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks(state) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_done ON tasks(completed_ms) WHERE completed_ms IS NOT NULL;
+";
+
+fn ids_to_text(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn text_to_ids(s: &str) -> Result<Vec<i64>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|_| StoreError::Corrupt(format!("bad user list `{s}`"))))
+        .collect()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    pub fn add_user(&mut self, name: &str, token_hash: &str) -> Result<i64> {
+        self.conn.execute("INSERT INTO users (name, token_hash) VALUES (?1, ?2)", params![name, token_hash])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn user_by_token(&self, token_hash: &str) -> Result<Option<UserRow>> {
+        Ok(self
+            .conn
+            .query_row("SELECT id, name FROM users WHERE token_hash = ?1", [token_hash], |r| {
+                Ok(UserRow { id: r.get(0)?, name: r.get(1)? })
+            })
+            .optional()?)
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
+        Ok(self
+            .conn
+            .query_row("SELECT id, name FROM users WHERE name = ?1", [name], |r| Ok(UserRow { id: r.get(0)?, name: r.get(1)? }))
+            .optional()?)
+    }
+
+    pub fn user_name(&self, id: i64) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT name FROM users WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+    }
+
+    pub fn put_function(&mut self, f: &FunctionRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO functions (id, owner, name, description, spec, public, shared_with) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+            params![f.id, f.owner, f.name, f.description, f.spec, f.public, ids_to_text(&f.shared_with)],
+        )?;
+        Ok(())
+    }
+
+    fn function_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FunctionRow, String)> {
+        Ok((
+            FunctionRow {
+                id: r.get(0)?,
+                owner: r.get(1)?,
+                name: r.get(2)?,
+                description: r.get(3)?,
+                spec: r.get(4)?,
+                public: r.get(5)?,
+                shared_with: Vec::new(),
+            },
+            r.get(6)?,
+        ))
+    }
+
+    pub fn function(&self, id: &str) -> Result<Option<FunctionRow>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, owner, name, description, spec, public, shared_with FROM functions WHERE id = ?1",
+                [id],
+                Self::function_from,
+            )
+            .optional()?;
+        row.map(|(mut f, shared)| {
+            f.shared_with = text_to_ids(&shared)?;
+            Ok(f)
+        })
+        .transpose()
+    }
+
+    pub fn functions(&self) -> Result<Vec<FunctionRow>> {
+        let mut stmt = self.conn.prepare("SELECT id, owner, name, description, spec, public, shared_with FROM functions ORDER BY name")?;
+        let rows = stmt.query_map([], Self::function_from)?;
+        rows.map(|r| {
+            let (mut f, shared) = r?;
+            f.shared_with = text_to_ids(&shared)?;
+            Ok(f)
+        })
+        .collect()
+    }
+
+    pub fn delete_function(&mut self, id: &str) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM functions WHERE id = ?1", [id])? > 0)
+    }
+
+    pub fn put_endpoint(&mut self, e: &EndpointRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO endpoints (id, owner, name, credential_hash, shared_with) VALUES (?1,?2,?3,?4,?5)",
+            params![e.id, e.owner, e.name, e.credential_hash, ids_to_text(&e.shared_with)],
+        )?;
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<EndpointRow>> {
+        let mut stmt = self.conn.prepare("SELECT id, owner, name, credential_hash, shared_with FROM endpoints ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                EndpointRow { id: r.get(0)?, owner: r.get(1)?, name: r.get(2)?, credential_hash: r.get(3)?, shared_with: vec![] },
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (mut e, shared) = r?;
+            e.shared_with = text_to_ids(&shared)?;
+            Ok(e)
+        })
+        .collect()
+    }
+
+    pub fn delete_endpoint(&mut self, id: &str) -> Result<bool> {
+        Ok(self.conn.execute("DELETE FROM endpoints WHERE id = ?1", [id])? > 0)
+    }
+
+    /// Inserts tasks in one transaction and returns their ids, in order.
+    pub fn insert_tasks(&mut self, tasks: &[NewTask]) -> Result<Vec<u64>> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(tasks.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO tasks (owner, function_id, endpoint_id, args, state, created_ms) VALUES (?1,?2,?3,?4,'pending',?5)",
+            )?;
+            for t in tasks {
+                stmt.execute(params![t.owner, t.function_id, t.endpoint_id, t.args, now])?;
+                ids.push(tx.last_insert_rowid() as u64);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Records results in one transaction. A task already finished keeps its first result; the
+    /// ids that were newly recorded are returned.
+    pub fn complete(&mut self, done: &[Completion]) -> Result<Vec<u64>> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let mut recorded = Vec::with_capacity(done.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE tasks SET state = ?2, result = ?3, error_kind = ?4, error_message = ?5, completed_ms = ?6
+                 WHERE id = ?1 AND state = 'pending'",
+            )?;
+            for c in done {
+                let (state, kind, msg) = match &c.error {
+                    None => ("succeeded", None, None),
+                    Some((k, m)) => ("failed", Some(k.as_str()), Some(m.as_str())),
+                };
+                if stmt.execute(params![c.id as i64, state, c.result, kind, msg, now])? > 0 {
+                    recorded.push(c.id);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(recorded)
+    }
+
+    fn task_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+        Ok(TaskRow {
+            id: r.get::<_, i64>(0)? as u64,
+            owner: r.get(1)?,
+            function_id: r.get(2)?,
+            endpoint_id: r.get(3)?,
+            args: r.get(4)?,
+            state: r.get(5)?,
+            result: r.get(6)?,
+            error_kind: r.get(7)?,
+            error_message: r.get(8)?,
+            created_ms: r.get(9)?,
+            completed_ms: r.get(10)?,
+        })
+    }
+
+    const TASK_COLS: &'static str =
+        "id, owner, function_id, endpoint_id, args, state, result, error_kind, error_message, created_ms, completed_ms";
+
+    pub fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {} FROM tasks WHERE id = ?1", Self::TASK_COLS))?;
+        for id in ids {
+            if let Some(t) = stmt.query_row([*id as i64], Self::task_from).optional()? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every task still waiting for a result (to re-queue after a restart).
+    pub fn open_tasks(&self) -> Result<Vec<TaskRow>> {
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {} FROM tasks WHERE state = 'pending' ORDER BY id", Self::TASK_COLS))?;
+        let rows = stmt.query_map([], Self::task_from)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Deletes finished tasks completed before `before_ms`.
+    pub fn purge(&mut self, before_ms: i64) -> Result<usize> {
+        Ok(self.conn.execute("DELETE FROM tasks WHERE completed_ms IS NOT NULL AND completed_ms < ?1", [before_ms])?)
+    }
+}

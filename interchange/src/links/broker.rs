@@ -1,0 +1,260 @@
+//! The endpoint's side of the broker link: a WebSocket the interchange opens to the broker
+//! (outbound only, as login nodes allow), with credit-based flow control and resume.
+//!
+//! The link is a client of the interchange's core like any other, holding it for its whole life
+//! across reconnects. It keeps two sets: the broker's tasks handed to the core and not finished
+//! (`inflight`), and results sent to the broker and not yet acknowledged as stored (`unacked`).
+//! After a reconnect it grants fresh credit and sends every unacknowledged result again; tasks the
+//! broker re-sends that are in either set are not run twice.
+
+use crate::links::front::{LocalClient, LocalSender};
+use futures_util::{SinkExt, StreamExt};
+use fxr_protocol::{BrokerMsg, ClientMsg, FrontMsg, LinkMsg, TaskId, TaskResult};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Where and how to reach the broker.
+#[derive(Clone, Debug)]
+pub struct BrokerLinkConfig {
+    /// The broker's base URL, `http://HOST:PORT`.
+    pub broker: String,
+    pub endpoint_id: String,
+    pub credential: String,
+    /// Most broker tasks held at this endpoint at once.
+    pub window: u64,
+    pub status_period: Duration,
+}
+
+/// Errors that stop the link for good.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerLinkError {
+    #[error("bad broker URL `{0}` (expected http://HOST:PORT)")]
+    BadUrl(String),
+    #[error("cannot start the link: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct State {
+    cfg: BrokerLinkConfig,
+    core: LocalSender,
+    inflight: HashSet<TaskId>,
+    unacked: HashMap<TaskId, TaskResult>,
+}
+
+/// Runs the link on a thread of its own until the interchange stops.
+pub fn start(client: LocalClient, cfg: BrokerLinkConfig) -> Result<std::thread::JoinHandle<()>, BrokerLinkError> {
+    let url = ws_url(&cfg)?;
+    let (core, results) = client.split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    // The core's channel is a blocking one: a small thread moves its messages into tokio.
+    std::thread::Builder::new().name("link-bridge".into()).spawn(move || {
+        while let Ok(m) = results.recv() {
+            if tx.send(m).is_err() {
+                return;
+            }
+        }
+    })?;
+    let handle = std::thread::Builder::new().name("broker-link".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the broker link runtime");
+                return;
+            }
+        };
+        let mut st = State { cfg, core, inflight: HashSet::new(), unacked: HashMap::new() };
+        rt.block_on(st.run(url, rx));
+    })?;
+    Ok(handle)
+}
+
+fn ws_url(cfg: &BrokerLinkConfig) -> Result<String, BrokerLinkError> {
+    let base = cfg.broker.trim_end_matches('/');
+    let rest = base
+        .strip_prefix("http://")
+        .map(|r| format!("ws://{r}"))
+        .or_else(|| base.strip_prefix("https://").map(|r| format!("wss://{r}")))
+        .ok_or_else(|| BrokerLinkError::BadUrl(cfg.broker.clone()))?;
+    Ok(format!("{rest}/v1/endpoints/{}/link", cfg.endpoint_id))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl State {
+    async fn run(&mut self, url: String, mut core_rx: mpsc::UnboundedReceiver<FrontMsg>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connected = match self.connect(&url).await {
+                Ok(ws) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(endpoint_id = %self.cfg.endpoint_id, "connected to the broker");
+                    self.serve(ws, &mut core_rx).await
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint_id = %self.cfg.endpoint_id, error = %e, "cannot reach the broker; retrying");
+                    true
+                }
+            };
+            if !connected {
+                return;
+            }
+            // Keep taking results while waiting to reconnect, so the core never backs up.
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    m = core_rx.recv() => match m {
+                        Some(m) => {
+                            // Not connected: results are kept in `unacked` and sent on reconnect.
+                            let _ = self.on_core_message(m);
+                        }
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn connect(&self, url: &str) -> Result<Ws, String> {
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        let value = format!("Bearer {}", self.cfg.credential).parse().map_err(|_| "credential is not a valid header".to_string())?;
+        req.headers_mut().insert("Authorization", value);
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(fxr_protocol::MAX_FRAME + 64))
+            .max_frame_size(Some(fxr_protocol::MAX_FRAME + 64));
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async_with_config(req, Some(config), true),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(ws)
+    }
+
+    /// Records a core message; returns results to forward.
+    fn on_core_message(&mut self, m: FrontMsg) -> Option<LinkMsg> {
+        match m {
+            FrontMsg::Results { results } => {
+                for r in &results {
+                    self.inflight.remove(&r.id);
+                    self.unacked.insert(r.id, r.clone());
+                }
+                Some(LinkMsg::Results { results })
+            }
+            FrontMsg::Status(s) => Some(LinkMsg::Status(s)),
+            FrontMsg::Accepted { .. } => None,
+            FrontMsg::Error { message } => {
+                tracing::error!(%message, "the interchange refused a request from the broker link");
+                None
+            }
+        }
+    }
+
+    /// Serves one connection. Returns false when the interchange has stopped.
+    async fn serve(&mut self, ws: Ws, core_rx: &mut mpsc::UnboundedReceiver<FrontMsg>) -> bool {
+        let (mut sink, mut stream) = ws.split();
+        let credit = self.cfg.window.saturating_sub(self.inflight.len() as u64);
+        if send(&mut sink, &LinkMsg::Credit { tasks: credit }).await.is_err() {
+            return true;
+        }
+        let pending: Vec<TaskResult> = self.unacked.values().cloned().collect();
+        for chunk in pending.chunks(1000) {
+            if send(&mut sink, &LinkMsg::Results { results: chunk.to_vec() }).await.is_err() {
+                return true;
+            }
+        }
+        let mut status = tokio::time::interval(self.cfg.status_period);
+        loop {
+            tokio::select! {
+                _ = status.tick() => {
+                    if self.core.send(ClientMsg::Status).is_err() {
+                        return false;
+                    }
+                }
+                m = core_rx.recv() => {
+                    let Some(m) = m else { return false };
+                    let finished = matches!(&m, FrontMsg::Results { results } if !results.is_empty());
+                    let n = if let FrontMsg::Results { results } = &m { results.len() as u64 } else { 0 };
+                    if let Some(out) = self.on_core_message(m) {
+                        if send(&mut sink, &out).await.is_err() {
+                            return true;
+                        }
+                    }
+                    if finished && send(&mut sink, &LinkMsg::Credit { tasks: n }).await.is_err() {
+                        return true;
+                    }
+                }
+                incoming = stream.next() => {
+                    let bytes = match incoming {
+                        Some(Ok(Message::Binary(b))) => b,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return true,
+                        Some(Ok(_)) => continue,
+                    };
+                    let msg = match fxr_protocol::decode::<BrokerMsg>(&bytes) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "undecodable message from the broker; reconnecting");
+                            return true;
+                        }
+                    };
+                    if !self.on_broker_message(msg, &mut sink).await {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_broker_message(&mut self, msg: BrokerMsg, sink: &mut futures_util::stream::SplitSink<Ws, Message>) -> bool {
+        match msg {
+            BrokerMsg::Tasks { tasks } => {
+                let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+                let mut fresh = Vec::with_capacity(tasks.len());
+                let mut again = Vec::new();
+                let mut freed = 0u64;
+                for t in tasks {
+                    if let Some(r) = self.unacked.get(&t.id) {
+                        again.push(r.clone());
+                        freed += 1;
+                    } else if self.inflight.insert(t.id) {
+                        fresh.push(t);
+                    } else {
+                        freed += 1;
+                    }
+                }
+                if !fresh.is_empty() && self.core.send(ClientMsg::Submit { tasks: fresh }).is_err() {
+                    return false;
+                }
+                if send(sink, &LinkMsg::Received { tasks: ids }).await.is_err() {
+                    return false;
+                }
+                if !again.is_empty() && send(sink, &LinkMsg::Results { results: again }).await.is_err() {
+                    return false;
+                }
+                if freed > 0 && send(sink, &LinkMsg::Credit { tasks: freed }).await.is_err() {
+                    return false;
+                }
+            }
+            BrokerMsg::ResultsStored { tasks } => {
+                for t in tasks {
+                    self.unacked.remove(&t);
+                }
+            }
+            BrokerMsg::Cancel { tasks } => {
+                let _ = self.core.send(ClientMsg::Cancel { tasks });
+            }
+        }
+        true
+    }
+}
+
+async fn send(sink: &mut futures_util::stream::SplitSink<Ws, Message>, msg: &LinkMsg) -> Result<(), ()> {
+    let frame = fxr_protocol::encode(msg).map_err(|e| tracing::error!(error = %e, "cannot encode a link message"))?;
+    sink.send(Message::Binary(frame.into())).await.map_err(|e| tracing::debug!(error = %e, "link send failed"))
+}
