@@ -17,7 +17,8 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     if getrandom::fill(&mut b).is_err() {
         // The OS generator is unavailable only on exotic systems; fall back to a seeded PRNG
         // mixed with the clock rather than refusing to run.
-        let mut rng = fastrand::Rng::with_seed(crate::store::now_ms() as u64 ^ u64::from(std::process::id()));
+        let mut rng =
+            fastrand::Rng::with_seed(crate::store::now_ms() as u64 ^ u64::from(std::process::id()));
         for x in &mut b {
             *x = rng.u8(..);
         }
@@ -48,6 +49,9 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_ne!(a, super::new_secret());
         assert_eq!(super::hash("x"), super::hash("x"));
-        assert_eq!(super::hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            super::hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -90,7 +90,9 @@ impl Hub {
     }
 
     fn ep(&mut self, id: &str) -> &mut EndpointRuntime {
-        self.endpoints.entry(id.to_string()).or_insert_with(EndpointRuntime::new)
+        self.endpoints
+            .entry(id.to_string())
+            .or_insert_with(EndpointRuntime::new)
     }
 
     /// State of a task that has no result yet.
@@ -102,18 +104,29 @@ impl Hub {
     pub fn enqueue(&mut self, endpoint: &str, task: Task) {
         let id = task.id.0;
         self.ep(endpoint).queue.push_back(id);
-        self.live.insert(id, Live { endpoint: endpoint.to_string(), task, state: LiveState::Pending });
+        self.live.insert(
+            id,
+            Live {
+                endpoint: endpoint.to_string(),
+                task,
+                state: LiveState::Pending,
+            },
+        );
     }
 
     /// Sends queued tasks of `endpoint` within its credit.
     pub fn pump(&mut self, endpoint: &str) {
-        let Some(ep) = self.endpoints.get_mut(endpoint) else { return };
+        let Some(ep) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
         let Some(tx) = ep.tx.clone() else { return };
         while ep.credit > 0 && !ep.queue.is_empty() {
             let n = (ep.credit as usize).min(MAX_PUSH);
             let mut batch = Vec::with_capacity(n.min(ep.queue.len()));
             while batch.len() < n {
-                let Some(id) = ep.queue.pop_front() else { break };
+                let Some(id) = ep.queue.pop_front() else {
+                    break;
+                };
                 if let Some(l) = self.live.get_mut(&id) {
                     if l.state == LiveState::Pending && l.endpoint == endpoint {
                         l.state = LiveState::Dispatched;
@@ -205,7 +218,9 @@ impl Hub {
             if l.state == LiveState::Pending {
                 removed.push(*id);
             } else if let Some(tx) = self.endpoints.get(&l.endpoint).and_then(|e| e.tx.as_ref()) {
-                let _ = tx.send(BrokerMsg::Cancel { tasks: vec![TaskId(*id)] });
+                let _ = tx.send(BrokerMsg::Cancel {
+                    tasks: vec![TaskId(*id)],
+                });
             }
         }
         for id in &removed {
@@ -220,12 +235,19 @@ impl Hub {
         let offline: Vec<String> = self
             .endpoints
             .iter()
-            .filter(|(_, e)| e.tx.is_none() && now.saturating_duration_since(e.offline_since) > wait)
+            .filter(|(_, e)| {
+                e.tx.is_none() && now.saturating_duration_since(e.offline_since) > wait
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let mut out = Vec::new();
         for ep in offline {
-            let ids: Vec<u64> = self.live.iter().filter(|(_, l)| l.endpoint == ep).map(|(id, _)| *id).collect();
+            let ids: Vec<u64> = self
+                .live
+                .iter()
+                .filter(|(_, l)| l.endpoint == ep)
+                .map(|(id, _)| *id)
+                .collect();
             for id in &ids {
                 self.live.remove(id);
             }
@@ -250,15 +272,24 @@ impl Hub {
             }
             Policy::LeastLoaded => {
                 let load = |id: &String| -> (bool, f64) {
-                    let Some(e) = self.endpoints.get(id) else { return (true, f64::MAX) };
+                    let Some(e) = self.endpoints.get(id) else {
+                        return (true, f64::MAX);
+                    };
                     let (work, workers) = e.status.as_ref().map_or((0, 0), |s| {
-                        (s.queued + s.running, s.managers.iter().map(|m| u64::from(m.workers)).sum::<u64>())
+                        (
+                            s.queued + s.running,
+                            s.managers.iter().map(|m| u64::from(m.workers)).sum::<u64>(),
+                        )
                     });
                     let outstanding = (work + e.queue.len() as u64) as f64;
                     (!e.connected(), outstanding / (workers.max(1) as f64))
                 };
                 (0..candidates.len())
-                    .min_by(|a, b| load(&candidates[*a]).partial_cmp(&load(&candidates[*b])).unwrap_or(std::cmp::Ordering::Equal))
+                    .min_by(|a, b| {
+                        load(&candidates[*a])
+                            .partial_cmp(&load(&candidates[*b]))
+                            .unwrap_or(std::cmp::Ordering::Equal)
+                    })
                     .unwrap_or(0)
             }
         };
@@ -267,7 +298,17 @@ impl Hub {
 }
 
 /// How a submission naming several endpoints picks one for each task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    utoipa::ToSchema,
+    Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     #[default]

@@ -77,7 +77,10 @@ pub fn function_of(body: &FunctionBody) -> Result<Function, String> {
     use api::types::FunctionKind;
     match body.kind {
         FunctionKind::Builtin => {
-            let name = body.builtin.as_deref().ok_or("a builtin function needs `builtin` (noop, sleep, spin, echo, fail)")?;
+            let name = body
+                .builtin
+                .as_deref()
+                .ok_or("a builtin function needs `builtin` (noop, sleep, spin, echo, fail)")?;
             if body.command.is_some() {
                 return Err("`command` is for shell functions".into());
             }
@@ -86,7 +89,11 @@ pub fn function_of(body: &FunctionBody) -> Result<Function, String> {
                 .ok_or_else(|| format!("unknown builtin `{name}` (noop, sleep, spin, echo, fail)"))
         }
         FunctionKind::Shell => {
-            let command = body.command.clone().filter(|c| !c.trim().is_empty()).ok_or("a shell function needs a non-empty `command`")?;
+            let command = body
+                .command
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+                .ok_or("a shell function needs a non-empty `command`")?;
             if body.builtin.is_some() {
                 return Err("`builtin` is for builtin functions".into());
             }
@@ -112,9 +119,10 @@ impl Broker {
         let store = Store::open(&config.db_path)?;
         let mut registry = Registry::default();
         for f in store.functions()? {
-            let body: FunctionBody =
-                serde_json::from_str(&f.spec).map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
-            let func = function_of(&body).map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
+            let body: FunctionBody = serde_json::from_str(&f.spec)
+                .map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
+            let func = function_of(&body)
+                .map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
             registry.functions.insert(f.id.clone(), (f, func));
         }
         for e in store.endpoints()? {
@@ -124,10 +132,18 @@ impl Broker {
         let open = store.open_tasks()?;
         let requeued = open.len();
         for t in open {
-            let Some((_, func)) = registry.functions.get(&t.function_id) else { continue };
+            let Some((_, func)) = registry.functions.get(&t.function_id) else {
+                continue;
+            };
             hub.enqueue(
                 &t.endpoint_id,
-                Task { id: TaskId(t.id), function: func.clone(), args: t.args, attempt: 0, container: None },
+                Task {
+                    id: TaskId(t.id),
+                    function: func.clone(),
+                    args: t.args,
+                    attempt: 0,
+                    container: None,
+                },
             );
         }
         tracing::info!(requeued, "broker store opened");
@@ -158,11 +174,15 @@ impl Broker {
     }
 
     fn reg(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn reg_mut(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
-        self.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub async fn user_by_token(&self, token: &str) -> Result<Option<UserRow>, StoreError> {
@@ -184,7 +204,12 @@ impl Broker {
         if let Some(n) = self.reg().user_names.get(&id) {
             return n.clone();
         }
-        let name = self.db(move |s| s.user_name(id)).await.ok().flatten().unwrap_or_else(|| format!("user#{id}"));
+        let name = self
+            .db(move |s| s.user_name(id))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| format!("user#{id}"));
         self.reg_mut().user_names.insert(id, name.clone());
         name
     }
@@ -196,7 +221,11 @@ impl Broker {
             let nn = n.clone();
             match self.db(move |s| s.user_by_name(&nn)).await? {
                 Some(u) => ids.push(u.id),
-                None => return Err(api::ApiError::bad(format!("unknown user `{n}` in shared_with"))),
+                None => {
+                    return Err(api::ApiError::bad(format!(
+                        "unknown user `{n}` in shared_with"
+                    )))
+                }
             }
         }
         Ok(ids)
@@ -207,7 +236,11 @@ impl Broker {
     }
 
     pub fn functions(&self) -> Vec<FunctionRow> {
-        self.reg().functions.values().map(|(f, _)| f.clone()).collect()
+        self.reg()
+            .functions
+            .values()
+            .map(|(f, _)| f.clone())
+            .collect()
     }
 
     pub fn endpoint(&self, id: &str) -> Option<EndpointRow> {
@@ -252,10 +285,16 @@ impl Broker {
         let done: Vec<store::Completion> = results
             .into_iter()
             .map(|r| match r.outcome {
-                Outcome::Success(v) => store::Completion { id: r.id.0, result: Some(v), error: None },
-                Outcome::Failure { kind, message } => {
-                    store::Completion { id: r.id.0, result: None, error: Some((kind.as_str().to_string(), message)) }
-                }
+                Outcome::Success(v) => store::Completion {
+                    id: r.id.0,
+                    result: Some(v),
+                    error: None,
+                },
+                Outcome::Failure { kind, message } => store::Completion {
+                    id: r.id.0,
+                    result: None,
+                    error: Some((kind.as_str().to_string(), message)),
+                },
             })
             .collect();
         let recorded = self.db(move |s| s.complete(&done)).await?;
@@ -268,7 +307,10 @@ impl Broker {
     async fn housekeeping(&self) {
         let expired = self.hub().expired(self.config.endpoint_wait);
         if !expired.is_empty() {
-            tracing::warn!(count = expired.len(), "tasks failed: endpoint offline too long");
+            tracing::warn!(
+                count = expired.len(),
+                "tasks failed: endpoint offline too long"
+            );
             let results = expired
                 .into_iter()
                 .map(|id| {
@@ -310,7 +352,9 @@ pub async fn serve(
         let _ = stopper.stopping.send(true);
     };
     let app = api::router(broker);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     housekeeping.abort();
     result
 }

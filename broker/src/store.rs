@@ -109,13 +109,18 @@ fn ids_to_text(ids: &[i64]) -> String {
 fn text_to_ids(s: &str) -> Result<Vec<i64>> {
     s.split(',')
         .filter(|p| !p.is_empty())
-        .map(|p| p.parse().map_err(|_| StoreError::Corrupt(format!("bad user list `{s}`"))))
+        .map(|p| {
+            p.parse()
+                .map_err(|_| StoreError::Corrupt(format!("bad user list `{s}`")))
+        })
         .collect()
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Store {
@@ -130,28 +135,46 @@ impl Store {
     }
 
     pub fn add_user(&mut self, name: &str, token_hash: &str) -> Result<i64> {
-        self.conn.execute("INSERT INTO users (name, token_hash) VALUES (?1, ?2)", params![name, token_hash])?;
+        self.conn.execute(
+            "INSERT INTO users (name, token_hash) VALUES (?1, ?2)",
+            params![name, token_hash],
+        )?;
         Ok(self.conn.last_insert_rowid())
     }
 
     pub fn user_by_token(&self, token_hash: &str) -> Result<Option<UserRow>> {
         Ok(self
             .conn
-            .query_row("SELECT id, name FROM users WHERE token_hash = ?1", [token_hash], |r| {
-                Ok(UserRow { id: r.get(0)?, name: r.get(1)? })
-            })
+            .query_row(
+                "SELECT id, name FROM users WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(UserRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
             .optional()?)
     }
 
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
         Ok(self
             .conn
-            .query_row("SELECT id, name FROM users WHERE name = ?1", [name], |r| Ok(UserRow { id: r.get(0)?, name: r.get(1)? }))
+            .query_row("SELECT id, name FROM users WHERE name = ?1", [name], |r| {
+                Ok(UserRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            })
             .optional()?)
     }
 
     pub fn user_name(&self, id: i64) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT name FROM users WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row("SELECT name FROM users WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn put_function(&mut self, f: &FunctionRow) -> Result<()> {
@@ -205,7 +228,10 @@ impl Store {
     }
 
     pub fn delete_function(&mut self, id: &str) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM functions WHERE id = ?1", [id])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM functions WHERE id = ?1", [id])?
+            > 0)
     }
 
     pub fn put_endpoint(&mut self, e: &EndpointRow) -> Result<()> {
@@ -217,10 +243,18 @@ impl Store {
     }
 
     pub fn endpoints(&self) -> Result<Vec<EndpointRow>> {
-        let mut stmt = self.conn.prepare("SELECT id, owner, name, credential_hash, shared_with FROM endpoints ORDER BY name")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, owner, name, credential_hash, shared_with FROM endpoints ORDER BY name",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
-                EndpointRow { id: r.get(0)?, owner: r.get(1)?, name: r.get(2)?, credential_hash: r.get(3)?, shared_with: vec![] },
+                EndpointRow {
+                    id: r.get(0)?,
+                    owner: r.get(1)?,
+                    name: r.get(2)?,
+                    credential_hash: r.get(3)?,
+                    shared_with: vec![],
+                },
                 r.get::<_, String>(4)?,
             ))
         })?;
@@ -233,7 +267,10 @@ impl Store {
     }
 
     pub fn delete_endpoint(&mut self, id: &str) -> Result<bool> {
-        Ok(self.conn.execute("DELETE FROM endpoints WHERE id = ?1", [id])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM endpoints WHERE id = ?1", [id])?
+            > 0)
     }
 
     /// Inserts tasks in one transaction and returns their ids, in order.
@@ -300,7 +337,10 @@ impl Store {
 
     pub fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRow>> {
         let mut out = Vec::with_capacity(ids.len());
-        let mut stmt = self.conn.prepare_cached(&format!("SELECT {} FROM tasks WHERE id = ?1", Self::TASK_COLS))?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM tasks WHERE id = ?1",
+            Self::TASK_COLS
+        ))?;
         for id in ids {
             if let Some(t) = stmt.query_row([*id as i64], Self::task_from).optional()? {
                 out.push(t);
@@ -311,14 +351,19 @@ impl Store {
 
     /// Every task still waiting for a result (to re-queue after a restart).
     pub fn open_tasks(&self) -> Result<Vec<TaskRow>> {
-        let mut stmt =
-            self.conn.prepare(&format!("SELECT {} FROM tasks WHERE state = 'pending' ORDER BY id", Self::TASK_COLS))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM tasks WHERE state = 'pending' ORDER BY id",
+            Self::TASK_COLS
+        ))?;
         let rows = stmt.query_map([], Self::task_from)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Deletes finished tasks completed before `before_ms`.
     pub fn purge(&mut self, before_ms: i64) -> Result<usize> {
-        Ok(self.conn.execute("DELETE FROM tasks WHERE completed_ms IS NOT NULL AND completed_ms < ?1", [before_ms])?)
+        Ok(self.conn.execute(
+            "DELETE FROM tasks WHERE completed_ms IS NOT NULL AND completed_ms < ?1",
+            [before_ms],
+        )?)
     }
 }

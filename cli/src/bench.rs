@@ -90,6 +90,8 @@ fn function(name: &str) -> anyhow::Result<(Function, Vec<u8>)> {
 
 fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
     let args = StartArgs {
+        name: None,
+        dir: None,
         local: true,
         listen: String::new(),
         manager_url: "tcp://127.0.0.1:0".into(),

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 pub struct RunArgs {
     #[command(flatten)]
     pub function: FunctionArgs,
-    /// The endpoint's front door, HOST:PORT.
+    /// A registered function (name or id), when going through the broker.
+    #[arg(long = "function", conflicts_with = "function")]
+    pub function_flag: Option<String>,
+    /// An endpoint name or id at the broker, or a local endpoint's front door HOST:PORT.
     #[arg(long)]
     pub endpoint: String,
     /// Arguments as a JSON object.
@@ -27,8 +30,16 @@ pub struct RunArgs {
 pub struct SubmitArgs {
     #[command(flatten)]
     pub function: FunctionArgs,
+    /// A registered function (name or id), when going through the broker.
+    #[arg(long = "function", conflicts_with = "function")]
+    pub function_flag: Option<String>,
+    /// Endpoint names or ids at the broker (comma-separated: routed by --policy), or a local
+    /// endpoint's front door HOST:PORT.
     #[arg(long)]
     pub endpoint: String,
+    /// random | round-robin | least-loaded, for several endpoints.
+    #[arg(long, default_value = "random")]
+    pub policy: String,
     /// One JSON argument object per line; one task per line.
     #[arg(long, conflicts_with = "count")]
     pub args_file: Option<std::path::PathBuf>,
@@ -61,7 +72,128 @@ fn outcome_json(r: &TaskResult) -> serde_json::Value {
     }
 }
 
+/// Whether `endpoint` names a local front door rather than an endpoint at the broker.
+fn is_local(endpoint: &str) -> bool {
+    endpoint.starts_with("tcp://") || endpoint.parse::<std::net::SocketAddr>().is_ok()
+}
+
+fn print_outcome(v: &serde_json::Value, json: bool) {
+    if json {
+        println!("{v}");
+    } else if v["status"] == "succeeded" {
+        println!("{}", v["result"]);
+    } else {
+        println!(
+            "failed ({}): {}",
+            v["kind"].as_str().unwrap_or("?"),
+            v["message"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// A broker task as the CLI prints it.
+fn broker_json(t: &serde_json::Value) -> serde_json::Value {
+    if t["state"] == "succeeded" {
+        serde_json::json!({"task": t["id"], "status": "succeeded", "result": t["result"]})
+    } else if t["state"] == "failed" {
+        serde_json::json!({"task": t["id"], "status": "failed", "kind": t["error"]["kind"], "message": t["error"]["message"]})
+    } else {
+        serde_json::json!({"task": t["id"], "status": t["state"]})
+    }
+}
+
+/// Waits for broker tasks, calling `progress` as they finish; returns them all, in id order.
+fn broker_wait(
+    api: &crate::api::Api,
+    ids: &[u64],
+    timeout: Duration,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut done: std::collections::BTreeMap<u64, serde_json::Value> = Default::default();
+    let mut pending: Vec<u64> = ids.to_vec();
+    let mut last = Instant::now();
+    while !pending.is_empty() {
+        let chunk: Vec<u64> = pending.iter().take(10_000).copied().collect();
+        let r: serde_json::Value = api.post(
+            "/v1/tasks/wait",
+            &serde_json::json!({"ids": chunk, "timeout_ms": 2000}),
+        )?;
+        let before = done.len();
+        for t in r["tasks"].as_array().into_iter().flatten() {
+            if t["completed_ms"].is_number() {
+                if let Some(id) = t["id"].as_u64() {
+                    done.insert(id, t.clone());
+                }
+            }
+        }
+        pending.retain(|id| !done.contains_key(id));
+        if done.len() > before {
+            last = Instant::now();
+            progress(done.len(), ids.len());
+        } else if last.elapsed() > timeout {
+            anyhow::bail!(
+                "no result for {timeout:?}; {} of {} tasks finished",
+                done.len(),
+                ids.len()
+            );
+        }
+    }
+    Ok(done.into_values().collect())
+}
+
+fn broker_run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
+    let api = crate::api::Api::from_profile()?;
+    let name = a
+        .function_flag
+        .or(a.function.function)
+        .context("name the function to run")?;
+    let fid = api.function_id(&name)?;
+    let eid = api.endpoint_id(&a.endpoint)?;
+    let mut task = serde_json::json!({"function_id": fid, "endpoint_id": eid});
+    if let Some(args) = &a.args {
+        task["args"] = serde_json::from_str(args)
+            .with_context(|| format!("--args is not valid JSON: {args}"))?;
+    }
+    let r: serde_json::Value = api.post("/v1/tasks", &serde_json::json!({"tasks": [task]}))?;
+    let id = r["task_ids"][0]
+        .as_u64()
+        .context("the broker returned no task id")?;
+    let t = broker_wait(&api, &[id], a.timeout, &mut |_, _| {})?;
+    let v = broker_json(&t[0]);
+    print_outcome(&v, json);
+    Ok(if v["status"] == "succeeded" {
+        exit::OK
+    } else {
+        exit::TASK_FAILED
+    })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResultArgs {
+    pub task: u64,
+}
+
+pub fn result(a: ResultArgs, json: bool) -> anyhow::Result<u8> {
+    let api = crate::api::Api::from_profile()?;
+    let t: serde_json::Value = api.get(&format!("/v1/tasks/{}", a.task))?;
+    let v = broker_json(&t);
+    if json {
+        println!("{t}");
+    } else if v["status"] == "succeeded" || v["status"] == "failed" {
+        print_outcome(&v, false);
+    } else {
+        println!("{}", v["status"].as_str().unwrap_or("?"));
+    }
+    Ok(match v["status"].as_str() {
+        Some("failed") => exit::TASK_FAILED,
+        _ => exit::OK,
+    })
+}
+
 pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
+    if !is_local(&a.endpoint) {
+        return broker_run(a, json);
+    }
     let function = a.function.function()?;
     let args = a
         .args
@@ -96,7 +228,119 @@ pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
     })
 }
 
+fn progress_bar(show: bool) -> impl FnMut(usize, usize) {
+    let mut last = Instant::now();
+    move |done: usize, total: usize| {
+        if show && (last.elapsed() > Duration::from_millis(200) || done == total) {
+            last = Instant::now();
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total}",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+fn read_args(a: &SubmitArgs) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut all_args = Vec::new();
+    if let Some(path) = &a.args_file {
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v =
+                json_arg(&line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
+            all_args.push(v);
+        }
+    } else {
+        let args = a
+            .args
+            .as_deref()
+            .map(json_arg)
+            .transpose()?
+            .unwrap_or_default();
+        all_args = vec![args; a.count.unwrap_or(1)];
+    }
+    Ok(all_args)
+}
+
+fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
+    let api = crate::api::Api::from_profile()?;
+    let name = a
+        .function_flag
+        .clone()
+        .or(a.function.function.clone())
+        .context("name the function to run (--function)")?;
+    let fid = api.function_id(&name)?;
+    let eps: Vec<String> = a
+        .endpoint
+        .split(',')
+        .map(|e| api.endpoint_id(e.trim()))
+        .collect::<anyhow::Result<_>>()?;
+    let all_args = read_args(&a)?;
+    let total = all_args.len();
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(total);
+    for chunk in all_args.chunks(a.batch.clamp(1, 10_000)) {
+        let tasks: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|args| {
+                let mut t = serde_json::json!({"function_id": fid});
+                if eps.len() == 1 {
+                    t["endpoint_id"] = eps[0].clone().into();
+                } else {
+                    t["endpoints"] = eps.clone().into();
+                    t["policy"] = a.policy.clone().into();
+                }
+                if !args.is_empty() {
+                    t["args"] = serde_json::from_slice(args).unwrap_or(serde_json::Value::Null);
+                }
+                t
+            })
+            .collect();
+        let r: serde_json::Value = api.post("/v1/tasks", &serde_json::json!({"tasks": tasks}))?;
+        ids.extend(
+            r["task_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_u64),
+        );
+    }
+    let results = broker_wait(&api, &ids, a.timeout, &mut progress_bar(a.progress))?;
+    let secs = start.elapsed().as_secs_f64();
+    let failed = results.iter().filter(|t| t["state"] != "succeeded").count();
+    if json {
+        let out = std::io::stdout();
+        let mut out = out.lock();
+        for t in &results {
+            writeln!(out, "{}", broker_json(t))?;
+        }
+    }
+    eprintln!(
+        "{total} tasks, {failed} failed, {secs:.3} s, {:.0} tasks/s",
+        total as f64 / secs.max(1e-9)
+    );
+    Ok(if failed == 0 {
+        exit::OK
+    } else {
+        exit::TASK_FAILED
+    })
+}
+
 pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
+    if !is_local(&a.endpoint) {
+        return broker_submit(a, json);
+    }
     let function = a.function.function()?;
     let mut all_args = Vec::new();
     if let Some(path) = &a.args_file {

@@ -11,25 +11,59 @@ use std::time::Duration;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum EndpointCmd {
-    /// Start an endpoint in the foreground until `fxr endpoint stop` or a signal.
+    /// Register an endpoint with the broker and write its configuration and credential.
+    Create(CreateArgs),
+    /// Start an endpoint in the foreground until `fxr endpoint stop` or a signal: a configured
+    /// one by NAME, or an ad-hoc local one with `--local`.
     Start(StartArgs),
-    /// Drain and stop a running endpoint.
+    /// Drain and stop a running endpoint (by NAME, or a local one by `--endpoint HOST:PORT`).
     Stop(AddrArgs),
-    /// Show an endpoint's managers and queues.
+    /// List the endpoints you may use (from the broker).
+    List,
+    /// Show an endpoint's managers and queues (by NAME or id at the broker, or `--endpoint HOST:PORT`).
     Status(AddrArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct AddrArgs {
-    /// The endpoint's front door, HOST:PORT.
+    /// The endpoint's name (or id, for status).
+    pub name: Option<String>,
+    /// A local endpoint's front door, HOST:PORT.
+    #[arg(long, conflicts_with = "name")]
+    pub endpoint: Option<String>,
+    /// The endpoint's directory (default: $FXR_HOME/endpoints/NAME).
     #[arg(long)]
-    pub endpoint: String,
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Users who may send tasks to it (repeatable).
+    #[arg(long = "share")]
+    pub share: Vec<String>,
+    #[arg(long)]
+    pub workers_per_node: Option<u32>,
+    #[arg(long, default_value_t = 1)]
+    pub blocks: u32,
+}
+
+fn endpoint_dir(name: &str, dir: Option<&std::path::Path>) -> std::path::PathBuf {
+    dir.map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| crate::api::home().join("endpoints").join(name))
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StartArgs {
-    /// Run with the local front door and the local provider (no broker).
+    /// A configured endpoint (see `fxr endpoint create`).
+    pub name: Option<String>,
+    /// The endpoint's directory (default: $FXR_HOME/endpoints/NAME).
     #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Run an ad-hoc endpoint with the local front door and the local provider (no broker).
+    #[arg(long, conflicts_with = "name")]
     pub local: bool,
     /// Front door address for clients.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -67,58 +101,171 @@ pub struct StartArgs {
 
 pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
     match cmd {
+        EndpointCmd::Create(a) => create(a, json),
         EndpointCmd::Start(a) => start(a, json),
-        EndpointCmd::Stop(a) => {
-            let mut c = TcpClient::connect(&a.endpoint)
-                .with_context(|| format!("cannot reach {}", a.endpoint))?;
-            c.send(ClientMsg::Shutdown)?;
-            // The endpoint closes the connection once it has stopped.
-            while c.recv(Duration::from_secs(60)).is_ok_and(|m| m.is_some()) {}
-            Ok(exit::OK)
-        }
-        EndpointCmd::Status(a) => {
-            let mut c = TcpClient::connect(&a.endpoint)
-                .with_context(|| format!("cannot reach {}", a.endpoint))?;
-            let s = client::status(&mut c, Duration::from_secs(10))?;
+        EndpointCmd::Stop(a) => stop(a),
+        EndpointCmd::List => {
+            let api = crate::api::Api::from_profile()?;
+            let all: Vec<serde_json::Value> = api.get("/v1/endpoints")?;
             if json {
-                let managers: Vec<_> = s
-                    .managers
-                    .iter()
-                    .map(|m| {
-                        serde_json::json!({"manager_id": m.manager_id.to_string(), "block_id": m.block_id.0,
-                            "hostname": m.hostname, "workers": m.workers, "in_flight": m.in_flight,
-                            "draining": m.draining, "simulated": m.simulated})
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"managers": managers, "queued": s.queued, "running": s.running,
-                        "completed": s.completed, "failed": s.failed})
-                );
+                println!("{}", serde_json::Value::Array(all));
             } else {
-                println!(
-                    "managers: {}  queued: {}  running: {}  completed: {}  failed: {}",
-                    s.managers.len(),
-                    s.queued,
-                    s.running,
-                    s.completed,
-                    s.failed
-                );
-                for m in &s.managers {
+                for e in all {
                     println!(
-                        "  {} block={} host={} workers={} in_flight={}{}",
-                        m.manager_id,
-                        m.block_id,
-                        m.hostname,
-                        m.workers,
-                        m.in_flight,
-                        if m.draining { " draining" } else { "" }
+                        "{}  {:20} {:10} {:12} workers={} backlog={}",
+                        e["id"].as_str().unwrap_or(""),
+                        e["name"].as_str().unwrap_or(""),
+                        e["owner"].as_str().unwrap_or(""),
+                        if e["connected"] == true {
+                            "connected"
+                        } else {
+                            "offline"
+                        },
+                        e["workers"],
+                        e["backlog"]
                     );
                 }
             }
             Ok(exit::OK)
         }
+        EndpointCmd::Status(a) => match (a.endpoint, a.name) {
+            (Some(addr), _) => local_status(&addr, json),
+            (None, Some(name)) => {
+                let api = crate::api::Api::from_profile()?;
+                let id = api.endpoint_id(&name)?;
+                let e: serde_json::Value = api.get(&format!("/v1/endpoints/{id}"))?;
+                if json {
+                    println!("{e}");
+                } else {
+                    for (k, v) in e.as_object().into_iter().flatten() {
+                        println!("{k:24} {v}");
+                    }
+                }
+                Ok(exit::OK)
+            }
+            (None, None) => bail!("name an endpoint, or give --endpoint HOST:PORT"),
+        },
     }
+}
+
+fn create(a: CreateArgs, json: bool) -> anyhow::Result<u8> {
+    let api = crate::api::Api::from_profile()?;
+    let dir = endpoint_dir(&a.name, a.dir.as_deref());
+    let config_path = dir.join("endpoint.toml");
+    anyhow::ensure!(
+        !config_path.exists(),
+        "{} exists already",
+        config_path.display()
+    );
+    let created: serde_json::Value = api.post(
+        "/v1/endpoints",
+        &serde_json::json!({"name": a.name, "shared_with": a.share}),
+    )?;
+    let id = created["id"]
+        .as_str()
+        .context("the broker returned no endpoint id")?
+        .to_string();
+    let credential = created["credential"]
+        .as_str()
+        .context("the broker returned no credential")?;
+    let mut cfg = fxr_interchange::config::EndpointConfig {
+        name: a.name.clone(),
+        broker: Some(api.base.clone()),
+        endpoint_id: Some(id.clone()),
+        engine: Default::default(),
+        provider: Default::default(),
+    };
+    cfg.engine.workers_per_node = a.workers_per_node;
+    cfg.provider.init_blocks = a.blocks;
+    crate::api::write_private(&dir.join("credential"), credential)?;
+    crate::api::write_private(&config_path, &cfg.to_toml())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": id, "name": a.name, "dir": dir})
+        );
+    } else {
+        println!("endpoint {} ({id}) created in {}", a.name, dir.display());
+    }
+    Ok(exit::OK)
+}
+
+fn stop(a: AddrArgs) -> anyhow::Result<u8> {
+    if let Some(addr) = a.endpoint {
+        let mut c = TcpClient::connect(&addr).with_context(|| format!("cannot reach {addr}"))?;
+        c.send(ClientMsg::Shutdown)?;
+        // The endpoint closes the connection once it has stopped.
+        while c.recv(Duration::from_secs(60)).is_ok_and(|m| m.is_some()) {}
+        return Ok(exit::OK);
+    }
+    let name = a
+        .name
+        .context("name an endpoint, or give --endpoint HOST:PORT")?;
+    let pid_file = endpoint_dir(&name, a.dir.as_deref()).join("endpoint.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| {
+            format!(
+                "endpoint {name} is not running here (no {})",
+                pid_file.display()
+            )
+        })?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // SAFETY: kill(2) with a pid read from our own pid file; a stale pid only yields ESRCH.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        let _ = std::fs::remove_file(&pid_file);
+        bail!("endpoint {name} is not running (stale pid file removed)");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(exit::OK)
+}
+
+fn local_status(addr: &str, json: bool) -> anyhow::Result<u8> {
+    let mut c = TcpClient::connect(addr).with_context(|| format!("cannot reach {addr}"))?;
+    let s = client::status(&mut c, Duration::from_secs(10))?;
+    if json {
+        let managers: Vec<_> = s
+            .managers
+            .iter()
+            .map(|m| {
+                serde_json::json!({"manager_id": m.manager_id.to_string(), "block_id": m.block_id.0,
+                    "hostname": m.hostname, "workers": m.workers, "in_flight": m.in_flight,
+                    "draining": m.draining, "simulated": m.simulated})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"managers": managers, "queued": s.queued, "running": s.running,
+                "completed": s.completed, "failed": s.failed})
+        );
+    } else {
+        println!(
+            "managers: {}  queued: {}  running: {}  completed: {}  failed: {}",
+            s.managers.len(),
+            s.queued,
+            s.running,
+            s.completed,
+            s.failed
+        );
+        for m in &s.managers {
+            println!(
+                "  {} block={} host={} workers={} in_flight={}{}",
+                m.manager_id,
+                m.block_id,
+                m.hostname,
+                m.workers,
+                m.in_flight,
+                if m.draining { " draining" } else { "" }
+            );
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// A running local endpoint: the interchange in this process and its pilot processes.
@@ -177,30 +324,90 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
     })
 }
 
+/// Settings of a configured endpoint, as `StartArgs`.
+fn from_config(
+    a: &StartArgs,
+    cfg: &fxr_interchange::config::EndpointConfig,
+) -> anyhow::Result<StartArgs> {
+    use fxr_interchange::config::parse_duration;
+    let e = &cfg.engine;
+    anyhow::ensure!(
+        cfg.provider.kind == "local",
+        "provider.kind `{}` is not supported by this build yet",
+        cfg.provider.kind
+    );
+    Ok(StartArgs {
+        blocks: cfg.provider.init_blocks.max(1),
+        workers_per_node: e.workers_per_node,
+        prefetch: e.prefetch,
+        simulate_workers: e.simulate_workers,
+        managers: e.managers_per_block.max(1),
+        dispatch: e.dispatch.parse().map_err(anyhow::Error::msg)?,
+        max_retries: e.max_retries,
+        heartbeat_period: parse_duration(&e.heartbeat_period).map_err(anyhow::Error::msg)?,
+        heartbeat_threshold: parse_duration(&e.heartbeat_threshold).map_err(anyhow::Error::msg)?,
+        ..a.clone()
+    })
+}
+
 fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
-    if !a.local {
-        bail!("only local endpoints exist so far: pass --local");
-    }
-    let listener =
-        TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
-    let addr = listener.local_addr()?;
+    let (a, broker, dir) = match &a.name {
+        Some(name) => {
+            let dir = endpoint_dir(name, a.dir.as_deref());
+            let cfg = fxr_interchange::config::EndpointConfig::load(&dir.join("endpoint.toml"))?;
+            let broker = match (&cfg.broker, &cfg.endpoint_id) {
+                (Some(url), Some(id)) => {
+                    let credential =
+                        std::fs::read_to_string(dir.join("credential")).with_context(|| {
+                            format!("cannot read the credential in {}", dir.display())
+                        })?;
+                    Some(fxr_interchange::links::broker::BrokerLinkConfig {
+                        broker: url.clone(),
+                        endpoint_id: id.clone(),
+                        credential: credential.trim().to_string(),
+                        window: 100_000,
+                        status_period: Duration::from_secs(2),
+                    })
+                }
+                _ => None,
+            };
+            (from_config(&a, &cfg)?, broker, Some(dir))
+        }
+        None if a.local => (a, None, None),
+        None => bail!("name a configured endpoint, or pass --local for an ad-hoc local one"),
+    };
     let LocalEndpoint {
         interchange,
         mut provider,
     } = start_local(&a)?;
-    interchange.serve_front_door(listener)?;
-    if let Some(f) = &a.address_file {
+    let mut front = None;
+    match broker {
+        Some(link) => {
+            fxr_interchange::links::broker::start(interchange.local_client(), link)?;
+        }
+        None => {
+            let listener = TcpListener::bind(&a.listen)
+                .with_context(|| format!("cannot listen on {}", a.listen))?;
+            front = Some(listener.local_addr()?);
+            interchange.serve_front_door(listener)?;
+        }
+    }
+    if let Some(dir) = &dir {
+        std::fs::write(dir.join("endpoint.pid"), std::process::id().to_string())?;
+    }
+    if let (Some(f), Some(addr)) = (&a.address_file, front) {
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, f))?;
     }
+    let shown = front.map_or_else(|| "broker link".to_string(), |a| a.to_string());
     if json {
         println!(
             "{}",
-            serde_json::json!({"endpoint": addr.to_string(), "manager_port": interchange.manager_port(), "pilot_pids": provider.pids()})
+            serde_json::json!({"endpoint": shown, "manager_port": interchange.manager_port(), "pilot_pids": provider.pids(), "pid": std::process::id()})
         );
     } else {
         println!(
-            "endpoint ready at {addr} (managers dial tcp://127.0.0.1:{})",
+            "endpoint ready at {shown} (managers dial tcp://127.0.0.1:{})",
             interchange.manager_port()
         );
     }
@@ -219,5 +426,8 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     sig_handle.close();
     let _ = watcher.join();
     provider.stop_all(Duration::from_secs(5));
+    if let Some(dir) = &dir {
+        let _ = std::fs::remove_file(dir.join("endpoint.pid"));
+    }
     Ok(exit::OK)
 }

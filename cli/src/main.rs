@@ -1,8 +1,11 @@
 //! The `fxr` command: parses arguments, sets up logging, and calls into the library crates.
 
+mod api;
 mod bench;
+mod broker;
 mod client;
 mod endpoint;
+mod function;
 mod opts;
 mod pilot;
 
@@ -22,6 +25,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the broker and manage its users.
+    #[command(subcommand)]
+    Broker(broker::BrokerCmd),
+    /// Save a broker address and token for later commands.
+    Login(function::LoginArgs),
+    /// Register, list and delete functions at the broker.
+    #[command(subcommand)]
+    Function(function::FunctionCmd),
+    /// Show one task's state and result (from the broker).
+    Result(client::ResultArgs),
     /// Run and manage endpoints.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCmd),
@@ -62,6 +75,10 @@ fn main() -> ExitCode {
         .init();
     let json = cli.output == "json";
     let result = match cli.command {
+        Command::Broker(c) => broker::run(c, json),
+        Command::Login(a) => function::login(a, json),
+        Command::Function(c) => function::run(c, json),
+        Command::Result(a) => client::result(a, json),
         Command::Endpoint(c) => endpoint::run(c, json),
         Command::Pilot(a) => pilot::run(a),
         Command::Run(a) => client::run(a, json),

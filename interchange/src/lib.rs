@@ -5,6 +5,7 @@
 //! [`core`] thread owns all state; socket threads only translate bytes into events.
 
 pub mod client;
+pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod links;

@@ -30,7 +30,9 @@ async fn info(broker: &Broker, e: &EndpointRow) -> EndpointInfo {
         queued: status.map_or(0, |s| s.queued),
         running: status.map_or(0, |s| s.running),
         backlog: rt.map_or(0, |r| r.backlog() as u64),
-        last_heartbeat_ms_ago: rt.and_then(|r| r.status_at).map(|t| t.elapsed().as_millis() as u64),
+        last_heartbeat_ms_ago: rt
+            .and_then(|r| r.status_at)
+            .map(|t| t.elapsed().as_millis() as u64),
     }
 }
 
@@ -55,13 +57,27 @@ pub async fn register(
         shared_with,
     };
     broker.add_endpoint(row.clone()).await?;
-    Ok((StatusCode::CREATED, Json(EndpointCreated { id: row.id, name: row.name, credential })))
+    Ok((
+        StatusCode::CREATED,
+        Json(EndpointCreated {
+            id: row.id,
+            name: row.name,
+            credential,
+        }),
+    ))
 }
 
 /// List the endpoints the caller may use.
 #[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<EndpointInfo>)))]
-pub async fn list(State(broker): State<Arc<Broker>>, Caller(user): Caller) -> Json<Vec<EndpointInfo>> {
-    let mut rows: Vec<EndpointRow> = broker.endpoints().into_iter().filter(|e| may_use(e, user.id)).collect();
+pub async fn list(
+    State(broker): State<Arc<Broker>>,
+    Caller(user): Caller,
+) -> Json<Vec<EndpointInfo>> {
+    let mut rows: Vec<EndpointRow> = broker
+        .endpoints()
+        .into_iter()
+        .filter(|e| may_use(e, user.id))
+        .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     let mut out = Vec::new();
     for e in rows {
@@ -97,7 +113,9 @@ pub async fn delete(
             broker.remove_endpoint(&id).await?;
             Ok(StatusCode::NO_CONTENT)
         }
-        Some(e) if may_use(&e, user.id) => Err(ApiError::forbidden("only the owner may delete an endpoint")),
+        Some(e) if may_use(&e, user.id) => {
+            Err(ApiError::forbidden("only the owner may delete an endpoint"))
+        }
         _ => Err(ApiError::not_found(format!("no endpoint `{id}`"))),
     }
 }
@@ -116,13 +134,28 @@ pub async fn link(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the link needs `Authorization: Bearer CREDENTIAL`"))?;
-    let endpoint = broker.endpoint(&id).ok_or_else(|| ApiError::not_found(format!("no endpoint `{id}`")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the link needs `Authorization: Bearer CREDENTIAL`",
+            )
+        })?;
+    let endpoint = broker
+        .endpoint(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint `{id}`")))?;
     if auth::hash(credential.trim()) != endpoint.credential_hash {
         tracing::warn!(endpoint_id = %id, "endpoint link refused: wrong credential");
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong endpoint credential"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong endpoint credential",
+        ));
     }
-    let ws = ws.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "not_websocket", e.to_string()))?;
+    let ws =
+        ws.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "not_websocket", e.to_string()))?;
     let max = broker.config.max_body_bytes.max(fxr_protocol::MAX_FRAME) + 64;
-    Ok(ws.max_message_size(max).on_upgrade(move |socket| crate::link::run(broker, id, socket)))
+    Ok(ws
+        .max_message_size(max)
+        .on_upgrade(move |socket| crate::link::run(broker, id, socket)))
 }

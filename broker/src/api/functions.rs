@@ -15,7 +15,11 @@ pub fn may_use(f: &FunctionRow, user: i64) -> bool {
 
 async fn info(broker: &Broker, f: &FunctionRow) -> Result<FunctionInfo, ApiError> {
     let body: FunctionBody = serde_json::from_str(&f.spec).map_err(ApiError::internal)?;
-    Ok(FunctionInfo { id: f.id.clone(), owner: broker.user_name(f.owner).await, body })
+    Ok(FunctionInfo {
+        id: f.id.clone(),
+        owner: broker.user_name(f.owner).await,
+        body,
+    })
 }
 
 /// Register a function.
@@ -30,7 +34,9 @@ pub async fn register(
         return Err(ApiError::bad("`name` must be 1 to 128 characters"));
     }
     if body.description.len() > 4096 {
-        return Err(ApiError::bad("`description` must be at most 4096 characters"));
+        return Err(ApiError::bad(
+            "`description` must be at most 4096 characters",
+        ));
     }
     let func = function_of(&body).map_err(ApiError::bad)?;
     let shared_with = broker.user_ids(&body.shared_with).await?;
@@ -49,9 +55,16 @@ pub async fn register(
 
 /// List the functions the caller may run.
 #[utoipa::path(get, path = "/v1/functions", responses((status = 200, body = Vec<FunctionInfo>)))]
-pub async fn list(State(broker): State<Arc<Broker>>, Caller(user): Caller) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
+pub async fn list(
+    State(broker): State<Arc<Broker>>,
+    Caller(user): Caller,
+) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
     let mut out = Vec::new();
-    let mut rows: Vec<FunctionRow> = broker.functions().into_iter().filter(|f| may_use(f, user.id)).collect();
+    let mut rows: Vec<FunctionRow> = broker
+        .functions()
+        .into_iter()
+        .filter(|f| may_use(f, user.id))
+        .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     for f in rows {
         out.push(info(&broker, &f).await?);
@@ -86,7 +99,9 @@ pub async fn delete(
             broker.remove_function(&id).await?;
             Ok(StatusCode::NO_CONTENT)
         }
-        Some((f, _)) if may_use(&f, user.id) => Err(ApiError::forbidden("only the owner may delete a function")),
+        Some((f, _)) if may_use(&f, user.id) => {
+            Err(ApiError::forbidden("only the owner may delete a function"))
+        }
         _ => Err(ApiError::not_found(format!("no function `{id}`"))),
     }
 }

@@ -28,7 +28,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
@@ -41,13 +45,22 @@ impl ApiError {
     }
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "internal error");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the broker could not complete the request: {e}"))
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the broker could not complete the request: {e}"),
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -74,10 +87,18 @@ where
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => {
                 let (status, code) = match &rejection {
-                    JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-                    JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-                    JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json"),
-                    JsonRejection::BytesRejection(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+                    JsonRejection::JsonDataError(_) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+                    }
+                    JsonRejection::JsonSyntaxError(_) => {
+                        (StatusCode::BAD_REQUEST, "malformed_json")
+                    }
+                    JsonRejection::MissingJsonContentType(_) => {
+                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json")
+                    }
+                    JsonRejection::BytesRejection(_) => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+                    }
                     _ => (StatusCode::BAD_REQUEST, "invalid_body"),
                 };
                 let mut message = rejection.body_text();
@@ -97,15 +118,28 @@ pub struct Caller(pub UserRow);
 impl FromRequestParts<Arc<Broker>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, broker: &Arc<Broker>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        broker: &Arc<Broker>,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer TOKEN` header"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the Authorization header must be `Bearer TOKEN`"))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing `Authorization: Bearer TOKEN` header",
+                )
+            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the Authorization header must be `Bearer TOKEN`",
+            )
+        })?;
         broker
             .user_by_token(token.trim())
             .await?
@@ -132,17 +166,28 @@ struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
     }
 }
 
 /// Who am I?
 #[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = types::WhoAmI), (status = 401, body = ErrorBody)))]
 async fn whoami(Caller(u): Caller) -> Json<types::WhoAmI> {
-    Json(types::WhoAmI { id: u.id, name: u.name })
+    Json(types::WhoAmI {
+        id: u.id,
+        name: u.name,
+    })
 }
 
 async fn openapi_json() -> Response {
@@ -162,10 +207,22 @@ pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/whoami", get(whoami))
-        .route("/v1/functions", post(functions::register).get(functions::list))
-        .route("/v1/functions/{id}", get(functions::get_one).delete(functions::delete))
-        .route("/v1/endpoints", post(endpoints::register).get(endpoints::list))
-        .route("/v1/endpoints/{id}", get(endpoints::status).delete(endpoints::delete))
+        .route(
+            "/v1/functions",
+            post(functions::register).get(functions::list),
+        )
+        .route(
+            "/v1/functions/{id}",
+            get(functions::get_one).delete(functions::delete),
+        )
+        .route(
+            "/v1/endpoints",
+            post(endpoints::register).get(endpoints::list),
+        )
+        .route(
+            "/v1/endpoints/{id}",
+            get(endpoints::status).delete(endpoints::delete),
+        )
         .route("/v1/endpoints/{id}/link", get(endpoints::link))
         .route("/v1/tasks", post(tasks::submit).get(tasks::get_many))
         .route("/v1/tasks/wait", post(tasks::wait))
@@ -174,7 +231,11 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(broker)

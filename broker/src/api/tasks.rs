@@ -1,6 +1,8 @@
 //! Task submission, lookup, waiting, streaming and cancellation.
 
-use super::types::{Cancelled, IdsBody, SubmitBody, Submitted, TaskError, TaskInfo, TasksResponse, WaitBody};
+use super::types::{
+    Cancelled, IdsBody, SubmitBody, Submitted, TaskError, TaskInfo, TasksResponse, WaitBody,
+};
 use super::{ApiError, ApiJson, Caller};
 use crate::store::{NewTask, TaskRow};
 use crate::Broker;
@@ -16,15 +18,23 @@ use std::time::Duration;
 
 fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
     let state = if t.state == "pending" {
-        broker.hub().live_state(t.id).map_or("pending", |s| s.name()).to_string()
+        broker
+            .hub()
+            .live_state(t.id)
+            .map_or("pending", |s| s.name())
+            .to_string()
     } else {
         t.state
     };
     let result = t.result.map(|r| {
-        serde_json::from_slice(&r).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r).into_owned()))
+        serde_json::from_slice(&r)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r).into_owned()))
     });
     let error = match (t.error_kind, t.error_message) {
-        (Some(kind), message) => Some(TaskError { kind, message: message.unwrap_or_default() }),
+        (Some(kind), message) => Some(TaskError {
+            kind,
+            message: message.unwrap_or_default(),
+        }),
         _ => None,
     };
     TaskInfo {
@@ -44,7 +54,11 @@ fn check_ids(broker: &Broker, ids: &[u64]) -> Result<(), ApiError> {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_tasks",
-            format!("{} ids in one request; the limit is {}", ids.len(), broker.config.max_tasks_per_request),
+            format!(
+                "{} ids in one request; the limit is {}",
+                ids.len(),
+                broker.config.max_tasks_per_request
+            ),
         ));
     }
     Ok(())
@@ -75,7 +89,10 @@ pub async fn submit(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_tasks",
-            format!("{n} tasks in one request; the limit is {}", broker.config.max_tasks_per_request),
+            format!(
+                "{n} tasks in one request; the limit is {}",
+                broker.config.max_tasks_per_request
+            ),
         ));
     }
     // Validate everything before storing anything: a request is accepted whole or not at all.
@@ -85,12 +102,22 @@ pub async fn submit(
         let (frow, func) = broker
             .function(&spec.function_id)
             .filter(|(f, _)| super::functions::may_use(f, user.id))
-            .ok_or_else(|| ApiError::not_found(format!("tasks[{i}]: no function `{}`", spec.function_id)))?;
+            .ok_or_else(|| {
+                ApiError::not_found(format!("tasks[{i}]: no function `{}`", spec.function_id))
+            })?;
         let candidates = match (&spec.endpoint_id, &spec.endpoints) {
             (Some(e), None) => vec![e.clone()],
             (None, Some(list)) if !list.is_empty() => list.clone(),
-            (Some(_), Some(_)) => return Err(ApiError::bad(format!("tasks[{i}]: give `endpoint_id` or `endpoints`, not both"))),
-            _ => return Err(ApiError::bad(format!("tasks[{i}]: name an `endpoint_id` or a non-empty `endpoints` list"))),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad(format!(
+                    "tasks[{i}]: give `endpoint_id` or `endpoints`, not both"
+                )))
+            }
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "tasks[{i}]: name an `endpoint_id` or a non-empty `endpoints` list"
+                )))
+            }
         };
         for e in &candidates {
             if checked_eps.contains(e) {
@@ -100,7 +127,11 @@ pub async fn submit(
                 Some(row) if super::endpoints::may_use(&row, user.id) => {
                     checked_eps.insert(e.clone());
                 }
-                _ => return Err(ApiError::not_found(format!("tasks[{i}]: no endpoint `{e}`"))),
+                _ => {
+                    return Err(ApiError::not_found(format!(
+                        "tasks[{i}]: no endpoint `{e}`"
+                    )))
+                }
             }
         }
         let args = match &spec.args {
@@ -111,17 +142,34 @@ pub async fn submit(
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "args_too_large",
-                format!("tasks[{i}]: arguments of {} bytes exceed {MAX_BODY}", args.len()),
+                format!(
+                    "tasks[{i}]: arguments of {} bytes exceed {MAX_BODY}",
+                    args.len()
+                ),
             ));
         }
-        plan.push((frow.id, func, candidates, spec.policy.unwrap_or_default(), args));
+        plan.push((
+            frow.id,
+            func,
+            candidates,
+            spec.policy.unwrap_or_default(),
+            args,
+        ));
     }
     let mut routed = Vec::with_capacity(n);
     {
         let mut hub = broker.hub();
         for (fid, func, candidates, policy, args) in plan {
             let ep = hub.route(&candidates, policy).unwrap_or_default();
-            routed.push((NewTask { owner: user.id, function_id: fid, endpoint_id: ep, args }, func));
+            routed.push((
+                NewTask {
+                    owner: user.id,
+                    function_id: fid,
+                    endpoint_id: ep,
+                    args,
+                },
+                func,
+            ));
         }
     }
     let rows: Vec<NewTask> = routed.iter().map(|(t, _)| t.clone()).collect();
@@ -131,7 +179,16 @@ pub async fn submit(
         let mut touched = HashSet::new();
         for ((t, func), id) in routed.into_iter().zip(&ids) {
             touched.insert(t.endpoint_id.clone());
-            hub.enqueue(&t.endpoint_id, Task { id: TaskId(*id), function: func, args: t.args, attempt: 0, container: None });
+            hub.enqueue(
+                &t.endpoint_id,
+                Task {
+                    id: TaskId(*id),
+                    function: func,
+                    args: t.args,
+                    attempt: 0,
+                    container: None,
+                },
+            );
         }
         for ep in touched {
             hub.pump(&ep);
@@ -148,8 +205,13 @@ pub async fn get_one(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TaskInfo>, ApiError> {
-    let n: u64 = id.parse().map_err(|_| ApiError::bad(format!("`{id}` is not a task id (a non-negative integer)")))?;
-    let row = load(&broker, user.id, vec![n]).await?.pop().ok_or_else(|| ApiError::not_found(format!("no task {n}")))?;
+    let n: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("`{id}` is not a task id (a non-negative integer)")))?;
+    let row = load(&broker, user.id, vec![n])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("no task {n}")))?;
     Ok(Json(task_info(&broker, row)))
 }
 
@@ -163,7 +225,11 @@ pub struct IdsQuery {
 fn parse_ids(s: &str) -> Result<Vec<u64>, ApiError> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(|p| p.trim().parse().map_err(|_| ApiError::bad(format!("`{p}` is not a task id"))))
+        .map(|p| {
+            p.trim()
+                .parse()
+                .map_err(|_| ApiError::bad(format!("`{p}` is not a task id")))
+        })
         .collect()
 }
 
@@ -220,45 +286,56 @@ pub async fn stream(
     let ids = parse_ids(&q.ids)?;
     check_ids(&broker, &ids)?;
     let state = (broker, user.id, ids, false);
-    let s = futures_util::stream::unfold(state, |(broker, user, mut remaining, ended)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            if remaining.is_empty() {
-                return Some((vec![Event::default().event("end").data("{}")], (broker, user, remaining, true)));
+    let s =
+        futures_util::stream::unfold(state, |(broker, user, mut remaining, ended)| async move {
+            if ended {
+                return None;
             }
-            let waker = broker.clone();
-            let notified = waker.done.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let rows = match load(&broker, user, remaining.clone()).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let ev = Event::default().event("error").data(e.message);
-                    return Some((vec![ev], (broker, user, remaining, true)));
+            loop {
+                if remaining.is_empty() {
+                    return Some((
+                        vec![Event::default().event("end").data("{}")],
+                        (broker, user, remaining, true),
+                    ));
                 }
-            };
-            // Tasks that are not the caller's are dropped from the stream.
-            let known: HashSet<u64> = rows.iter().map(|t| t.id).collect();
-            remaining.retain(|id| known.contains(id));
-            let done: Vec<TaskRow> = rows.into_iter().filter(|t| t.completed_ms.is_some()).collect();
-            if !done.is_empty() {
-                let finished: HashSet<u64> = done.iter().map(|t| t.id).collect();
-                remaining.retain(|id| !finished.contains(id));
-                let events = done
+                let waker = broker.clone();
+                let notified = waker.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let rows = match load(&broker, user, remaining.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let ev = Event::default().event("error").data(e.message);
+                        return Some((vec![ev], (broker, user, remaining, true)));
+                    }
+                };
+                // Tasks that are not the caller's are dropped from the stream.
+                let known: HashSet<u64> = rows.iter().map(|t| t.id).collect();
+                remaining.retain(|id| known.contains(id));
+                let done: Vec<TaskRow> = rows
                     .into_iter()
-                    .map(|t| {
-                        let info = task_info(&broker, t);
-                        Event::default().event("result").data(serde_json::to_string(&info).unwrap_or_default())
-                    })
+                    .filter(|t| t.completed_ms.is_some())
                     .collect();
-                return Some((events, (broker, user, remaining, false)));
+                if !done.is_empty() {
+                    let finished: HashSet<u64> = done.iter().map(|t| t.id).collect();
+                    remaining.retain(|id| !finished.contains(id));
+                    let events = done
+                        .into_iter()
+                        .map(|t| {
+                            let info = task_info(&broker, t);
+                            Event::default()
+                                .event("result")
+                                .data(serde_json::to_string(&info).unwrap_or_default())
+                        })
+                        .collect();
+                    return Some((events, (broker, user, remaining, false)));
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
-        }
+        });
+    let flat = futures_util::StreamExt::flat_map(s, |evs| {
+        futures_util::stream::iter(evs.into_iter().map(Ok))
     });
-    let flat = futures_util::StreamExt::flat_map(s, |evs| futures_util::stream::iter(evs.into_iter().map(Ok)));
     Ok(Sse::new(flat).keep_alive(KeepAlive::default()))
 }
 
@@ -271,11 +348,22 @@ pub async fn cancel(
     ApiJson(body): ApiJson<IdsBody>,
 ) -> Result<Json<Cancelled>, ApiError> {
     check_ids(&broker, &body.ids)?;
-    let mine: Vec<u64> = load(&broker, user.id, body.ids).await?.into_iter().filter(|t| t.completed_ms.is_none()).map(|t| t.id).collect();
+    let mine: Vec<u64> = load(&broker, user.id, body.ids)
+        .await?
+        .into_iter()
+        .filter(|t| t.completed_ms.is_none())
+        .map(|t| t.id)
+        .collect();
     let removed = broker.hub().cancel(&mine);
     let results = removed
         .iter()
-        .map(|id| TaskResult::failure(TaskId(*id), FailureKind::Cancelled, "cancelled before it was sent to an endpoint"))
+        .map(|id| {
+            TaskResult::failure(
+                TaskId(*id),
+                FailureKind::Cancelled,
+                "cancelled before it was sent to an endpoint",
+            )
+        })
         .collect();
     broker.record(results).await?;
     Ok(Json(Cancelled { cancelled: removed }))

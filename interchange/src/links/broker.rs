@@ -45,29 +45,44 @@ struct State {
 }
 
 /// Runs the link on a thread of its own until the interchange stops.
-pub fn start(client: LocalClient, cfg: BrokerLinkConfig) -> Result<std::thread::JoinHandle<()>, BrokerLinkError> {
+pub fn start(
+    client: LocalClient,
+    cfg: BrokerLinkConfig,
+) -> Result<std::thread::JoinHandle<()>, BrokerLinkError> {
     let url = ws_url(&cfg)?;
     let (core, results) = client.split();
     let (tx, rx) = mpsc::unbounded_channel();
     // The core's channel is a blocking one: a small thread moves its messages into tokio.
-    std::thread::Builder::new().name("link-bridge".into()).spawn(move || {
-        while let Ok(m) = results.recv() {
-            if tx.send(m).is_err() {
-                return;
+    std::thread::Builder::new()
+        .name("link-bridge".into())
+        .spawn(move || {
+            while let Ok(m) = results.recv() {
+                if tx.send(m).is_err() {
+                    return;
+                }
             }
-        }
-    })?;
-    let handle = std::thread::Builder::new().name("broker-link".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the broker link runtime");
-                return;
-            }
-        };
-        let mut st = State { cfg, core, inflight: HashSet::new(), unacked: HashMap::new() };
-        rt.block_on(st.run(url, rx));
-    })?;
+        })?;
+    let handle = std::thread::Builder::new()
+        .name("broker-link".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the broker link runtime");
+                    return;
+                }
+            };
+            let mut st = State {
+                cfg,
+                core,
+                inflight: HashSet::new(),
+                unacked: HashMap::new(),
+            };
+            rt.block_on(st.run(url, rx));
+        })?;
     Ok(handle)
 }
 
@@ -81,7 +96,8 @@ fn ws_url(cfg: &BrokerLinkConfig) -> Result<String, BrokerLinkError> {
     Ok(format!("{rest}/v1/endpoints/{}/link", cfg.endpoint_id))
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl State {
     async fn run(&mut self, url: String, mut core_rx: mpsc::UnboundedReceiver<FrontMsg>) {
@@ -122,7 +138,9 @@ impl State {
 
     async fn connect(&self, url: &str) -> Result<Ws, String> {
         let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-        let value = format!("Bearer {}", self.cfg.credential).parse().map_err(|_| "credential is not a valid header".to_string())?;
+        let value = format!("Bearer {}", self.cfg.credential)
+            .parse()
+            .map_err(|_| "credential is not a valid header".to_string())?;
         req.headers_mut().insert("Authorization", value);
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(fxr_protocol::MAX_FRAME + 64))
@@ -160,12 +178,23 @@ impl State {
     async fn serve(&mut self, ws: Ws, core_rx: &mut mpsc::UnboundedReceiver<FrontMsg>) -> bool {
         let (mut sink, mut stream) = ws.split();
         let credit = self.cfg.window.saturating_sub(self.inflight.len() as u64);
-        if send(&mut sink, &LinkMsg::Credit { tasks: credit }).await.is_err() {
+        if send(&mut sink, &LinkMsg::Credit { tasks: credit })
+            .await
+            .is_err()
+        {
             return true;
         }
         let pending: Vec<TaskResult> = self.unacked.values().cloned().collect();
         for chunk in pending.chunks(1000) {
-            if send(&mut sink, &LinkMsg::Results { results: chunk.to_vec() }).await.is_err() {
+            if send(
+                &mut sink,
+                &LinkMsg::Results {
+                    results: chunk.to_vec(),
+                },
+            )
+            .await
+            .is_err()
+            {
                 return true;
             }
         }
@@ -211,7 +240,11 @@ impl State {
         }
     }
 
-    async fn on_broker_message(&mut self, msg: BrokerMsg, sink: &mut futures_util::stream::SplitSink<Ws, Message>) -> bool {
+    async fn on_broker_message(
+        &mut self,
+        msg: BrokerMsg,
+        sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    ) -> bool {
         match msg {
             BrokerMsg::Tasks { tasks } => {
                 let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
@@ -228,13 +261,18 @@ impl State {
                         freed += 1;
                     }
                 }
-                if !fresh.is_empty() && self.core.send(ClientMsg::Submit { tasks: fresh }).is_err() {
+                if !fresh.is_empty() && self.core.send(ClientMsg::Submit { tasks: fresh }).is_err()
+                {
                     return false;
                 }
                 if send(sink, &LinkMsg::Received { tasks: ids }).await.is_err() {
                     return false;
                 }
-                if !again.is_empty() && send(sink, &LinkMsg::Results { results: again }).await.is_err() {
+                if !again.is_empty()
+                    && send(sink, &LinkMsg::Results { results: again })
+                        .await
+                        .is_err()
+                {
                     return false;
                 }
                 if freed > 0 && send(sink, &LinkMsg::Credit { tasks: freed }).await.is_err() {
@@ -254,7 +292,13 @@ impl State {
     }
 }
 
-async fn send(sink: &mut futures_util::stream::SplitSink<Ws, Message>, msg: &LinkMsg) -> Result<(), ()> {
-    let frame = fxr_protocol::encode(msg).map_err(|e| tracing::error!(error = %e, "cannot encode a link message"))?;
-    sink.send(Message::Binary(frame.into())).await.map_err(|e| tracing::debug!(error = %e, "link send failed"))
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    msg: &LinkMsg,
+) -> Result<(), ()> {
+    let frame = fxr_protocol::encode(msg)
+        .map_err(|e| tracing::error!(error = %e, "cannot encode a link message"))?;
+    sink.send(Message::Binary(frame.into()))
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "link send failed"))
 }

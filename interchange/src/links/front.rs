@@ -42,7 +42,12 @@ impl LocalClient {
         let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         let _ = events.send(Event::ClientConnected(id, tx));
-        LocalClient { id, events, rx, detached: false }
+        LocalClient {
+            id,
+            events,
+            rx,
+            detached: false,
+        }
     }
 }
 
@@ -67,7 +72,13 @@ impl LocalClient {
     pub fn split(mut self) -> (LocalSender, Receiver<FrontMsg>) {
         self.detached = true;
         let rx = std::mem::replace(&mut self.rx, mpsc::channel().1);
-        (LocalSender { id: self.id, events: self.events.clone() }, rx)
+        (
+            LocalSender {
+                id: self.id,
+                events: self.events.clone(),
+            },
+            rx,
+        )
     }
 }
 

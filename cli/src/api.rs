@@ -1,0 +1,173 @@
+//! The command line's HTTP client for the broker, and the saved login (`$FXR_HOME/config.toml`,
+//! by default `~/.fxr/config.toml`, mode 0600). `FXR_BROKER` and `FXR_TOKEN` override it.
+
+use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+/// fxr's home directory.
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("FXR_HOME") {
+        return PathBuf::from(h);
+    }
+    std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from(".fxr"), |h| PathBuf::from(h).join(".fxr"))
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub broker: String,
+    pub token: String,
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+impl Profile {
+    pub fn load() -> anyhow::Result<Profile> {
+        let path = home().join("config.toml");
+        let mut p = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                toml::from_str(&text).with_context(|| format!("{} is malformed", path.display()))?
+            }
+            Err(_) => Profile::default(),
+        };
+        if let Ok(b) = std::env::var("FXR_BROKER") {
+            p.broker = b;
+        }
+        if let Ok(t) = std::env::var("FXR_TOKEN") {
+            p.token = t;
+        }
+        if p.broker.is_empty() || p.token.is_empty() {
+            bail!("not logged in: run `fxr login --broker URL --token TOKEN` (or set FXR_BROKER and FXR_TOKEN)");
+        }
+        Ok(p)
+    }
+
+    pub fn save(&self) -> anyhow::Result<PathBuf> {
+        let path = home().join("config.toml");
+        write_private(&path, &toml::to_string(self)?)?;
+        Ok(path)
+    }
+}
+
+/// A logged-in client.
+pub struct Api {
+    pub base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    pub fn new(broker: &str, token: &str) -> Api {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(330)))
+            .build();
+        Api {
+            base: broker.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            agent: config.into(),
+        }
+    }
+
+    pub fn from_profile() -> anyhow::Result<Api> {
+        let p = Profile::load()?;
+        Ok(Api::new(&p.broker, &p.token))
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<T> {
+        let mut resp = resp.with_context(|| format!("cannot reach the broker at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{what}: {} {msg}", status.as_u16());
+        }
+        if text.is_empty() {
+            return serde_json::from_str("null").context("empty answer");
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("{what}: unexpected answer from the broker"))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let r = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call();
+        self.finish(&format!("GET {path}"), r)
+    }
+
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let r = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send_json(body);
+        self.finish(&format!("POST {path}"), r)
+    }
+
+    pub fn delete(&self, path: &str) -> anyhow::Result<()> {
+        let r = self
+            .agent
+            .delete(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call();
+        self.finish::<serde_json::Value>(&format!("DELETE {path}"), r)
+            .map(|_| ())
+    }
+
+    /// Resolves a function given by id or by name.
+    pub fn function_id(&self, name_or_id: &str) -> anyhow::Result<String> {
+        let all: Vec<serde_json::Value> = self.get("/v1/functions")?;
+        resolve(&all, name_or_id, "function")
+    }
+
+    /// Resolves an endpoint given by id or by name.
+    pub fn endpoint_id(&self, name_or_id: &str) -> anyhow::Result<String> {
+        let all: Vec<serde_json::Value> = self.get("/v1/endpoints")?;
+        resolve(&all, name_or_id, "endpoint")
+    }
+}
+
+fn resolve(all: &[serde_json::Value], key: &str, what: &str) -> anyhow::Result<String> {
+    if all.iter().any(|f| f["id"] == key) {
+        return Ok(key.to_string());
+    }
+    let named: Vec<&serde_json::Value> = all.iter().filter(|f| f["name"] == key).collect();
+    match named.as_slice() {
+        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
+        [] => bail!("no {what} `{key}` that you may use"),
+        _ => bail!("{} {what}s are named `{key}`; use an id", named.len()),
+    }
+}

@@ -1,0 +1,107 @@
+//! `fxr broker`: run the broker, add users.
+
+use crate::exit;
+use anyhow::Context;
+use fxr_broker::{auth, Broker, BrokerConfig, Store};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BrokerCmd {
+    /// Serve the REST API and the endpoint links.
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user and print their token (shown only this once).
+    Add {
+        name: String,
+        #[arg(long, default_value = "fxr-broker.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The SQLite database (created if missing).
+    #[arg(long, default_value = "fxr-broker.db")]
+    pub db: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    pub listen: String,
+    /// Write the bound address here once listening.
+    #[arg(long)]
+    pub address_file: Option<PathBuf>,
+    /// How long tasks wait for an offline endpoint.
+    #[arg(long, value_parser = crate::opts::duration, default_value = "1h")]
+    pub endpoint_wait: Duration,
+    /// How long results are kept.
+    #[arg(long, value_parser = crate::opts::duration, default_value = "168h")]
+    pub retention: Duration,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub max_body: usize,
+}
+
+pub fn run(cmd: BrokerCmd, json: bool) -> anyhow::Result<u8> {
+    match cmd {
+        BrokerCmd::User(UserCmd::Add { name, db }) => {
+            anyhow::ensure!(
+                !name.trim().is_empty() && name.len() <= 64,
+                "a user name must be 1 to 64 characters"
+            );
+            let mut store =
+                Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+            let token = auth::new_secret();
+            store
+                .add_user(&name, &auth::hash(&token))
+                .with_context(|| format!("cannot add user `{name}` (does it exist already?)"))?;
+            if json {
+                println!("{}", serde_json::json!({"user": name, "token": token}));
+            } else {
+                println!("{token}");
+            }
+            Ok(exit::OK)
+        }
+        BrokerCmd::Serve(a) => serve(a, json),
+    }
+}
+
+fn serve(a: ServeArgs, json: bool) -> anyhow::Result<u8> {
+    let mut config = BrokerConfig::new(a.db.clone());
+    config.endpoint_wait = a.endpoint_wait;
+    config.result_retention = a.retention;
+    config.max_body_bytes = a.max_body;
+    let broker = Broker::open(config)
+        .with_context(|| format!("cannot open the store {}", a.db.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        if let Some(f) = &a.address_file {
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, format!("http://{addr}")).and_then(|()| std::fs::rename(&tmp, f))?;
+        }
+        if json {
+            println!("{}", serde_json::json!({"broker": format!("http://{addr}")}));
+        } else {
+            println!("broker listening on http://{addr}");
+        }
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        fxr_broker::serve(listener, broker, shutdown).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(exit::OK)
+}

@@ -1,0 +1,142 @@
+//! `fxr login` and `fxr function`: talk to the broker's registry.
+
+use crate::api::{Api, Profile};
+use crate::exit;
+use anyhow::Context;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct LoginArgs {
+    #[arg(long)]
+    pub broker: String,
+    #[arg(long)]
+    pub token: String,
+}
+
+pub fn login(a: LoginArgs, json: bool) -> anyhow::Result<u8> {
+    let api = Api::new(&a.broker, &a.token);
+    let me: serde_json::Value = api
+        .get("/v1/whoami")
+        .context("the broker did not accept the token")?;
+    let path = Profile {
+        broker: a.broker,
+        token: a.token,
+    }
+    .save()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"user": me["name"], "config": path})
+        );
+    } else {
+        println!(
+            "logged in as {} (saved to {})",
+            me["name"].as_str().unwrap_or("?"),
+            path.display()
+        );
+    }
+    Ok(exit::OK)
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum FunctionCmd {
+    /// Register a function; prints its id.
+    Register(RegisterArgs),
+    /// List the functions you may run.
+    List,
+    /// Delete a function you own.
+    Delete { function: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// A builtin: noop, sleep, spin, echo, fail.
+    #[arg(long, conflicts_with = "shell", required_unless_present = "shell")]
+    pub builtin: Option<String>,
+    /// A shell command template.
+    #[arg(long)]
+    pub shell: Option<String>,
+    #[arg(long, value_parser = crate::opts::duration)]
+    pub walltime: Option<Duration>,
+    #[arg(long)]
+    pub cwd: Option<String>,
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Anyone may run it.
+    #[arg(long)]
+    pub public: bool,
+    /// Users who may run it (repeatable).
+    #[arg(long = "share")]
+    pub share: Vec<String>,
+}
+
+pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
+    let api = Api::from_profile()?;
+    match cmd {
+        FunctionCmd::Register(a) => {
+            let mut env = serde_json::Map::new();
+            for kv in &a.env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env `{kv}` is not NAME=VALUE"))?;
+                env.insert(k.into(), v.into());
+            }
+            let mut body = serde_json::json!({
+                "name": a.name, "description": a.description,
+                "visibility": if a.public { "public" } else { "private" }, "shared_with": a.share,
+            });
+            if let Some(b) = &a.builtin {
+                body["kind"] = "builtin".into();
+                body["builtin"] = b.clone().into();
+            } else {
+                body["kind"] = "shell".into();
+                body["command"] = a.shell.clone().into();
+                body["walltime_ms"] = a.walltime.map_or(0, |d| d.as_millis() as u64).into();
+                body["env"] = env.into();
+                if let Some(c) = &a.cwd {
+                    body["cwd"] = c.clone().into();
+                }
+            }
+            let f: serde_json::Value = api.post("/v1/functions", &body)?;
+            if json {
+                println!("{f}");
+            } else {
+                println!("{}", f["id"].as_str().unwrap_or_default());
+            }
+        }
+        FunctionCmd::List => {
+            let all: Vec<serde_json::Value> = api.get("/v1/functions")?;
+            if json {
+                println!("{}", serde_json::Value::Array(all));
+            } else {
+                for f in all {
+                    let what = f["builtin"]
+                        .as_str()
+                        .map(|b| format!("builtin {b}"))
+                        .unwrap_or_else(|| {
+                            format!("shell `{}`", f["command"].as_str().unwrap_or(""))
+                        });
+                    println!(
+                        "{}  {:20} {:10} {}",
+                        f["id"].as_str().unwrap_or(""),
+                        f["name"].as_str().unwrap_or(""),
+                        f["owner"].as_str().unwrap_or(""),
+                        what
+                    );
+                }
+            }
+        }
+        FunctionCmd::Delete { function } => {
+            let id = api.function_id(&function)?;
+            api.delete(&format!("/v1/functions/{id}"))?;
+            if json {
+                println!("{}", serde_json::json!({"deleted": id}));
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,209 @@
+//! An endpoint's configuration file, `endpoint.toml`, after Globus Compute's `config.yaml` and
+//! Parsl's providers. Unknown keys are errors, so a misspelt setting is reported, not ignored.
+
+use crate::dispatch::Policy;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    /// The broker's URL; leave out to run standalone with the local front door.
+    #[serde(default)]
+    pub broker: Option<String>,
+    /// The id the broker gave this endpoint.
+    #[serde(default)]
+    pub endpoint_id: Option<String>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub provider: ProviderConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Workers per node; the node's cores when absent.
+    pub workers_per_node: Option<u32>,
+    pub prefetch: u32,
+    pub dispatch: String,
+    pub heartbeat_period: String,
+    pub heartbeat_threshold: String,
+    pub max_retries: u32,
+    /// Simulated workers per manager instead of processes (for scale tests).
+    pub simulate_workers: Option<u32>,
+    /// Managers per block when simulating.
+    pub managers_per_block: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers_per_node: None,
+            prefetch: 4,
+            dispatch: "least-loaded".into(),
+            heartbeat_period: "5s".into(),
+            heartbeat_threshold: "20s".into(),
+            max_retries: 2,
+            simulate_workers: None,
+            managers_per_block: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// local | slurm | pbs
+    pub kind: String,
+    pub partition: String,
+    pub queue: String,
+    pub account: String,
+    pub walltime: String,
+    pub nodes_per_block: u32,
+    pub init_blocks: u32,
+    pub min_blocks: u32,
+    pub max_blocks: u32,
+    pub parallelism: f64,
+    pub max_idletime: String,
+    pub launcher: String,
+    pub scheduler_options: String,
+    pub worker_init: String,
+    pub template: String,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            kind: "local".into(),
+            partition: String::new(),
+            queue: String::new(),
+            account: String::new(),
+            walltime: "00:30:00".into(),
+            nodes_per_block: 1,
+            init_blocks: 1,
+            min_blocks: 0,
+            max_blocks: 4,
+            parallelism: 1.0,
+            max_idletime: "2m".into(),
+            launcher: "single-node".into(),
+            scheduler_options: String::new(),
+            worker_init: String::new(),
+            template: String::new(),
+        }
+    }
+}
+
+/// A configuration error, naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 5s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl EndpointConfig {
+    pub fn load(path: &Path) -> Result<EndpointConfig, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let cfg: EndpointConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()
+            .map_err(|message| ConfigError::Invalid { path: p, message })?;
+        Ok(cfg)
+    }
+
+    /// Checks values that the types alone do not.
+    pub fn validate(&self) -> Result<(), String> {
+        self.engine
+            .dispatch
+            .parse::<Policy>()
+            .map_err(|e| format!("engine.dispatch: {e}"))?;
+        parse_duration(&self.engine.heartbeat_period)
+            .map_err(|e| format!("engine.heartbeat_period: {e}"))?;
+        parse_duration(&self.engine.heartbeat_threshold)
+            .map_err(|e| format!("engine.heartbeat_threshold: {e}"))?;
+        parse_duration(&self.provider.max_idletime)
+            .map_err(|e| format!("provider.max_idletime: {e}"))?;
+        if !["local", "slurm", "pbs"].contains(&self.provider.kind.as_str()) {
+            return Err(format!(
+                "provider.kind `{}` is not one of local, slurm, pbs",
+                self.provider.kind
+            ));
+        }
+        if self.provider.min_blocks > self.provider.max_blocks {
+            return Err("provider.min_blocks is larger than provider.max_blocks".into());
+        }
+        if self.provider.nodes_per_block == 0 {
+            return Err("provider.nodes_per_block must be at least 1".into());
+        }
+        if self.broker.is_some() && self.endpoint_id.is_none() {
+            return Err(
+                "`broker` is set but `endpoint_id` is missing (run `fxr endpoint create`)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_key() {
+        let c: EndpointConfig = toml::from_str("name = \"x\"").unwrap();
+        assert_eq!(c.provider.kind, "local");
+        c.validate().unwrap();
+        let bad = toml::from_str::<EndpointConfig>("name = \"x\"\n[engine]\nworkers_per_nod = 2\n")
+            .unwrap_err();
+        assert!(bad.to_string().contains("workers_per_nod"));
+        let c: EndpointConfig =
+            toml::from_str("name = \"x\"\n[engine]\ndispatch = \"fastest\"\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("engine.dispatch"));
+        let round: EndpointConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(round.engine.dispatch, "fastest");
+    }
+}
