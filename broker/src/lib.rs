@@ -299,6 +299,7 @@ impl Broker {
             .collect();
         let recorded = self.db(move |s| s.complete(&done)).await?;
         self.hub().finished(ids);
+        tracing::debug!(count = recorded.len(), "results recorded");
         self.done.notify_waiters();
         Ok(recorded)
     }
@@ -352,6 +353,12 @@ pub async fn serve(
         let _ = stopper.stopping.send(true);
     };
     let app = api::router(broker);
+    // Small frames (one task, an acknowledgement) must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

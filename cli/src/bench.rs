@@ -39,6 +39,140 @@ pub struct Common {
     pub function: String,
     #[arg(long, default_value_t = 4)]
     pub prefetch: u32,
+    /// Go through a broker (started in this process): client → REST API → broker → endpoint
+    /// link → interchange → workers and back.
+    #[arg(long)]
+    pub via_broker: bool,
+}
+
+/// A broker in this process, with a user, a function and the endpoint connected to it.
+struct ViaBroker {
+    api: crate::api::Api,
+    function_id: String,
+    endpoint_id: String,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ViaBroker {
+    fn start(ep: &LocalEndpoint, function: &str) -> anyhow::Result<ViaBroker> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("broker.db");
+        let token = fxr_broker::auth::new_secret();
+        fxr_broker::Store::open(&db)?.add_user("bench", &fxr_broker::auth::hash(&token))?;
+        let broker = fxr_broker::Broker::open(fxr_broker::BrokerConfig::new(db))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(fxr_broker::serve(listener, broker, async move {
+            let _ = stopped.await;
+        }));
+        let api = crate::api::Api::new(&url, &token);
+        let body = if function == "shell-true" {
+            serde_json::json!({"name": "f", "kind": "shell", "command": "/bin/true"})
+        } else {
+            let name = function.split(':').next().unwrap_or("noop");
+            serde_json::json!({"name": "f", "kind": "builtin", "builtin": name})
+        };
+        let f: serde_json::Value = api.post("/v1/functions", &body)?;
+        let e: serde_json::Value =
+            api.post("/v1/endpoints", &serde_json::json!({"name": "bench"}))?;
+        let endpoint_id = e["id"].as_str().context("no endpoint id")?.to_string();
+        fxr_interchange::links::broker::start(
+            ep.interchange.local_client(),
+            fxr_interchange::links::broker::BrokerLinkConfig {
+                broker: url,
+                endpoint_id: endpoint_id.clone(),
+                credential: e["credential"]
+                    .as_str()
+                    .context("no credential")?
+                    .to_string(),
+                window: 100_000,
+                status_period: Duration::from_millis(500),
+            },
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s: serde_json::Value = api.get(&format!("/v1/endpoints/{endpoint_id}"))?;
+            if s["connected"] == true {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the endpoint did not connect to the broker"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(ViaBroker {
+            api,
+            function_id: f["id"].as_str().unwrap_or_default().to_string(),
+            endpoint_id,
+            rt,
+            stop: Some(stop),
+            _dir: dir,
+        })
+    }
+
+    /// Submits `n` tasks in batches and waits for all; returns (seconds, failed).
+    fn run(&self, n: usize, batch: usize, args: &[u8]) -> anyhow::Result<(f64, usize)> {
+        let args: serde_json::Value = if args.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(args)?
+        };
+        let start = Instant::now();
+        let mut ids = Vec::with_capacity(n);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(batch.clamp(1, 10_000));
+            left -= k;
+            let task = serde_json::json!({"function_id": self.function_id, "endpoint_id": self.endpoint_id, "args": args});
+            let r: serde_json::Value = self
+                .api
+                .post("/v1/tasks", &serde_json::json!({"tasks": vec![task; k]}))?;
+            ids.extend(
+                r["task_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_u64),
+            );
+        }
+        let mut failed = 0;
+        let mut pending = ids;
+        while !pending.is_empty() {
+            let chunk: Vec<u64> = pending.iter().take(10_000).copied().collect();
+            let r: serde_json::Value = self.api.post(
+                "/v1/tasks/wait",
+                &serde_json::json!({"ids": chunk, "timeout_ms": 10_000}),
+            )?;
+            let mut done = std::collections::HashSet::new();
+            for t in r["tasks"].as_array().into_iter().flatten() {
+                if t["completed_ms"].is_number() {
+                    done.insert(t["id"].as_u64().unwrap_or_default());
+                    if t["state"] != "succeeded" {
+                        failed += 1;
+                    }
+                }
+            }
+            pending.retain(|id| !done.contains(id));
+        }
+        Ok((start.elapsed().as_secs_f64(), failed))
+    }
+}
+
+impl Drop for ViaBroker {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = &self.rt;
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -163,7 +297,27 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let mut times = Vec::new();
     let mut failed = 0;
     let cpu0 = cpu_seconds();
+    let via = if a.common.via_broker {
+        Some(ViaBroker::start(&ep, &a.common.function)?)
+    } else {
+        None
+    };
     for rep in 0..a.repeat.max(1) {
+        if let Some(v) = &via {
+            let (secs, f) = v.run(a.tasks, a.batch, &args)?;
+            failed += f;
+            times.push(secs);
+            rates.push(a.tasks as f64 / secs);
+            if !json {
+                eprintln!(
+                    "run {}: {} tasks in {secs:.3} s = {:.0} tasks/s (via broker)",
+                    rep + 1,
+                    a.tasks,
+                    a.tasks as f64 / secs
+                );
+            }
+            continue;
+        }
         let base = (rep * a.tasks) as u64;
         let tasks: Vec<Task> = (0..a.tasks)
             .map(|i| Task {
@@ -196,6 +350,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         }
     }
     let cpu = cpu_seconds() - cpu0;
+    drop(via);
     drop(door);
     let rss = peak_rss();
     shutdown(ep);
@@ -212,7 +367,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     };
     let v = serde_json::json!({
         "tasks": a.tasks, "workers": workers, "managers": a.common.managers * a.common.blocks,
-        "mode": mode, "function": a.common.function, "batch": a.batch,
+        "mode": mode, "function": a.common.function, "batch": a.batch, "via_broker": a.common.via_broker,
         "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
     });
@@ -237,7 +392,23 @@ fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
     let mut first_us = 0;
     let mut failed = 0;
+    let via = if a.common.via_broker {
+        Some(ViaBroker::start(&ep, &a.common.function)?)
+    } else {
+        None
+    };
     for i in 0..a.tasks {
+        if let Some(v) = &via {
+            let start = Instant::now();
+            let (_, f) = v.run(1, 1, &args)?;
+            let us = start.elapsed().as_micros() as u64;
+            if i == 0 {
+                first_us = us;
+            }
+            failed += f;
+            hist.saturating_record(us.max(1));
+            continue;
+        }
         let t = Task {
             id: TaskId(i as u64),
             function: f.clone(),
@@ -260,11 +431,12 @@ fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
         failed += r.iter().filter(|r| !r.is_success()).count();
         hist.saturating_record(us.max(1));
     }
+    drop(via);
     drop(door);
     shutdown(ep);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let v = serde_json::json!({
-        "tasks": a.tasks, "workers": workers, "function": a.common.function,
+        "tasks": a.tasks, "workers": workers, "function": a.common.function, "via_broker": a.common.via_broker,
         "mode": if a.common.simulate_workers.is_some() { "simulated" } else { "processes" },
         "first_ms": first_us as f64 / 1000.0,
         "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),

@@ -265,6 +265,7 @@ pub async fn wait(
         notified.as_mut().enable();
         let rows = load(&broker, user.id, body.ids.clone()).await?;
         let pending = rows.iter().filter(|t| t.completed_ms.is_none()).count() as u64;
+        tracing::debug!(pending, "wait checked");
         if pending == 0 || tokio::time::Instant::now() >= deadline {
             let tasks = rows.into_iter().map(|t| task_info(&broker, t)).collect();
             return Ok(Json(TasksResponse { tasks, pending }));

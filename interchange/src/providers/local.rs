@@ -24,6 +24,15 @@ impl LocalProvider {
         })?;
         let mut cmd = Command::new(prog);
         cmd.args(args).process_group(0);
+        // A local block belongs to this endpoint process: if the endpoint dies (even by kill -9),
+        // the block is told to drain and stop rather than wait for an interchange that is gone.
+        // SAFETY: prctl is async-signal-safe and touches only the child's own flags.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
