@@ -7,6 +7,10 @@ FXR := target/release/fxr
 # batch-system tests.
 DEBS := cmake clang libclang-dev pkg-config slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev
 
+# The MPI-enabled pilot is built when an MPI compiler wrapper is installed (deps installs MPICH).
+# Evaluated in each recipe, after `deps` has run.
+FEATURES = $$(command -v mpicc >/dev/null 2>&1 && echo --features fxr-cli/mpi)
+
 .PHONY: all deps build demo test lint bench clean
 
 all: build
@@ -21,17 +25,17 @@ deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 
 build: deps
-	$(CARGO) build --release --workspace
+	$(CARGO) build --release --workspace $(FEATURES)
 
 demo: build
 	FXR=$(FXR) ./scripts/demo.sh
 
 test: deps
-	$(CARGO) test --workspace --release -- --test-threads=2
+	$(CARGO) test --workspace --release $(FEATURES) -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --release $(FEATURES) -- -D warnings
 
 bench: build
 	$(CARGO) bench --workspace

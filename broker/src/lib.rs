@@ -88,6 +88,24 @@ pub fn function_of(body: &FunctionBody) -> Result<Function, String> {
                 .map(Function::Builtin)
                 .ok_or_else(|| format!("unknown builtin `{name}` (noop, sleep, spin, echo, fail)"))
         }
+        FunctionKind::Mpi => {
+            let mut shell = body.clone();
+            shell.kind = FunctionKind::Shell;
+            let Function::Shell(spec) = function_of(&shell)? else {
+                return Err("internal: not a shell spec".into());
+            };
+            let num_nodes = body.num_nodes.unwrap_or(1);
+            let ranks_per_node = body.ranks_per_node.unwrap_or(1);
+            if num_nodes == 0 || ranks_per_node == 0 || num_nodes > 100_000 || ranks_per_node > 1024
+            {
+                return Err("`num_nodes` and `ranks_per_node` must be at least 1 (and at most 100000 and 1024)".into());
+            }
+            Ok(Function::Mpi(Box::new(fxr_protocol::MpiSpec {
+                shell: *spec,
+                num_nodes,
+                ranks_per_node,
+            })))
+        }
         FunctionKind::Shell => {
             let command = body
                 .command

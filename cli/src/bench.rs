@@ -271,6 +271,7 @@ fn shutdown(ep: LocalEndpoint) {
     let LocalEndpoint {
         interchange,
         mut provider,
+        ..
     } = ep;
     let mut c = interchange.local_client();
     let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);

@@ -272,6 +272,7 @@ fn local_status(addr: &str, json: bool) -> anyhow::Result<u8> {
 pub struct LocalEndpoint {
     pub interchange: Interchange,
     pub provider: LocalProvider,
+    pub secret: String,
 }
 
 /// Starts the interchange and the pilots of a local endpoint.
@@ -321,6 +322,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
     Ok(LocalEndpoint {
         interchange,
         provider,
+        secret,
     })
 }
 
@@ -331,13 +333,15 @@ fn from_config(
 ) -> anyhow::Result<StartArgs> {
     use fxr_interchange::config::parse_duration;
     let e = &cfg.engine;
-    anyhow::ensure!(
-        cfg.provider.kind == "local",
-        "provider.kind `{}` is not supported by this build yet",
-        cfg.provider.kind
-    );
+    let local = cfg.provider.kind == "local";
     Ok(StartArgs {
-        blocks: cfg.provider.init_blocks.max(1),
+        // Batch providers get their blocks from the scaling loop instead.
+        blocks: if local {
+            cfg.provider.init_blocks.max(1)
+        } else {
+            0
+        },
+        manager_url: format!("tcp://{}:0", e.address),
         workers_per_node: e.workers_per_node,
         prefetch: e.prefetch,
         simulate_workers: e.simulate_workers,
@@ -351,7 +355,7 @@ fn from_config(
 }
 
 fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
-    let (a, broker, dir) = match &a.name {
+    let (a, broker, dir, config) = match &a.name {
         Some(name) => {
             let dir = endpoint_dir(name, a.dir.as_deref());
             let cfg = fxr_interchange::config::EndpointConfig::load(&dir.join("endpoint.toml"))?;
@@ -371,15 +375,22 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
                 }
                 _ => None,
             };
-            (from_config(&a, &cfg)?, broker, Some(dir))
+            (from_config(&a, &cfg)?, broker, Some(dir), Some(cfg))
         }
-        None if a.local => (a, None, None),
+        None if a.local => (a, None, None, None),
         None => bail!("name a configured endpoint, or pass --local for an ad-hoc local one"),
     };
     let LocalEndpoint {
         interchange,
         mut provider,
+        secret,
     } = start_local(&a)?;
+    let scaler = match (&config, &dir) {
+        (Some(cfg), Some(dir)) if cfg.provider.kind != "local" => {
+            Some(start_scaler(cfg, dir, &interchange, &secret)?)
+        }
+        _ => None,
+    };
     let mut front = None;
     match broker {
         Some(link) => {
@@ -425,9 +436,91 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     interchange.join();
     sig_handle.close();
     let _ = watcher.join();
+    if let Some(s) = scaler {
+        s.stop();
+    }
     provider.stop_all(Duration::from_secs(5));
     if let Some(dir) = &dir {
         let _ = std::fs::remove_file(dir.join("endpoint.pid"));
     }
     Ok(exit::OK)
+}
+
+/// Starts the scaling loop of a Slurm or PBS endpoint.
+fn start_scaler(
+    cfg: &fxr_interchange::config::EndpointConfig,
+    dir: &std::path::Path,
+    interchange: &Interchange,
+    secret: &str,
+) -> anyhow::Result<fxr_interchange::scaling::Scaler> {
+    use fxr_interchange::config::parse_duration;
+    use fxr_interchange::providers::{
+        pbs::Pbs, slurm::Slurm, template::walltime_seconds, BatchProvider,
+    };
+    let p = &cfg.provider;
+    let secret_file = dir.join("secret");
+    crate::api::write_private(&secret_file, secret)?;
+    let exe =
+        std::env::current_exe().context("cannot find this executable for the pilot command")?;
+    let workers = cfg
+        .engine
+        .workers_per_node
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let mut pilot_cmd = format!(
+        "{} pilot --interchange tcp://{}:{} --secret-file {} --workers {workers} --prefetch {} --launcher {}",
+        exe.display(),
+        cfg.engine.address,
+        interchange.manager_port(),
+        secret_file.display(),
+        cfg.engine.prefetch,
+        p.launcher,
+    );
+    if p.launcher != "single-node" {
+        pilot_cmd.push_str(" --mpi");
+    }
+    let provider: Box<dyn BatchProvider> = match p.kind.as_str() {
+        "slurm" => Box::new(Slurm::default()),
+        "pbs" => Box::new(Pbs::default()),
+        other => bail!("provider.kind `{other}` is not a batch scheduler"),
+    };
+    let walltime = std::time::Duration::from_secs(walltime_seconds(&p.walltime)?);
+    let scaler_cfg = fxr_interchange::scaling::ScalerConfig {
+        strategy: fxr_interchange::strategy::StrategyConfig {
+            init_blocks: p.init_blocks,
+            min_blocks: p.min_blocks,
+            max_blocks: p.max_blocks,
+            nodes_per_block: p.nodes_per_block,
+            workers_per_node: workers,
+            parallelism: p.parallelism,
+            max_idletime: parse_duration(&p.max_idletime).map_err(anyhow::Error::msg)?,
+            walltime,
+            drain_margin: (walltime / 10).min(std::time::Duration::from_secs(300)),
+            max_failures: 3,
+        },
+        kind: p.kind.clone(),
+        launcher: p.launcher.clone(),
+        template: (!p.template.is_empty()).then(|| std::path::PathBuf::from(&p.template)),
+        vars: fxr_interchange::providers::template::ScriptVars {
+            nodes: p.nodes_per_block,
+            cores_per_node: workers,
+            walltime: p.walltime.clone(),
+            partition: p.partition.clone(),
+            queue: p.queue.clone(),
+            account: p.account.clone(),
+            scheduler_options: p.scheduler_options.clone(),
+            worker_init: p.worker_init.clone(),
+            log_dir: dir.join("blocks").display().to_string(),
+            ..Default::default()
+        },
+        pilot_cmd,
+        dir: dir.join("blocks"),
+        name: cfg.name.clone(),
+        tick: std::time::Duration::from_secs(1),
+        poll: std::time::Duration::from_secs(2),
+    };
+    Ok(fxr_interchange::scaling::Scaler::start(
+        interchange.local_client(),
+        provider,
+        scaler_cfg,
+    )?)
 }

@@ -29,6 +29,12 @@ pub struct PilotArgs {
     /// The block this pilot belongs to.
     #[arg(long, default_value = "local")]
     pub block_id: String,
+    /// Use MPI to learn this pilot's rank and the block's inventory (one manager per rank).
+    #[arg(long)]
+    pub mpi: bool,
+    /// The launcher that started this block (srun, mpiexec, aprun); `mpi` tasks use it.
+    #[arg(long)]
+    pub launcher: Option<String>,
     /// Exit when the interchange has been unreachable this long.
     #[arg(long, value_parser = crate::opts::duration, default_value = "60s")]
     pub give_up_after: Duration,
@@ -60,6 +66,20 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
         a.managers > 0 && a.managers <= 10_000,
         "--managers must be between 1 and 10000"
     );
+    if let Some(l) = &a.launcher {
+        // Inherited by the worker processes, which run `mpi` tasks with it.
+        std::env::set_var("FXR_MPI_LAUNCHER", l);
+    }
+    let placement = if a.mpi {
+        fxr_pilot::rank::with_mpi()
+    } else {
+        fxr_pilot::rank::from_env()
+    };
+    let (rank0, block_size) = if a.managers > 1 {
+        (0, a.managers)
+    } else {
+        (placement.rank, placement.size)
+    };
     let base = fastrand::u64(..) & !0xffff;
     let configs = (0..a.managers)
         .map(|i| ManagerConfig {
@@ -67,8 +87,8 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
             secret: secret.clone(),
             manager_id: ManagerId(base | u64::from(i)),
             block_id: BlockId(a.block_id.clone()),
-            rank: i,
-            block_size: a.managers,
+            rank: rank0 + i,
+            block_size,
             workers,
             prefetch: a.prefetch,
             mode: mode.clone(),
@@ -91,5 +111,6 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
         }
     });
     fleet.wait()?;
+    drop(placement);
     Ok(exit::OK)
 }

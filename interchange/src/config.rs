@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub simulate_workers: Option<u32>,
     /// Managers per block when simulating.
     pub managers_per_block: u32,
+    /// The address the interchange listens on for managers, and that pilots dial.
+    pub address: String,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +51,7 @@ impl Default for EngineConfig {
             max_retries: 2,
             simulate_workers: None,
             managers_per_block: 1,
+            address: "127.0.0.1".into(),
         }
     }
 }

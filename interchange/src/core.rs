@@ -65,6 +65,7 @@ pub(crate) struct Core {
     next_task: u64,
     shutting_down: Option<Instant>,
     frame: Vec<u8>,
+    provider_summary: String,
 }
 
 impl Core {
@@ -80,6 +81,7 @@ impl Core {
             next_task: 1,
             shutting_down: None,
             frame: Vec::with_capacity(4096),
+            provider_summary: String::new(),
         }
     }
 
@@ -221,7 +223,12 @@ impl Core {
                         close_pipe(old_state.pipe);
                     }
                 }
+                let (block, size) = (reg.block_id.clone(), reg.block_size);
                 self.dispatcher.register(reg, now, out);
+                let up = self.dispatcher.managers_of_block(&block).len() as u32;
+                if up == size {
+                    tracing::info!(block_id = %block, managers = up, "block complete: every node has registered");
+                }
                 self.send(
                     pipe_id,
                     &InterchangeMsg::Welcome {
@@ -307,6 +314,7 @@ impl Core {
                     .collect();
                 self.dispatcher.cancel(&ours, out);
             }
+            ClientMsg::ProviderReport { summary } => self.provider_summary = summary,
             ClientMsg::Shutdown => {
                 tracing::info!("shutdown requested; draining managers");
                 self.shutting_down = Some(Instant::now());
@@ -322,6 +330,7 @@ impl Core {
         let c = self.dispatcher.counters();
         EndpointStatus {
             managers: self.dispatcher.manager_status(),
+            provider: self.provider_summary.clone(),
             queued: self.dispatcher.queued() as u64,
             running: self.dispatcher.in_flight() as u64,
             completed: c.completed,

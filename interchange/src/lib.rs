@@ -10,6 +10,8 @@ pub mod core;
 pub mod dispatch;
 pub mod links;
 pub mod providers;
+pub mod scaling;
+pub mod strategy;
 
 use crate::core::{Core, CoreSettings, Event};
 use crate::dispatch::{DispatchConfig, Dispatcher};

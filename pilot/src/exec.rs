@@ -19,6 +19,7 @@ pub fn run(task: &Task) -> TaskResult {
     let outcome = match &task.function {
         Function::Builtin(b) => run_builtin(*b, &task.args),
         Function::Shell(spec) => run_shell(spec, &task.args),
+        Function::Mpi(spec) => run_mpi(spec, &task.args),
     };
     TaskResult {
         id: task.id,
@@ -85,6 +86,33 @@ pub fn run_builtin(b: Builtin, args: &[u8]) -> Outcome {
             }
         },
     }
+}
+
+/// The launcher prefix for an MPI task, from the launcher the block was started with
+/// (`FXR_MPI_LAUNCHER`: srun, mpiexec, aprun; mpiexec when unset).
+pub fn mpi_prefix(launcher: &str, nodes: u32, ranks_per_node: u32) -> String {
+    let n = nodes.max(1);
+    let r = ranks_per_node.max(1);
+    match launcher {
+        "srun" => format!(
+            "srun --overlap --nodes={n} --ntasks={} --ntasks-per-node={r} --mpi=pmi2",
+            n * r
+        ),
+        "aprun" => format!("aprun -n {} -N {r}", n * r),
+        _ => format!("mpiexec -n {} -ppn {r}", n * r),
+    }
+}
+
+/// Runs an MPI task: its command behind the block's launcher; the result is as for shell.
+pub fn run_mpi(spec: &fxr_protocol::MpiSpec, args: &[u8]) -> Outcome {
+    let launcher = std::env::var("FXR_MPI_LAUNCHER").unwrap_or_else(|_| "mpiexec".into());
+    let mut shell = spec.shell.clone();
+    // The prefix is ours, not the user's: escape braces so the template leaves it alone.
+    let prefix = mpi_prefix(&launcher, spec.num_nodes, spec.ranks_per_node)
+        .replace('{', "{{")
+        .replace('}', "}}");
+    shell.command = format!("{prefix} {}", spec.shell.command);
+    run_shell(&shell, args)
 }
 
 /// Quotes a string for `/bin/sh`.

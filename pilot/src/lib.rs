@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod link;
 pub mod manager;
+pub mod rank;
 pub mod worker;
 
 pub use manager::{Manager, ManagerConfig, ManagerError, ManagerHandle, WorkerMode};

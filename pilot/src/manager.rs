@@ -470,7 +470,7 @@ impl State {
                     });
                     None
                 }
-                Function::Shell(_) => {
+                Function::Shell(_) | Function::Mpi(_) => {
                     self.finish(TaskResult::failure(
                         task.id,
                         FailureKind::Rejected,

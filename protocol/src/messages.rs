@@ -107,6 +107,8 @@ pub enum ClientMsg {
     DrainManager { manager_id: ManagerId },
     /// Cancel these tasks (the client's own ids) if they have not started.
     Cancel { tasks: Vec<TaskId> },
+    /// The provider's state in one line, shown in status reports.
+    ProviderReport { summary: String },
     /// Stop the endpoint: drain every manager, then exit.
     Shutdown,
 }
@@ -133,6 +135,8 @@ pub enum FrontMsg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct EndpointStatus {
     pub managers: Vec<ManagerStatus>,
+    /// The provider's own summary: blocks by state, the scheduler's last error.
+    pub provider: String,
     pub queued: u64,
     pub running: u64,
     pub completed: u64,

@@ -14,6 +14,17 @@ pub enum Function {
     Builtin(Builtin),
     /// A command line run by `/bin/sh -c` after `{name}` placeholders are filled from the arguments.
     Shell(Box<ShellSpec>),
+    /// A command run with the block's MPI launcher over `num_nodes × ranks_per_node` ranks.
+    Mpi(Box<MpiSpec>),
+}
+
+/// A multi-node task, as Globus Compute's MPIFunction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpiSpec {
+    /// The command, a template as for shell functions.
+    pub shell: ShellSpec,
+    pub num_nodes: u32,
+    pub ranks_per_node: u32,
 }
 
 /// The built-in functions.
@@ -169,6 +180,7 @@ impl Task {
         32 + self.args.len()
             + match &self.function {
                 Function::Builtin(_) => 1,
+                Function::Mpi(m) => m.shell.command.len() + 16,
                 Function::Shell(s) => {
                     s.command.len()
                         + s.cwd.as_ref().map_or(0, String::len)

@@ -22,6 +22,8 @@ pub enum Visibility {
 pub enum FunctionKind {
     Builtin,
     Shell,
+    /// A command run with the block's MPI launcher over several nodes.
+    Mpi,
 }
 
 /// A function to register.
@@ -45,6 +47,11 @@ pub struct FunctionBody {
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub cwd: Option<String>,
+    /// For `mpi`: nodes and ranks per node.
+    #[serde(default)]
+    pub num_nodes: Option<u32>,
+    #[serde(default)]
+    pub ranks_per_node: Option<u32>,
     #[serde(default)]
     pub visibility: Visibility,
     /// User names who may run it besides the owner.

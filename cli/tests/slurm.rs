@@ -1,0 +1,423 @@
+//! Batch-system tests on a real Slurm cluster started on this machine (scripts/slurm-cluster.sh:
+//! one slurmctld and four slurmd, each a node), and the PBS provider through Slurm's Torque
+//! wrappers (`qsub`, `qstat`, `qdel` from slurm-wlm-torque).
+//!
+//! They run when `sbatch` and `slurmctld` are installed. With `FXR_REQUIRE_SLURM=1` (as CI sets)
+//! a missing Slurm fails instead of skipping; with `FXR_REQUIRE_MPI=1` the pilots must have used
+//! MPI to gather their block's inventory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use fxr_interchange::{client, FrontDoor, TcpClient};
+use fxr_protocol::{Builtin, ClientMsg, Function, MpiSpec, Outcome, ShellSpec, Task, TaskId};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const FXR: &str = env!("CARGO_BIN_EXE_fxr");
+/// One cluster at a time: the tests share the machine's cores.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    /// Starts a cluster, or returns None (skip) when Slurm is absent and not required.
+    fn up() -> Option<Cluster> {
+        if !(have("sbatch") && have("slurmctld") && have("slurmd")) {
+            assert!(
+                !required("FXR_REQUIRE_SLURM"),
+                "FXR_REQUIRE_SLURM=1 but Slurm is not installed"
+            );
+            eprintln!("skipping: Slurm is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-cluster.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .arg(dir.path().join("slurm"))
+            .arg("4")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "slurm cluster did not start:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.path().join("slurm/slurm.conf");
+        Some(Cluster { dir, conf })
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+
+    fn squeue(&self) -> String {
+        let out = self
+            .cmd("squeue")
+            .args(["-h", "-o", "%i %T %j"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-cluster.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("down")
+            .arg(self.dir.path().join("slurm"))
+            .status();
+    }
+}
+
+struct Endpoint {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Endpoint {
+    fn start(cluster: &Cluster, toml: &str) -> Endpoint {
+        let dir = cluster.dir.path().join("ep");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("endpoint.toml"), toml).unwrap();
+        let addr_file = dir.join("addr");
+        let child = cluster
+            .cmd(FXR)
+            .args(["endpoint", "start", "ep", "--dir"])
+            .arg(&dir)
+            .arg("--address-file")
+            .arg(&addr_file)
+            .env("FXR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("endpoint.log")).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(30), || addr_file.exists()));
+        let addr = std::fs::read_to_string(&addr_file).unwrap();
+        Endpoint { child, addr, dir }
+    }
+
+    fn client(&self) -> TcpClient {
+        TcpClient::connect(&self.addr).unwrap()
+    }
+
+    fn status(&self) -> fxr_protocol::EndpointStatus {
+        client::status(&mut self.client(), Duration::from_secs(10)).unwrap()
+    }
+
+    fn stop(mut self) {
+        self.client().send(ClientMsg::Shutdown).unwrap();
+        assert!(wait_until(Duration::from_secs(60), || matches!(
+            self.child.try_wait(),
+            Ok(Some(_))
+        )));
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            if !wait_until(Duration::from_secs(30), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn sleep_tasks(n: u64, ms: u64) -> Vec<Task> {
+    (0..n)
+        .map(|i| Task {
+            id: TaskId(i),
+            function: Function::Builtin(Builtin::Sleep),
+            args: format!("{{\"ms\":{ms}}}").into_bytes(),
+            attempt: 0,
+            container: None,
+        })
+        .collect()
+}
+
+fn config(kind: &str, launcher: &str, nodes: u32, idle: &str) -> String {
+    format!(
+        "name = \"ep\"\n[engine]\nworkers_per_node = 2\n[provider]\nkind = \"{kind}\"\npartition = \"debug\"\n\
+         walltime = \"00:10:00\"\nnodes_per_block = {nodes}\ninit_blocks = 1\nmin_blocks = 0\nmax_blocks = 2\n\
+         max_idletime = \"{idle}\"\nlauncher = \"{launcher}\"\n"
+    )
+}
+
+fn block_logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir.join("blocks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "out") {
+            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    all
+}
+
+#[test]
+fn a_two_node_slurm_block_runs_tasks_and_an_mpi_task_then_drains_when_idle() {
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(cluster) = Cluster::up() else { return };
+    let ep = Endpoint::start(&cluster, &config("slurm", "srun", 2, "4s"));
+    // Both nodes of the block register as one block.
+    assert!(
+        wait_until(Duration::from_secs(60), || ep.status().managers.len() == 2),
+        "two managers registered"
+    );
+    let st = ep.status();
+    let blocks: HashSet<_> = st.managers.iter().map(|m| m.block_id.0.clone()).collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "both managers belong to one block: {blocks:?}"
+    );
+    assert!(cluster.squeue().contains("RUNNING"), "{}", cluster.squeue());
+    let rendered = std::fs::read_to_string(ep.dir.join("blocks/ep-1.sh")).unwrap();
+    assert!(rendered.lines().any(|l| l == "#SBATCH --nodes=2"));
+    assert!(rendered
+        .lines()
+        .any(|l| l.starts_with("srun --nodes=2 --ntasks=2")));
+
+    let results = client::submit_and_wait(
+        &mut ep.client(),
+        sleep_tasks(40, 20),
+        100,
+        Duration::from_secs(60),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(results.len(), 40);
+    assert!(results.iter().all(|r| r.is_success()));
+
+    // An MPI task over both nodes of the block.
+    let mpi = Task {
+        id: TaskId(1000),
+        function: Function::Mpi(Box::new(MpiSpec {
+            shell: ShellSpec {
+                command: "printenv SLURM_PROCID".into(),
+                env: vec![],
+                cwd: None,
+                walltime_ms: 60_000,
+            },
+            num_nodes: 2,
+            ranks_per_node: 1,
+        })),
+        args: vec![],
+        attempt: 0,
+        container: None,
+    };
+    let r = client::submit_and_wait(
+        &mut ep.client(),
+        vec![mpi],
+        1,
+        Duration::from_secs(60),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let Outcome::Success(v) = &r[0].outcome else {
+        panic!("mpi task failed: {:?}", r[0].outcome)
+    };
+    let v: serde_json::Value = serde_json::from_slice(v).unwrap();
+    let mut ranks: Vec<&str> = v["stdout"].as_str().unwrap().lines().collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, vec!["0", "1"], "two ranks ran: {v}");
+
+    if required("FXR_REQUIRE_MPI") {
+        assert!(
+            block_logs(&ep.dir).contains("block inventory gathered over MPI"),
+            "pilots did not use MPI:\n{}",
+            block_logs(&ep.dir)
+        );
+    }
+    // Idle for longer than max_idletime: drained, then cancelled.
+    assert!(
+        wait_until(Duration::from_secs(60), || ep.status().managers.is_empty()
+            && cluster.squeue().trim().is_empty()),
+        "the idle block was drained and its job is gone: {}",
+        cluster.squeue()
+    );
+    ep.stop();
+}
+
+#[test]
+fn scancel_of_a_block_mid_run_loses_no_task() {
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(cluster) = Cluster::up() else { return };
+    let ep = Endpoint::start(&cluster, &config("slurm", "srun", 1, "60s"));
+    assert!(wait_until(Duration::from_secs(60), || !ep
+        .status()
+        .managers
+        .is_empty()));
+    let job = cluster
+        .squeue()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let canceller = {
+        let conf = cluster.conf.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            Command::new("scancel")
+                .arg(&job)
+                .env("SLURM_CONF", conf)
+                .status()
+                .unwrap();
+        })
+    };
+    let results = client::submit_and_wait(
+        &mut ep.client(),
+        sleep_tasks(300, 20),
+        100,
+        Duration::from_secs(120),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    canceller.join().unwrap();
+    let ids: HashSet<u64> = results.iter().map(|r| r.id.0).collect();
+    assert_eq!(results.len(), 300);
+    assert_eq!(ids.len(), 300);
+    assert!(
+        results.iter().all(|r| r.is_success()),
+        "every task completed after the block was cancelled"
+    );
+    ep.stop();
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster
+            .squeue()
+            .trim()
+            .is_empty()),
+        "jobs cancelled at shutdown"
+    );
+}
+
+#[test]
+fn the_pbs_provider_runs_through_torque_style_commands() {
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(cluster) = Cluster::up() else { return };
+    if !have("qsub") {
+        assert!(
+            !required("FXR_REQUIRE_SLURM"),
+            "FXR_REQUIRE_SLURM=1 but qsub (slurm-wlm-torque) is missing"
+        );
+        return;
+    }
+    let ep = Endpoint::start(&cluster, &config("pbs", "single-node", 1, "4s"));
+    assert!(
+        wait_until(Duration::from_secs(60), || !ep.status().managers.is_empty()),
+        "a PBS block came up"
+    );
+    let rendered = std::fs::read_to_string(ep.dir.join("blocks/ep-1.sh")).unwrap();
+    assert!(rendered.lines().any(|l| l == "#PBS -l walltime=00:10:00"));
+    let results = client::submit_and_wait(
+        &mut ep.client(),
+        sleep_tasks(20, 10),
+        20,
+        Duration::from_secs(60),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(results.iter().all(|r| r.is_success()));
+    assert!(
+        wait_until(Duration::from_secs(60), || ep.status().managers.is_empty()
+            && cluster.squeue().trim().is_empty()),
+        "idle PBS block drained and deleted with qdel"
+    );
+    ep.stop();
+}
+
+#[test]
+fn a_failing_submission_is_reported_and_not_retried_forever() {
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(cluster) = Cluster::up() else { return };
+    let bad = config("slurm", "srun", 1, "60s")
+        .replace("partition = \"debug\"", "partition = \"nosuch\"")
+        .replace("min_blocks = 0", "min_blocks = 1");
+    let ep = Endpoint::start(&cluster, &bad);
+    assert!(
+        wait_until(Duration::from_secs(60), || ep
+            .status()
+            .provider
+            .contains("paused")),
+        "status reports the failures: {}",
+        ep.status().provider
+    );
+    let st = ep.status();
+    assert!(
+        st.provider.contains("nosuch") || st.provider.to_lowercase().contains("partition"),
+        "the scheduler's own message: {}",
+        st.provider
+    );
+    let scripts = std::fs::read_dir(ep.dir.join("blocks"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sh")
+        })
+        .count();
+    std::thread::sleep(Duration::from_secs(3));
+    let later = std::fs::read_dir(ep.dir.join("blocks"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sh")
+        })
+        .count();
+    assert_eq!(scripts, later, "no more submissions after the limit");
+    ep.stop();
+}
