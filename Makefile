@@ -11,7 +11,9 @@ DEBS := cmake clang libclang-dev pkg-config slurmctld slurmd slurm-client slurm-
 # Evaluated in each recipe, after `deps` has run.
 FEATURES = $$(command -v mpicc >/dev/null 2>&1 && echo --features fxr-cli/mpi)
 
-.PHONY: all deps build demo test lint bench clean
+.PHONY: all deps build demo test lint bench clean experiments experiment-anchors
+EXPERIMENTS := scaling latency throughput
+VENV := target/anchors-venv
 
 all: build
 
@@ -39,6 +41,24 @@ lint:
 
 bench: build
 	$(CARGO) bench --workspace
+
+# `make experiment-scaling` etc.; QUICK=1 for the small versions.
+experiment-%: build
+	$(FXR) experiment run $* $(if $(QUICK),--quick,)
+
+experiments: $(addprefix experiment-,$(EXPERIMENTS))
+
+# Parsl's HighThroughputExecutor, installed in a virtual environment of its own, measured with
+# the same workload; the experiments' summaries quote it when present.
+experiment-anchors:
+	@mkdir -p results/anchors
+	@if [ ! -x $(VENV)/bin/python ] || ! $(VENV)/bin/python -c 'import parsl' 2>/dev/null; then \
+		python3 -m venv $(VENV) && $(VENV)/bin/pip install -q parsl || { \
+			echo "Parsl could not be installed here; no anchors measured." | tee results/anchors/UNAVAILABLE.md; exit 0; }; \
+	fi
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python scripts/anchors.py results/anchors/anchors.json 10000 1000
+	@printf '# Setup\n\n- machine: %s cores, %s\n- commit: %s\n- date: %s\n- command: make experiment-anchors\n' \
+		"$$(nproc)" "$$(head -1 /proc/meminfo)" "$$(git rev-parse HEAD)" "$$(date -u)" > results/anchors/SETUP.md
 
 clean:
 	$(CARGO) clean

@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod client;
 mod endpoint;
+mod experiment;
 mod function;
 mod opts;
 mod pilot;
@@ -47,6 +48,9 @@ enum Command {
     /// Measure throughput or latency.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Run the paper's experiments.
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCmd),
     /// (internal) A worker process, driven by its manager over stdin and stdout.
     #[command(hide = true)]
     Worker,
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Run(a) => client::run(a, json),
         Command::Submit(a) => client::submit(a, json),
         Command::Bench(c) => bench::run(c, json),
+        Command::Experiment(c) => experiment::run(c),
         Command::Worker => fxr_pilot::worker::worker_main()
             .map(|()| exit::OK)
             .map_err(Into::into),

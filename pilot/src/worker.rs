@@ -17,6 +17,13 @@ pub fn worker_main() -> std::io::Result<()> {
     // Die with the manager: a worker has no purpose once nobody reads its results.
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // A batch system cancelling a job signals every process of it. The manager decides when a
+    // worker stops (it drains first), so SIGTERM and SIGINT are caught and ignored here. A
+    // handler, not SIG_IGN: commands the worker starts get the default disposition back.
+    let noted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register(sig, noted.clone());
+    }
     match serve() {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,

@@ -1,0 +1,87 @@
+//! The quick version of every experiment runs and writes complete, well-formed results. No
+//! timing is asserted: only that every row is there, every number is finite and positive, and
+//! the plot is an SVG image.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+const FXR: &str = env!("CARGO_BIN_EXE_fxr");
+
+fn quick_points(def: &Path) -> usize {
+    let v: toml::Value = toml::from_str(&std::fs::read_to_string(def).unwrap()).unwrap();
+    v["sweeps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["quick_values"].as_array().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn quick_experiments_write_complete_results() {
+    let defs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+    let out = tempfile::tempdir().unwrap();
+    for name in ["latency", "throughput", "scaling"] {
+        let status = Command::new(FXR)
+            .args(["experiment", "run", name, "--quick", "--defs"])
+            .arg(&defs)
+            .arg("--out")
+            .arg(out.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name} failed");
+        let dir = out.path().join(name);
+        let csv = std::fs::read_to_string(dir.join("raw.csv")).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_eq!(
+            rows.len(),
+            quick_points(&defs.join(format!("{name}.toml"))),
+            "{name}: one row per point"
+        );
+        for r in &rows {
+            assert_eq!(r.len(), header.len());
+            for (h, c) in header.iter().zip(r).skip(6) {
+                if !c.is_empty() {
+                    let x: f64 = c
+                        .parse()
+                        .unwrap_or_else(|_| panic!("{name}: {h} = `{c}` is not a number"));
+                    assert!(x.is_finite() && x > 0.0, "{name}: {h} = {x}");
+                }
+            }
+            let col = |n: &str| r[header.iter().position(|h| *h == n).unwrap()];
+            if name == "latency" {
+                assert!(!col("p50_ms").is_empty() && !col("p99_ms").is_empty());
+            } else {
+                assert!(!col("tasks_per_s").is_empty() && !col("seconds").is_empty());
+            }
+            assert!(
+                ["processes", "simulated"].contains(&col("mode")),
+                "every row says its mode"
+            );
+        }
+        let svg = std::fs::read_to_string(dir.join("plot.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{name}: plot.svg is an SVG image"
+        );
+        let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+        assert!(summary.contains("**The paper:**"));
+        assert!(std::fs::read_to_string(dir.join("SETUP.md"))
+            .unwrap()
+            .contains("commit"));
+        // The plot can be redrawn from the CSV alone.
+        std::fs::remove_file(dir.join("plot.svg")).unwrap();
+        let status = Command::new(FXR)
+            .args(["experiment", "plot", name, "--defs"])
+            .arg(&defs)
+            .arg("--out")
+            .arg(out.path())
+            .status()
+            .unwrap();
+        assert!(status.success() && dir.join("plot.svg").exists());
+    }
+}

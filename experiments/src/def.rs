@@ -1,0 +1,99 @@
+//! Experiment definitions.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// One experiment.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    pub name: String,
+    pub title: String,
+    /// The paper's figure or claim this reproduces, quoted in the summary.
+    pub paper: String,
+    #[serde(default = "one")]
+    pub repetitions: u32,
+    /// Columns plotted: x, y, and the column naming each line.
+    pub plot_x: String,
+    pub plot_y: String,
+    #[serde(default)]
+    pub log_x: bool,
+    #[serde(default)]
+    pub log_y: bool,
+    pub sweeps: Vec<Sweep>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A line of the experiment: one `fxr bench` command run for each value of a variable.
+///
+/// In `args`, `{v}` is the value; `{managers}` and `{per_manager}` split `{v}` workers into
+/// simulated managers of at most 64 workers; `{tasks}` is `tasks`, or `tasks_per_worker × v`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    pub series: String,
+    /// `processes` or `simulated`: said on every row.
+    pub mode: String,
+    /// The name of the variable (a CSV column).
+    pub var: String,
+    pub values: Vec<u64>,
+    /// The values used with `--quick`.
+    pub quick_values: Vec<u64>,
+    /// `throughput` or `latency`.
+    pub bench: String,
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub tasks: Option<u64>,
+    #[serde(default)]
+    pub tasks_per_worker: Option<u64>,
+    /// Tasks in quick runs (overrides `tasks`).
+    #[serde(default)]
+    pub quick_tasks: Option<u64>,
+    /// For sleep workloads: the task length in ms, to compute the ideal completion time.
+    #[serde(default)]
+    pub sleep_ms: Option<u64>,
+}
+
+/// Why a definition was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DefError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Definition {
+    pub fn load(path: &Path) -> Result<Definition, DefError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| DefError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let d: Definition = toml::from_str(&text).map_err(|e| DefError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        for s in &d.sweeps {
+            if !["throughput", "latency"].contains(&s.bench.as_str()) {
+                return Err(DefError::Invalid {
+                    path: p,
+                    message: format!("sweep `{}`: bench must be throughput or latency", s.series),
+                });
+            }
+            if s.values.is_empty() || s.quick_values.is_empty() {
+                return Err(DefError::Invalid {
+                    path: p,
+                    message: format!("sweep `{}` has no values", s.series),
+                });
+            }
+        }
+        Ok(d)
+    }
+}

@@ -1,0 +1,413 @@
+//! Results: the raw CSV (one row per run), the summary table, the plot, and SETUP.md.
+
+use crate::def::{Definition, Sweep};
+use crate::run::RunOptions;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Column names of `raw.csv`, in order.
+pub const COLUMNS: &[&str] = &[
+    "series",
+    "mode",
+    "var",
+    "value",
+    "rep",
+    "bench",
+    "tasks",
+    "workers",
+    "seconds",
+    "tasks_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "first_ms",
+    "peak_rss_mib",
+    "cpu_s",
+    "ideal_s",
+    "efficiency",
+];
+
+/// One run of one point.
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub series: String,
+    pub mode: String,
+    pub var: String,
+    pub value: u64,
+    pub rep: u32,
+    pub bench: String,
+    /// Numeric columns by name (missing ones are empty in the CSV).
+    pub num: BTreeMap<String, f64>,
+}
+
+impl Row {
+    pub fn from_bench(
+        _def: &Definition,
+        s: &Sweep,
+        v: u64,
+        rep: u32,
+        j: &serde_json::Value,
+    ) -> Row {
+        let mut num = BTreeMap::new();
+        let mut put = |k: &str, x: Option<f64>| {
+            if let Some(x) = x.filter(|x| x.is_finite()) {
+                num.insert(k.to_string(), x);
+            }
+        };
+        let f = |k: &str| j.get(k).and_then(serde_json::Value::as_f64);
+        put("tasks", f("tasks"));
+        put("workers", f("workers"));
+        put("seconds", f("seconds"));
+        put("tasks_per_s", f("tasks_per_s"));
+        for k in [
+            "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "first_ms",
+        ] {
+            put(k, f(k));
+        }
+        put(
+            "peak_rss_mib",
+            f("interchange_peak_rss_bytes").map(|b| b / (1024.0 * 1024.0)),
+        );
+        put("cpu_s", f("interchange_cpu_s"));
+        if let (Some(ms), Some(tasks), Some(workers), Some(secs)) =
+            (s.sleep_ms, f("tasks"), f("workers"), f("seconds"))
+        {
+            let ideal = (tasks / workers.max(1.0)).ceil() * ms as f64 / 1000.0;
+            put("ideal_s", Some(ideal));
+            put("efficiency", Some(ideal / secs.max(1e-9)));
+        }
+        Row {
+            series: s.series.replace(',', ";"),
+            mode: j
+                .get("mode")
+                .and_then(|m| m.as_str())
+                .unwrap_or(&s.mode)
+                .to_string(),
+            var: s.var.clone(),
+            value: v,
+            rep,
+            bench: s.bench.clone(),
+            num,
+        }
+    }
+
+    pub fn get(&self, col: &str) -> Option<f64> {
+        match col {
+            "value" => Some(self.value as f64),
+            other => self.num.get(other).copied(),
+        }
+    }
+}
+
+pub fn write_csv(path: &Path, rows: &[Row]) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(f, "{}", COLUMNS.join(","))?;
+    for r in rows {
+        let mut cells = vec![
+            r.series.clone(),
+            r.mode.clone(),
+            r.var.clone(),
+            r.value.to_string(),
+            r.rep.to_string(),
+            r.bench.clone(),
+        ];
+        for c in &COLUMNS[6..] {
+            cells.push(r.num.get(*c).map(|x| format!("{x}")).unwrap_or_default());
+        }
+        writeln!(f, "{}", cells.join(","))?;
+    }
+    f.flush()
+}
+
+pub fn read_csv(path: &Path) -> std::io::Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells.len() != header.len() {
+            return Err(bad(format!(
+                "{}: line {} has {} cells, expected {}",
+                path.display(),
+                i + 2,
+                cells.len(),
+                header.len()
+            )));
+        }
+        let mut r = Row::default();
+        for (h, c) in header.iter().zip(&cells) {
+            match *h {
+                "series" => r.series = c.to_string(),
+                "mode" => r.mode = c.to_string(),
+                "var" => r.var = c.to_string(),
+                "bench" => r.bench = c.to_string(),
+                "value" => {
+                    r.value = c
+                        .parse()
+                        .map_err(|_| bad(format!("line {}: bad value `{c}`", i + 2)))?
+                }
+                "rep" => {
+                    r.rep = c
+                        .parse()
+                        .map_err(|_| bad(format!("line {}: bad rep `{c}`", i + 2)))?
+                }
+                other if !c.is_empty() => {
+                    let x: f64 = c
+                        .parse()
+                        .map_err(|_| bad(format!("line {}: bad number `{c}` in {other}", i + 2)))?;
+                    r.num.insert(other.to_string(), x);
+                }
+                _ => {}
+            }
+        }
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+/// Rows grouped by (series, value), with the median of every numeric column.
+pub fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut groups: BTreeMap<(String, u64), Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        groups
+            .entry((r.series.clone(), r.value))
+            .or_default()
+            .push(r);
+    }
+    groups
+        .into_values()
+        .map(|g| {
+            let mut m = g[0].clone();
+            m.num = BTreeMap::new();
+            for c in &COLUMNS[6..] {
+                if let Some(x) = median(g.iter().filter_map(|r| r.num.get(*c).copied()).collect()) {
+                    m.num.insert(c.to_string(), x);
+                }
+            }
+            m
+        })
+        .collect()
+}
+
+fn fmt(x: Option<f64>) -> String {
+    match x {
+        None => "".into(),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 1.0 => format!("{x:.2}"),
+        Some(x) => format!("{x:.3}"),
+    }
+}
+
+pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Result<()> {
+    let mut s = String::new();
+    s.push_str(&format!("# {}\n\n", def.title));
+    s.push_str(&format!("**The paper:** {}\n\n", def.paper));
+    s.push_str("Medians over repetitions; every row says whether its workers were real processes or simulated (real manager code and protocol over real sockets, built-in functions run in-process). Raw data: `raw.csv`; plot: `plot.svg`; machine: `SETUP.md`.\n\n");
+    let latency = rows.iter().any(|r| r.bench == "latency");
+    let cols: &[&str] = if latency {
+        &[
+            "workers", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "first_ms",
+        ]
+    } else {
+        &[
+            "tasks",
+            "workers",
+            "seconds",
+            "tasks_per_s",
+            "ideal_s",
+            "efficiency",
+            "peak_rss_mib",
+            "cpu_s",
+        ]
+    };
+    s.push_str(&format!(
+        "| series | mode | {} | {} |\n",
+        rows.first().map_or("value", |r| r.var.as_str()),
+        cols.join(" | ")
+    ));
+    s.push_str(&format!("|---|---|---|{}\n", "---|".repeat(cols.len())));
+    for m in medians(rows) {
+        let cells: Vec<String> = cols.iter().map(|c| fmt(m.get(c))).collect();
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            m.series,
+            m.mode,
+            m.value,
+            cells.join(" | ")
+        ));
+    }
+    let anchors = dir.parent().map(|p| p.join("anchors/anchors.json"));
+    match anchors.and_then(|a| std::fs::read_to_string(a).ok()) {
+        Some(text) => {
+            s.push_str("\n## Anchors measured on this machine\n\n");
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                for (k, x) in v.as_object().into_iter().flatten() {
+                    s.push_str(&format!("- {k}: {x}\n"));
+                }
+            }
+        }
+        None => s.push_str("\nAnchors: not measured in this run (`make experiment-anchors` installs Parsl in a virtual environment and measures it here). Figures for this machine from `../shared/DESIGN.md`: Parsl HTEX ≈ 1,170 no-op tasks/s (p50 1.6 ms, p99 2.7 ms), Ray ≈ 2,400/s, Dask ≈ 520/s, HyperQueue ≈ 900 process tasks/s.\n"),
+    }
+    std::fs::write(dir.join("summary.md"), s)
+}
+
+pub fn write_setup(dir: &Path, opts: &RunOptions) -> std::io::Result<()> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = read("/proc/meminfo")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let text = format!(
+        "# Setup\n\n- machine: {cpu}, {cores} cores\n- memory: {mem}\n- kernel: {kernel}\n- commit: {commit}\n- date: {date}\n- command: `{}`\n- quick: {}\n",
+        opts.command, opts.quick
+    );
+    std::fs::write(dir.join("SETUP.md"), text)
+}
+
+/// Draws `plot_y` against `plot_x`, one line per series, as SVG.
+pub fn plot(def: &Definition, path: &Path, rows: &[Row]) -> std::io::Result<()> {
+    use plotters::prelude::*;
+    let m = medians(rows);
+    let pts: Vec<(String, f64, f64)> = m
+        .iter()
+        .filter_map(|r| Some((r.series.clone(), r.get(&def.plot_x)?, r.get(&def.plot_y)?)))
+        .filter(|(_, x, y)| {
+            x.is_finite() && y.is_finite() && (!def.log_x || *x > 0.0) && (!def.log_y || *y > 0.0)
+        })
+        .collect();
+    let err = |e: String| std::io::Error::other(e);
+    let (xmin, xmax) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (ymin, ymax) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.2), b.max(p.2)));
+    let (xmin, xmax) = if pts.is_empty() {
+        (1.0, 2.0)
+    } else {
+        (xmin, if xmax > xmin { xmax } else { xmin * 2.0 + 1.0 })
+    };
+    let (ymin, ymax) = if pts.is_empty() {
+        (1.0, 2.0)
+    } else {
+        (
+            ymin * 0.9,
+            if ymax > ymin {
+                ymax * 1.1
+            } else {
+                ymin * 2.0 + 1.0
+            },
+        )
+    };
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(&def.title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70);
+    let series: Vec<String> = {
+        let mut s: Vec<String> = pts.iter().map(|p| p.0.clone()).collect();
+        s.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        s.retain(|x| seen.insert(x.clone()));
+        s
+    };
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(def.plot_x.as_str())
+                .y_desc(def.plot_y.as_str())
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            for (i, name) in series.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                let line: Vec<(f64, f64)> = pts
+                    .iter()
+                    .filter(|p| &p.0 == name)
+                    .map(|p| (p.1, p.2))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+                    .map_err(|e| err(e.to_string()))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(line.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+        }};
+    }
+    match (def.log_x, def.log_y) {
+        (true, true) => draw!(builder
+            .build_cartesian_2d((xmin..xmax).log_scale(), (ymin..ymax).log_scale())
+            .map_err(|e| err(e.to_string()))?),
+        (true, false) => draw!(builder
+            .build_cartesian_2d((xmin..xmax).log_scale(), ymin..ymax)
+            .map_err(|e| err(e.to_string()))?),
+        (false, true) => draw!(builder
+            .build_cartesian_2d(xmin..xmax, (ymin..ymax).log_scale())
+            .map_err(|e| err(e.to_string()))?),
+        (false, false) => draw!(builder
+            .build_cartesian_2d(xmin..xmax, ymin..ymax)
+            .map_err(|e| err(e.to_string()))?),
+    }
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+pub fn write_all(
+    def: &Definition,
+    dir: &Path,
+    rows: &[Row],
+    opts: &RunOptions,
+) -> std::io::Result<()> {
+    write_summary(def, dir, rows)?;
+    write_setup(dir, opts)?;
+    plot(def, &dir.join("plot.svg"), rows)
+}
