@@ -259,17 +259,36 @@ pub async fn wait(
     check_ids(&broker, &body.ids)?;
     let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(30_000).min(300_000));
     let deadline = tokio::time::Instant::now() + timeout;
+    // Each wake-up re-reads only the tasks still pending, so a wait on 10,000 tasks does not
+    // re-read the finished ones for every result batch.
+    let mut finished: Vec<TaskRow> = Vec::with_capacity(body.ids.len());
+    let mut remaining = body.ids.clone();
     loop {
         let notified = broker.done.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let rows = load(&broker, user.id, body.ids.clone()).await?;
-        let pending = rows.iter().filter(|t| t.completed_ms.is_none()).count() as u64;
-        tracing::debug!(pending, "wait checked");
-        if pending == 0 || tokio::time::Instant::now() >= deadline {
-            let tasks = rows.into_iter().map(|t| task_info(&broker, t)).collect();
+        let rows = load(&broker, user.id, std::mem::take(&mut remaining)).await?;
+        let (done, open): (Vec<TaskRow>, Vec<TaskRow>) =
+            rows.into_iter().partition(|t| t.completed_ms.is_some());
+        finished.extend(done);
+        tracing::debug!(pending = open.len(), "wait checked");
+        if open.is_empty() || tokio::time::Instant::now() >= deadline {
+            let pending = open.len() as u64;
+            finished.extend(open);
+            let mut tasks: Vec<TaskInfo> = finished
+                .into_iter()
+                .map(|t| task_info(&broker, t))
+                .collect();
+            let order: std::collections::HashMap<u64, usize> = body
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (*id, i))
+                .collect();
+            tasks.sort_by_key(|t| order.get(&t.id).copied().unwrap_or(usize::MAX));
             return Ok(Json(TasksResponse { tasks, pending }));
         }
+        remaining = open.into_iter().map(|t| t.id).collect();
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
 }

@@ -1,0 +1,45 @@
+//! The store's batched insert: one transaction of 1,000 tasks (a submission), and recording
+//! 1,000 results.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fxr_broker::store::{Completion, NewTask, Store};
+
+fn store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("bench.db")).unwrap();
+    let batch: Vec<NewTask> = (0..1000)
+        .map(|_| NewTask {
+            owner: 1,
+            function_id: "f".into(),
+            endpoint_id: "e".into(),
+            args: b"{}".to_vec(),
+        })
+        .collect();
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1000));
+    g.sample_size(20);
+    g.bench_function("insert 1000 tasks (one transaction, fsync)", |b| {
+        b.iter(|| s.insert_tasks(&batch).unwrap())
+    });
+    g.bench_function("record 1000 results (one transaction, fsync)", |b| {
+        b.iter_batched(
+            || s.insert_tasks(&batch).unwrap(),
+            |ids| {
+                let done: Vec<Completion> = ids
+                    .iter()
+                    .map(|id| Completion {
+                        id: *id,
+                        result: Some(b"null".to_vec()),
+                        error: None,
+                    })
+                    .collect();
+                s.complete(&done).unwrap()
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, store);
+criterion_main!(benches);
