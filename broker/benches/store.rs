@@ -1,12 +1,14 @@
 //! The store's batched insert: one transaction of 1,000 tasks (a submission), and recording
 //! 1,000 results.
 
+#![allow(clippy::unwrap_used)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fxr_broker::store::{Completion, NewTask, Store};
 
 fn store(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&dir.path().join("bench.db")).unwrap();
+    let s = std::cell::RefCell::new(Store::open(&dir.path().join("bench.db")).unwrap());
     let batch: Vec<NewTask> = (0..1000)
         .map(|_| NewTask {
             owner: 1,
@@ -19,11 +21,11 @@ fn store(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1000));
     g.sample_size(20);
     g.bench_function("insert 1000 tasks (one transaction, fsync)", |b| {
-        b.iter(|| s.insert_tasks(&batch).unwrap())
+        b.iter(|| s.borrow_mut().insert_tasks(&batch).unwrap())
     });
     g.bench_function("record 1000 results (one transaction, fsync)", |b| {
         b.iter_batched(
-            || s.insert_tasks(&batch).unwrap(),
+            || s.borrow_mut().insert_tasks(&batch).unwrap(),
             |ids| {
                 let done: Vec<Completion> = ids
                     .iter()
@@ -33,7 +35,7 @@ fn store(c: &mut Criterion) {
                         error: None,
                     })
                     .collect();
-                s.complete(&done).unwrap()
+                s.borrow_mut().complete(&done).unwrap()
             },
             criterion::BatchSize::PerIteration,
         )

@@ -342,28 +342,7 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
         return broker_submit(a, json);
     }
     let function = a.function.function()?;
-    let mut all_args = Vec::new();
-    if let Some(path) = &a.args_file {
-        let f =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v =
-                json_arg(&line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
-            all_args.push(v);
-        }
-    } else {
-        let args = a
-            .args
-            .as_deref()
-            .map(json_arg)
-            .transpose()?
-            .unwrap_or_default();
-        all_args = vec![args; a.count.unwrap_or(1)];
-    }
+    let all_args = read_args(&a)?;
     let tasks: Vec<Task> = all_args
         .into_iter()
         .enumerate()
@@ -379,23 +358,7 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
     let mut door = TcpClient::connect(&a.endpoint)
         .with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
     let start = Instant::now();
-    let mut last = Instant::now();
-    let show = a.progress;
-    let mut progress = |done: usize, total: usize| {
-        if show && (last.elapsed() > Duration::from_millis(200) || done == total) {
-            last = Instant::now();
-            let width = 30;
-            let filled = done * width / total.max(1);
-            eprint!(
-                "\r[{}{}] {done}/{total}",
-                "#".repeat(filled),
-                "-".repeat(width - filled)
-            );
-            if done == total {
-                eprintln!();
-            }
-        }
-    };
+    let mut progress = progress_bar(a.progress);
     let mut results = client::submit_and_wait(&mut door, tasks, a.batch, a.timeout, &mut progress)?;
     let secs = start.elapsed().as_secs_f64();
     results.sort_by_key(|r| r.id);

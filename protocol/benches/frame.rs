@@ -1,5 +1,7 @@
 //! Frame encode and decode of a batch of 1,000 no-op tasks (the interchange → manager hot path).
 
+#![allow(clippy::unwrap_used)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use fxr_protocol::{decode, encode_into, Builtin, Function, InterchangeMsg, Task, TaskId};
 
