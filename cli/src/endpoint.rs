@@ -496,6 +496,7 @@ fn start_scaler(
             walltime,
             drain_margin: (walltime / 10).min(std::time::Duration::from_secs(300)),
             max_failures: 3,
+            pending_timeout: std::time::Duration::from_secs(600),
         },
         kind: p.kind.clone(),
         launcher: p.launcher.clone(),

@@ -29,6 +29,9 @@ pub struct StrategyConfig {
     /// Drain a block this long before its walltime ends.
     pub drain_margin: Duration,
     pub max_failures: u32,
+    /// A block still pending (no manager registered) after this long is cancelled and counted
+    /// as a failure.
+    pub pending_timeout: Duration,
 }
 
 /// What the endpoint sees of one block right now.
@@ -204,6 +207,30 @@ impl Strategy {
                 }
             }
         }
+        // A block that never starts is given up on, within the failure limit.
+        let stuck: Vec<String> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| {
+                b.phase == Phase::Pending
+                    && now.saturating_duration_since(b.submitted) > self.cfg.pending_timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stuck {
+            if let Some(b) = self.blocks.get_mut(&id) {
+                b.phase = Phase::Draining;
+                b.cancel_sent = true;
+            }
+            self.failures_in_a_row += 1;
+            self.hold_until =
+                Some(now + Duration::from_secs(1u64 << self.failures_in_a_row.min(6)));
+            self.last_error = Some(format!(
+                "block {id} did not start within {:?}; cancelled",
+                self.cfg.pending_timeout
+            ));
+            out.push(Action::Cancel(id));
+        }
         // Drain blocks near their walltime, and idle ones above the minimum.
         let running: Vec<String> = self.active().map(|(id, _)| id.clone()).collect();
         let mut keep = running.len() as u32;
@@ -300,6 +327,7 @@ mod tests {
             walltime: Duration::from_secs(3600),
             drain_margin: Duration::from_secs(120),
             max_failures: 2,
+            pending_timeout: Duration::from_secs(600),
         }
     }
 
@@ -409,5 +437,31 @@ mod tests {
             "no endless resubmission"
         );
         assert!(s.summary().contains("NODE_FAIL"), "{}", s.summary());
+    }
+
+    #[test]
+    fn a_block_that_never_starts_is_cancelled_and_replaced() {
+        let t0 = Instant::now();
+        let mut s = Strategy::new(
+            StrategyConfig {
+                min_blocks: 1,
+                ..cfg()
+            },
+            "p",
+        );
+        s.decide(t0, 0, &load(&[]));
+        s.submitted("p-1", "9".into());
+        assert!(s
+            .decide(t0 + Duration::from_secs(300), 0, &load(&[]))
+            .is_empty());
+        let a = s.decide(t0 + Duration::from_secs(601), 0, &load(&[]));
+        assert_eq!(a, vec![Action::Cancel("p-1".into())]);
+        assert!(s.summary().contains("did not start"));
+        let a = s.decide(t0 + Duration::from_secs(700), 0, &load(&[]));
+        assert_eq!(
+            a,
+            vec![Action::Submit("p-2".into())],
+            "replaced after the backoff"
+        );
     }
 }
