@@ -21,6 +21,21 @@ pub struct Definition {
     #[serde(default)]
     pub log_y: bool,
     pub sweeps: Vec<Sweep>,
+    /// Stages of a path, each the difference between two series measured in the same run
+    /// (for example: the broker's share of a round trip = through the broker − without it).
+    #[serde(default)]
+    pub stages: Vec<Stage>,
+}
+
+/// One stage: `series` minus `minus`, point by point, for the latency percentiles.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    pub series: String,
+    /// Leave out for the first stage (the whole of `series`).
+    #[serde(default)]
+    pub minus: Option<String>,
 }
 
 fn one() -> u32 {

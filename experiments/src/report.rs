@@ -249,6 +249,31 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
             cells.join(" | ")
         ));
     }
+    if !def.stages.is_empty() {
+        let m = medians(rows);
+        // Series names are stored with `,` as `;` (the CSV has no quoting).
+        let find = |series: &str, value: u64| m.iter().find(|r| r.series == series.replace(',', ";") && r.value == value);
+        let cols = ["p50_ms", "p90_ms", "p99_ms"];
+        s.push_str("\n## Stages\n\nEach stage is the difference between two paths measured in this run, at the same point (percentile by percentile, so the parts need not add up exactly at the tail).\n\n");
+        s.push_str(&format!("| stage | {} | {} |\n|---|---|{}\n", rows.first().map_or("value", |r| r.var.as_str()), cols.join(" | "), "---|".repeat(cols.len())));
+        let mut values: Vec<u64> = m.iter().map(|r| r.value).collect();
+        values.sort_unstable();
+        values.dedup();
+        for st in &def.stages {
+            for v in &values {
+                let Some(a) = find(&st.series, *v) else { continue };
+                let b = st.minus.as_deref().and_then(|mi| find(mi, *v));
+                if st.minus.is_some() && b.is_none() {
+                    continue;
+                }
+                let cells: Vec<String> = cols
+                    .iter()
+                    .map(|c| fmt(a.get(c).map(|x| x - b.and_then(|b| b.get(c)).unwrap_or(0.0))))
+                    .collect();
+                s.push_str(&format!("| {} | {v} | {} |\n", st.name, cells.join(" | ")));
+            }
+        }
+    }
     let anchors = dir.parent().map(|p| p.join("anchors/anchors.json"));
     match anchors.and_then(|a| std::fs::read_to_string(a).ok()) {
         Some(text) => {
