@@ -20,6 +20,10 @@ pub struct Definition {
     pub log_x: bool,
     #[serde(default)]
     pub log_y: bool,
+    /// Where the legend goes: upper-left, upper-right, middle-left, middle-right, lower-left,
+    /// lower-right.
+    #[serde(default)]
+    pub legend: Option<String>,
     pub sweeps: Vec<Sweep>,
     /// Stages of a path, each the difference between two series measured in the same run
     /// (for example: the broker's share of a round trip = through the broker − without it).

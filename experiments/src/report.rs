@@ -252,23 +252,37 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
     if !def.stages.is_empty() {
         let m = medians(rows);
         // Series names are stored with `,` as `;` (the CSV has no quoting).
-        let find = |series: &str, value: u64| m.iter().find(|r| r.series == series.replace(',', ";") && r.value == value);
+        let find = |series: &str, value: u64| {
+            m.iter()
+                .find(|r| r.series == series.replace(',', ";") && r.value == value)
+        };
         let cols = ["p50_ms", "p90_ms", "p99_ms"];
         s.push_str("\n## Stages\n\nEach stage is the difference between two paths measured in this run, at the same point (percentile by percentile, so the parts need not add up exactly at the tail).\n\n");
-        s.push_str(&format!("| stage | {} | {} |\n|---|---|{}\n", rows.first().map_or("value", |r| r.var.as_str()), cols.join(" | "), "---|".repeat(cols.len())));
+        s.push_str(&format!(
+            "| stage | {} | {} |\n|---|---|{}\n",
+            rows.first().map_or("value", |r| r.var.as_str()),
+            cols.join(" | "),
+            "---|".repeat(cols.len())
+        ));
         let mut values: Vec<u64> = m.iter().map(|r| r.value).collect();
         values.sort_unstable();
         values.dedup();
         for st in &def.stages {
             for v in &values {
-                let Some(a) = find(&st.series, *v) else { continue };
+                let Some(a) = find(&st.series, *v) else {
+                    continue;
+                };
                 let b = st.minus.as_deref().and_then(|mi| find(mi, *v));
                 if st.minus.is_some() && b.is_none() {
                     continue;
                 }
                 let cells: Vec<String> = cols
                     .iter()
-                    .map(|c| fmt(a.get(c).map(|x| x - b.and_then(|b| b.get(c)).unwrap_or(0.0))))
+                    .map(|c| {
+                        fmt(a
+                            .get(c)
+                            .map(|x| x - b.and_then(|b| b.get(c)).unwrap_or(0.0)))
+                    })
                     .collect();
                 s.push_str(&format!("| {} | {v} | {} |\n", st.name, cells.join(" | ")));
             }
@@ -359,6 +373,11 @@ pub fn plot(def: &Definition, path: &Path, rows: &[Row]) -> std::io::Result<()> 
             },
         )
     };
+    let x_label = if def.plot_x == "value" {
+        rows.first().map_or("value".to_string(), |r| r.var.clone())
+    } else {
+        def.plot_x.clone()
+    };
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut builder = ChartBuilder::on(&root);
@@ -379,7 +398,7 @@ pub fn plot(def: &Definition, path: &Path, rows: &[Row]) -> std::io::Result<()> 
             let mut chart = $chart;
             chart
                 .configure_mesh()
-                .x_desc(def.plot_x.as_str())
+                .x_desc(x_label.as_str())
                 .y_desc(def.plot_y.as_str())
                 .draw()
                 .map_err(|e| err(e.to_string()))?;
@@ -403,6 +422,14 @@ pub fn plot(def: &Definition, path: &Path, rows: &[Row]) -> std::io::Result<()> 
             }
             chart
                 .configure_series_labels()
+                .position(match def.legend.as_deref() {
+                    Some("upper-left") => SeriesLabelPosition::UpperLeft,
+                    Some("lower-left") => SeriesLabelPosition::LowerLeft,
+                    Some("lower-right") => SeriesLabelPosition::LowerRight,
+                    Some("middle-right") => SeriesLabelPosition::MiddleRight,
+                    Some("middle-left") => SeriesLabelPosition::MiddleLeft,
+                    _ => SeriesLabelPosition::UpperRight,
+                })
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()
