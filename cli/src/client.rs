@@ -317,13 +317,26 @@ fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
         );
     }
     let results = broker_wait(&api, &ids, a.timeout, &mut progress_bar(a.progress))?;
-    let secs = start.elapsed().as_secs_f64();
     let failed = results.iter().filter(|t| t["state"] != "succeeded").count();
+    let lines: Vec<serde_json::Value> = results.iter().map(broker_json).collect();
+    finish_submit(&lines, failed, start, json)
+}
+
+/// Prints a submission's results (JSON lines with `--output json`) and the summary line; the
+/// exit code says whether any task failed.
+fn finish_submit(
+    lines: &[serde_json::Value],
+    failed: usize,
+    start: Instant,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let secs = start.elapsed().as_secs_f64();
+    let total = lines.len();
     if json {
         let out = std::io::stdout();
         let mut out = out.lock();
-        for t in &results {
-            writeln!(out, "{}", broker_json(t))?;
+        for l in lines {
+            writeln!(out, "{l}")?;
         }
     }
     eprintln!(
@@ -354,29 +367,13 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
             container: None,
         })
         .collect();
-    let total = tasks.len();
     let mut door = TcpClient::connect(&a.endpoint)
         .with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
     let start = Instant::now();
     let mut progress = progress_bar(a.progress);
     let mut results = client::submit_and_wait(&mut door, tasks, a.batch, a.timeout, &mut progress)?;
-    let secs = start.elapsed().as_secs_f64();
     results.sort_by_key(|r| r.id);
     let failed = results.iter().filter(|r| !r.is_success()).count();
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    if json {
-        for r in &results {
-            writeln!(out, "{}", outcome_json(r))?;
-        }
-    }
-    eprintln!(
-        "{total} tasks, {failed} failed, {secs:.3} s, {:.0} tasks/s",
-        total as f64 / secs.max(1e-9)
-    );
-    Ok(if failed == 0 {
-        exit::OK
-    } else {
-        exit::TASK_FAILED
-    })
+    let lines: Vec<serde_json::Value> = results.iter().map(outcome_json).collect();
+    finish_submit(&lines, failed, start, json)
 }

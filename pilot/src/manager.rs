@@ -233,7 +233,9 @@ impl State {
                     return Err(ManagerError::InterchangeLost(silent));
                 }
             }
-            if self.draining && self.busy() == 0 && self.results.is_empty() {
+            // Draining with the interchange gone: what is left cannot be delivered (the
+            // interchange has re-queued it), so there is nothing to wait for.
+            if self.draining && self.busy() == 0 && (self.results.is_empty() || !self.connected) {
                 match drained_at {
                     None => {
                         drained_at = Some(now);
