@@ -180,7 +180,13 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u1
             r.send(b.unwrap_or(""))
         }
     };
-    let mut resp = resp.unwrap();
+    let mut resp = match resp {
+        Ok(r) => r,
+        // A server may answer 413 and close before reading all of an oversized body; the client
+        // then sees a broken pipe or a reset instead of the answer. Report that as status 0.
+        Err(ureq::Error::Io(_)) => return (0, Value::Null),
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -610,7 +616,14 @@ fn malformed_requests_get_the_right_4xx() {
         ("DELETE", "/v1/tasks".into(), None, 405, "method"),
     ];
     for (method, path, body, status, needle) in cases {
-        let (s, v) = call(method, &format!("{url}{path}"), Some(&t), body.as_deref());
+        let mut tries = 0;
+        let (s, v) = loop {
+            let r = call(method, &format!("{url}{path}"), Some(&t), body.as_deref());
+            tries += 1;
+            if r.0 != 0 || tries == 10 {
+                break r;
+            }
+        };
         assert_eq!(s, status, "{method} {path}: {v}");
         let msg = v["error"]["message"]
             .as_str()
@@ -662,7 +675,7 @@ fn the_openapi_document_is_valid_and_every_route_exists() {
                 s, 405,
                 "{m} {path} is in the document but the method is not served"
             );
-            assert!(s < 500, "{m} {path} answered {s}");
+            assert!(s != 0 && s < 500, "{m} {path} answered {s}");
         }
     }
 }
