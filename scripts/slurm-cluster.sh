@@ -15,16 +15,26 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 down() {
     [[ -d "$dir" ]] || return 0
-    for pidfile in "$dir"/run/*.pid; do
+    # Cancel every job of this cluster first, so that no job step outlives its slurmd.
+    if [[ -e "$dir/slurm.conf" ]] && [[ -e "$dir/run/slurmctld.pgid" ]]; then
+        SLURM_CONF="$dir/slurm.conf" timeout 10 scancel --quiet --partition=debug 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            [[ -z "$(SLURM_CONF="$dir/slurm.conf" timeout 5 squeue -h 2>/dev/null)" ]] && break
+            sleep 0.1
+        done
+    fi
+    # Every daemon was started by `up` in a session of its own (setsid), its pid recorded:
+    # signal each one's process group, which holds the daemon and whatever it forked.
+    for pidfile in "$dir"/run/*.pgid; do
         [[ -e "$pidfile" ]] || continue
         pid=$(cat "$pidfile" 2>/dev/null || true)
-        [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null || true
+        [[ -n "$pid" ]] && kill -TERM -- "-$pid" 2>/dev/null || true
     done
-    for pidfile in "$dir"/run/*.pid; do
+    for pidfile in "$dir"/run/*.pgid; do
         [[ -e "$pidfile" ]] || continue
         pid=$(cat "$pidfile" 2>/dev/null || true)
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
         rm -f "$pidfile"
     done
 }
@@ -78,8 +88,14 @@ up)
     } >"$dir/slurm.conf"
     for i in $(seq 1 "$nodes"); do mkdir -p "$dir/spool/node$i"; done
     export SLURM_CONF="$dir/slurm.conf"
-    slurmctld -f "$SLURM_CONF" -i
-    for i in $(seq 1 "$nodes"); do slurmd -f "$SLURM_CONF" -N "node$i"; done
+    # In the foreground (-D) of a session of their own, so that `down` knows exactly which
+    # processes are ours.
+    setsid slurmctld -D -i -f "$SLURM_CONF" </dev/null >>"$dir/log/slurmctld.out" 2>&1 &
+    echo $! >"$dir/run/slurmctld.pgid"
+    for i in $(seq 1 "$nodes"); do
+        setsid slurmd -D -f "$SLURM_CONF" -N "node$i" </dev/null >>"$dir/log/slurmd-node$i.out" 2>&1 &
+        echo $! >"$dir/run/slurmd-node$i.pgid"
+    done
     for _ in $(seq 1 100); do
         idle=$(sinfo -h -t idle -o '%D' 2>/dev/null | head -1)
         [[ "${idle:-0}" == "$nodes" ]] && break

@@ -43,6 +43,10 @@ pub struct Common {
     /// link → interchange → workers and back.
     #[arg(long)]
     pub via_broker: bool,
+    /// Instead of local pilots, one block of this many nodes on the Slurm cluster that
+    /// `SLURM_CONF` points at (pilots launched by srun), with --workers per node.
+    #[arg(long)]
+    pub slurm_nodes: Option<u32>,
 }
 
 /// A broker in this process, with a user, a function and the endpoint connected to it.
@@ -229,7 +233,7 @@ fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
         local: true,
         listen: String::new(),
         manager_url: "tcp://127.0.0.1:0".into(),
-        blocks: c.blocks,
+        blocks: if c.slurm_nodes.is_some() { 0 } else { c.blocks },
         workers_per_node: Some(c.workers),
         prefetch: c.prefetch,
         simulate_workers: c.simulate_workers,
@@ -240,9 +244,32 @@ fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
         heartbeat_threshold: Duration::from_secs(60),
         address_file: None,
     };
+    let mut ep = start_local(&args)?;
+    if let Some(nodes) = c.slurm_nodes {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = fxr_interchange::config::EndpointConfig {
+            name: "bench".into(),
+            broker: None,
+            endpoint_id: None,
+            engine: Default::default(),
+            provider: Default::default(),
+        };
+        cfg.engine.workers_per_node = Some(c.workers);
+        cfg.engine.prefetch = c.prefetch;
+        cfg.provider.kind = "slurm".into();
+        cfg.provider.nodes_per_block = nodes;
+        cfg.provider.init_blocks = 1;
+        cfg.provider.min_blocks = 1;
+        cfg.provider.max_blocks = 1;
+        cfg.provider.max_idletime = "1h".into();
+        cfg.provider.launcher = "srun".into();
+        let scaler = crate::endpoint::start_scaler(&cfg, dir.path(), &ep.interchange, &ep.secret)?;
+        ep.batch = Some((scaler, dir));
+        return Ok((ep, u64::from(nodes) * u64::from(c.workers)));
+    }
     let per_manager = u64::from(c.simulate_workers.unwrap_or(c.workers));
     let workers = per_manager * u64::from(c.managers) * u64::from(c.blocks);
-    Ok((start_local(&args)?, workers))
+    Ok((ep, workers))
 }
 
 /// Peak resident memory of this process (the interchange), in bytes.
@@ -271,12 +298,16 @@ fn shutdown(ep: LocalEndpoint) {
     let LocalEndpoint {
         interchange,
         mut provider,
+        batch,
         ..
     } = ep;
     let mut c = interchange.local_client();
     let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);
     drop(c);
     interchange.join();
+    if let Some((scaler, _dir)) = batch {
+        scaler.stop();
+    }
     provider.stop_all(Duration::from_secs(5));
 }
 
@@ -361,7 +392,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     };
     let rate = median(&mut rates.clone());
     let secs = median(&mut times.clone());
-    let mode = if a.common.simulate_workers.is_some() {
+    let mode = if a.common.slurm_nodes.is_some() {
+        "slurm"
+    } else if a.common.simulate_workers.is_some() {
         "simulated"
     } else {
         "processes"

@@ -273,6 +273,8 @@ pub struct LocalEndpoint {
     pub interchange: Interchange,
     pub provider: LocalProvider,
     pub secret: String,
+    /// A batch scheduler's scaling loop and its scratch directory, when one was added.
+    pub batch: Option<(fxr_interchange::scaling::Scaler, tempfile::TempDir)>,
 }
 
 /// Starts the interchange and the pilots of a local endpoint.
@@ -323,6 +325,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         interchange,
         provider,
         secret,
+        batch: None,
     })
 }
 
@@ -384,6 +387,7 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
         interchange,
         mut provider,
         secret,
+        ..
     } = start_local(&a)?;
     let scaler = match (&config, &dir) {
         (Some(cfg), Some(dir)) if cfg.provider.kind != "local" => {
@@ -447,7 +451,7 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
 }
 
 /// Starts the scaling loop of a Slurm or PBS endpoint.
-fn start_scaler(
+pub fn start_scaler(
     cfg: &fxr_interchange::config::EndpointConfig,
     dir: &std::path::Path,
     interchange: &Interchange,

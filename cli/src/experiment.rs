@@ -46,6 +46,7 @@ pub fn run(cmd: ExperimentCmd) -> anyhow::Result<u8> {
                 fxr: std::env::current_exe().context("cannot find this executable")?,
                 out,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
+                scripts: defs.join("../scripts"),
             };
             let dir = fxr_experiments::run(&def, &opts)?;
             println!("{}", dir.join("summary.md").display());

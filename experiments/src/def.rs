@@ -74,6 +74,10 @@ pub struct Sweep {
     /// For sleep workloads: the task length in ms, to compute the ideal completion time.
     #[serde(default)]
     pub sleep_ms: Option<u64>,
+    /// `slurm`: the sweep runs on a Slurm cluster that the harness starts on this machine
+    /// (`scripts/slurm-cluster.sh`), and is skipped, with a note, where Slurm is not installed.
+    #[serde(default)]
+    pub requires: Option<String>,
 }
 
 /// Why a definition was refused.

@@ -17,6 +17,8 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// The command line that started the run, for SETUP.md.
     pub command: String,
+    /// The project's `scripts/` folder (for the test Slurm cluster).
+    pub scripts: PathBuf,
 }
 
 /// Errors of a run.
@@ -55,12 +57,83 @@ fn expand(s: &Sweep, v: u64, quick: bool) -> Vec<String> {
         .collect()
 }
 
-/// Runs the experiment and writes `out/NAME/`. Progress goes to stderr.
+/// A Slurm cluster on this machine for the sweeps that need one; stopped when dropped.
+struct Cluster {
+    script: PathBuf,
+    dir: PathBuf,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    fn up(script: &Path) -> Result<Cluster, String> {
+        let dir = std::env::temp_dir().join(format!("fxr-experiment-slurm-{}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("up")
+            .arg(&dir)
+            .arg("4")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Cluster {
+            script: script.to_path_buf(),
+            conf: dir.join("slurm.conf"),
+            dir,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .arg("down")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Runs the experiment and writes `out/NAME/`. Progress goes to stderr. `defs` is the folder of
+/// the definition files (the cluster script is found beside it, in `scripts/`).
 pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
     let dir = opts.out.join(&def.name);
     std::fs::create_dir_all(&dir)?;
+    let mut cluster: Option<Cluster> = None;
+    let mut skipped = Vec::new();
     let mut points = Vec::new();
     for s in &def.sweeps {
+        if s.requires.as_deref() == Some("slurm") {
+            if !(have("sbatch") && have("slurmctld") && have("slurmd")) {
+                eprintln!("skipping `{}`: Slurm is not installed", s.series);
+                skipped.push(format!(
+                    "{}: skipped, Slurm is not installed here",
+                    s.series
+                ));
+                continue;
+            }
+            if cluster.is_none() {
+                eprintln!("starting a 4-node Slurm cluster for `{}`", s.series);
+                match Cluster::up(&opts.scripts.join("slurm-cluster.sh")) {
+                    Ok(c) => cluster = Some(c),
+                    Err(e) => {
+                        skipped.push(format!(
+                            "{}: skipped, the Slurm cluster did not start: {}",
+                            s.series,
+                            e.trim()
+                        ));
+                        continue;
+                    }
+                }
+            }
+        }
         let values = if opts.quick {
             &s.quick_values
         } else {
@@ -88,7 +161,11 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
             label,
             started.elapsed().as_secs_f64()
         );
-        let out = Command::new(&opts.fxr)
+        let mut cmd = Command::new(&opts.fxr);
+        if let (Some("slurm"), Some(c)) = (s.requires.as_deref(), &cluster) {
+            cmd.env("SLURM_CONF", &c.conf);
+        }
+        let out = cmd
             .args(["--output", "json", "bench", &s.bench])
             .args(&args)
             .stdin(Stdio::null())
@@ -111,8 +188,17 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
             })?;
         rows.push(Row::from_bench(def, s, v, rep, &json));
     }
+    drop(cluster);
     report::write_csv(&dir.join("raw.csv"), &rows)?;
     report::write_all(def, &dir, &rows, opts)?;
+    if !skipped.is_empty() {
+        let mut summary = std::fs::read_to_string(dir.join("summary.md"))?;
+        summary.push_str("\n## Skipped\n\n");
+        for s in &skipped {
+            summary.push_str(&format!("- {s}\n"));
+        }
+        std::fs::write(dir.join("summary.md"), summary)?;
+    }
     Ok(dir)
 }
 
