@@ -59,7 +59,7 @@ fn quick_experiments_write_complete_results() {
                 assert!(!col("tasks_per_s").is_empty() && !col("seconds").is_empty());
             }
             assert!(
-                ["processes", "simulated", "slurm"].contains(&col("mode")),
+                ["processes", "simulated", "slurm", "parsl"].contains(&col("mode")),
                 "every row says its mode"
             );
         }

@@ -61,7 +61,8 @@ pub struct Sweep {
     pub values: Vec<u64>,
     /// The values used with `--quick`.
     pub quick_values: Vec<u64>,
-    /// `throughput` or `latency`.
+    /// `throughput` or `latency` (an `fxr bench`), or `parsl` (the Parsl HTEX anchor,
+    /// `scripts/anchors.py ARGS`, run with `requires = "parsl"`).
     pub bench: String,
     pub args: Vec<String>,
     #[serde(default)]
@@ -76,6 +77,7 @@ pub struct Sweep {
     pub sleep_ms: Option<u64>,
     /// `slurm`: the sweep runs on a Slurm cluster that the harness starts on this machine
     /// (`scripts/slurm-cluster.sh`), and is skipped, with a note, where Slurm is not installed.
+    /// `parsl`: the sweep needs Parsl in `target/anchors-venv` (`make experiment-anchors`).
     #[serde(default)]
     pub requires: Option<String>,
 }
@@ -104,10 +106,13 @@ impl Definition {
             message: e.to_string(),
         })?;
         for s in &d.sweeps {
-            if !["throughput", "latency"].contains(&s.bench.as_str()) {
+            if !["throughput", "latency", "parsl"].contains(&s.bench.as_str()) {
                 return Err(DefError::Invalid {
                     path: p,
-                    message: format!("sweep `{}`: bench must be throughput or latency", s.series),
+                    message: format!(
+                        "sweep `{}`: bench must be throughput, latency or parsl",
+                        s.series
+                    ),
                 });
             }
             if s.values.is_empty() || s.quick_values.is_empty() {

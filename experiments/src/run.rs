@@ -109,7 +109,23 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
     let mut cluster: Option<Cluster> = None;
     let mut skipped = Vec::new();
     let mut points = Vec::new();
+    let venv_python = opts.scripts.join("../target/anchors-venv/bin/python");
     for s in &def.sweeps {
+        if s.requires.as_deref() == Some("parsl") {
+            let ok = Command::new(&venv_python)
+                .args(["-c", "import parsl"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success());
+            if !ok {
+                eprintln!(
+                    "skipping `{}`: Parsl is not installed (make experiment-anchors installs it)",
+                    s.series
+                );
+                skipped.push(format!("{}: skipped, Parsl is not installed (`make experiment-anchors` installs it in a virtual environment)", s.series));
+                continue;
+            }
+        }
         if s.requires.as_deref() == Some("slurm") {
             if !(have("sbatch") && have("slurmctld") && have("slurmd")) {
                 eprintln!("skipping `{}`: Slurm is not installed", s.series);
@@ -161,12 +177,29 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
             label,
             started.elapsed().as_secs_f64()
         );
-        let mut cmd = Command::new(&opts.fxr);
+        let mut cmd = if s.bench == "parsl" {
+            // The anchor, with the same workload: Parsl HTEX from the harness's virtual
+            // environment, whose bin/ must be on PATH for HTEX's own helper programs.
+            let mut c = Command::new(&venv_python);
+            let bin = venv_python
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![bin];
+            paths.extend(std::env::split_paths(&path));
+            c.env("PATH", std::env::join_paths(paths).unwrap_or(path));
+            c.arg(opts.scripts.join("anchors.py")).arg("/dev/null");
+            c
+        } else {
+            let mut c = Command::new(&opts.fxr);
+            c.args(["--output", "json", "bench", &s.bench]);
+            c
+        };
         if let (Some("slurm"), Some(c)) = (s.requires.as_deref(), &cluster) {
             cmd.env("SLURM_CONF", &c.conf);
         }
         let out = cmd
-            .args(["--output", "json", "bench", &s.bench])
             .args(&args)
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
