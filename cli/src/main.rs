@@ -93,11 +93,24 @@ fn main() -> ExitCode {
             .map(|()| exit::OK)
             .map_err(Into::into),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("fxr: error: {e:#}");
-            ExitCode::from(exit::ERROR)
+            exit::ERROR
         }
-    }
+    };
+    leave(code)
+}
+
+/// Exits without running `atexit` handlers. NNG registers `nng_fini` with `atexit`, and at
+/// process exit it can race NNG's own threads still finishing (seen as an abort in NNG 1.4:
+/// "pthread_mutex_lock: Invalid argument"). Everything fxr writes is flushed here first; the
+/// operating system reclaims the rest.
+fn leave(code: u8) -> ExitCode {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; no Rust state is used after it.
+    unsafe { libc::_exit(i32::from(code)) }
 }
