@@ -10,7 +10,8 @@ use std::process::Command;
 const FXR: &str = env!("CARGO_BIN_EXE_fxr");
 
 fn have(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 fn have_parsl() -> bool {
