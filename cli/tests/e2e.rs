@@ -10,9 +10,11 @@ use fxr_protocol::{
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const FXR: &str = env!("CARGO_BIN_EXE_fxr");
+mod support;
+
+use support::{json_lines, stop_child, wait_exit, wait_until, FXR};
 
 struct Endpoint {
     child: Child,
@@ -70,26 +72,8 @@ impl Endpoint {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            if wait_exit(&mut self.child, Duration::from_secs(30)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
+        stop_child(&mut self.child, Duration::from_secs(30));
     }
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s.code().unwrap_or(-1));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -107,17 +91,6 @@ fn children_of(pid: u32) -> Vec<u32> {
 fn alive(pid: u32) -> bool {
     // A zombie still has a /proc entry; look at its state.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 fn task(id: u64, f: Builtin, args: &str) -> Task {
@@ -516,10 +489,7 @@ fn submit_command_reads_an_args_file_and_reports_json() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 50);
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["result"]["i"], i);

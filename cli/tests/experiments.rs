@@ -7,12 +7,9 @@
 use std::path::Path;
 use std::process::Command;
 
-const FXR: &str = env!("CARGO_BIN_EXE_fxr");
+mod support;
 
-fn have(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
+use support::{have, FXR};
 
 fn have_parsl() -> bool {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/anchors-venv/bin/python");

@@ -14,16 +14,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const FXR: &str = env!("CARGO_BIN_EXE_fxr");
+mod support;
+
+use support::{have, stop_child, wait_until, FXR};
 /// One cluster at a time: the tests share the machine's cores.
 static CLUSTER: Mutex<()> = Mutex::new(());
-
-fn have(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
 
 fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
@@ -137,28 +134,8 @@ impl Endpoint {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            if !wait_until(Duration::from_secs(30), || {
-                matches!(self.child.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
+        stop_child(&mut self.child, Duration::from_secs(30));
     }
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn sleep_tasks(n: u64, ms: u64) -> Vec<Task> {

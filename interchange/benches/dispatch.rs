@@ -1,7 +1,5 @@
 //! The dispatcher's decision for one batch: 64 managers, 10,000 queued tasks, one `dispatch`.
 
-#![allow(clippy::unwrap_used)]
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fxr_interchange::dispatch::{DispatchConfig, Dispatcher, Outbox, Policy};
 use fxr_protocol::{BlockId, Builtin, Function, ManagerId, Registration, Task, TaskId};

@@ -138,12 +138,14 @@ impl Strategy {
         if let Some(b) = self.blocks.get_mut(block) {
             b.phase = Phase::Gone;
         }
-        self.failures_in_a_row += 1;
-        self.last_error = Some(message);
-        self.hold(Instant::now());
+        self.failed(Instant::now(), message);
     }
 
-    fn hold(&mut self, now: Instant) {
+    /// A block failed: count it, keep the reason for status reports, and hold back further
+    /// submissions for a doubling delay.
+    fn failed(&mut self, now: Instant, message: String) {
+        self.failures_in_a_row += 1;
+        self.last_error = Some(message);
         let secs = 1u64 << self.failures_in_a_row.min(6);
         self.hold_until = Some(now + Duration::from_secs(secs));
     }
@@ -159,19 +161,17 @@ impl Strategy {
                 b.running_since = Some(Instant::now());
             }
             JobState::Done | JobState::Failed(_) if b.phase != Phase::Gone => {
-                if !b.ever_registered && b.phase != Phase::Draining {
-                    self.failures_in_a_row += 1;
-                    self.hold_until = Some(
-                        Instant::now() + Duration::from_secs(1u64 << self.failures_in_a_row.min(6)),
-                    );
-                    self.last_error = Some(match state {
+                let never_started = !b.ever_registered && b.phase != Phase::Draining;
+                b.phase = Phase::Gone;
+                if never_started {
+                    let message = match state {
                         JobState::Failed(why) => {
                             format!("block {block} failed before its managers started: {why}")
                         }
                         _ => format!("block {block} ended before its managers started"),
-                    });
+                    };
+                    self.failed(Instant::now(), message);
                 }
-                b.phase = Phase::Gone;
             }
             _ => {}
         }
@@ -222,13 +222,11 @@ impl Strategy {
                 b.phase = Phase::Draining;
                 b.cancel_sent = true;
             }
-            self.failures_in_a_row += 1;
-            self.hold_until =
-                Some(now + Duration::from_secs(1u64 << self.failures_in_a_row.min(6)));
-            self.last_error = Some(format!(
+            let message = format!(
                 "block {id} did not start within {:?}; cancelled",
                 self.cfg.pending_timeout
-            ));
+            );
+            self.failed(now, message);
             out.push(Action::Cancel(id));
         }
         // Drain blocks near their walltime, and idle ones above the minimum.

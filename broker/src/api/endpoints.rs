@@ -108,16 +108,12 @@ pub async fn delete(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match broker.endpoint(&id) {
-        Some(e) if e.owner == user.id => {
-            broker.remove_endpoint(&id).await?;
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Some(e) if may_use(&e, user.id) => {
-            Err(ApiError::forbidden("only the owner may delete an endpoint"))
-        }
-        _ => Err(ApiError::not_found(format!("no endpoint `{id}`"))),
-    }
+    let found = broker
+        .endpoint(&id)
+        .map(|e| (e.owner, may_use(&e, user.id)));
+    super::owner_only(found, user.id, "endpoint", &id)?;
+    broker.remove_endpoint(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The endpoint link: a WebSocket the endpoint's interchange opens with its credential

@@ -94,14 +94,10 @@ pub async fn delete(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match broker.function(&id) {
-        Some((f, _)) if f.owner == user.id => {
-            broker.remove_function(&id).await?;
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Some((f, _)) if may_use(&f, user.id) => {
-            Err(ApiError::forbidden("only the owner may delete a function"))
-        }
-        _ => Err(ApiError::not_found(format!("no function `{id}`"))),
-    }
+    let found = broker
+        .function(&id)
+        .map(|(f, _)| (f.owner, may_use(&f, user.id)));
+    super::owner_only(found, user.id, "function", &id)?;
+    broker.remove_function(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

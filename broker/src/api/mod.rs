@@ -71,6 +71,23 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// What a caller may do to a registered function or endpoint: the owner may change it; a user
+/// who may only use it gets 403; anyone else 404, so that private things are not revealed.
+pub fn owner_only(
+    found: Option<(i64, bool)>,
+    user: i64,
+    what: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    match found {
+        Some((owner, _)) if owner == user => Ok(()),
+        Some((_, true)) => Err(ApiError::forbidden(format!(
+            "only the owner may change this {what}"
+        ))),
+        _ => Err(ApiError::not_found(format!("no {what} `{id}`"))),
+    }
+}
+
 /// A JSON body whose rejections are turned into [`ApiError`]s that name the problem.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
