@@ -9,6 +9,7 @@
 pub mod frame;
 pub mod ids;
 pub mod messages;
+pub mod metrics;
 pub mod task;
 
 pub use frame::{

@@ -141,6 +141,8 @@ pub struct EndpointStatus {
     pub running: u64,
     pub completed: u64,
     pub failed: u64,
+    /// A shutdown was requested: managers are draining and no block should be replaced.
+    pub stopping: bool,
 }
 
 /// One manager as the interchange sees it.

@@ -112,6 +112,8 @@ pub enum FailureKind {
     Rejected,
     /// Its endpoint stayed offline longer than the broker waits.
     EndpointUnavailable,
+    /// Its function was deleted before it finished.
+    FunctionDeleted,
 }
 
 impl FailureKind {
@@ -125,6 +127,7 @@ impl FailureKind {
             FailureKind::Cancelled => "cancelled",
             FailureKind::Rejected => "rejected",
             FailureKind::EndpointUnavailable => "endpoint_unavailable",
+            FailureKind::FunctionDeleted => "function_deleted",
         }
     }
 }
