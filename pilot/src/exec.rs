@@ -193,23 +193,33 @@ fn simple_argv(command: &str) -> Option<Vec<&str>> {
     }
 }
 
-fn capture(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+/// What was read of one output stream: the bytes kept and how many in all.
+#[derive(Debug, Default)]
+struct Captured {
+    kept: Vec<u8>,
+    total: u64,
+}
+
+fn capture(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Captured> {
     std::thread::spawn(move || {
-        let mut kept = Vec::new();
+        let mut c = Captured::default();
         let mut buf = [0u8; 8192];
         loop {
             match r.read(&mut buf) {
-                Ok(0) | Err(_) => return kept,
+                Ok(0) | Err(_) => return c,
                 Ok(n) => {
-                    let room = MAX_CAPTURE.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
+                    let room = MAX_CAPTURE.saturating_sub(c.kept.len());
+                    c.kept.extend_from_slice(&buf[..n.min(room)]);
+                    c.total += n as u64;
                 }
             }
         }
     })
 }
 
-/// Runs a shell command with its walltime; the result is `{stdout, stderr, returncode}`.
+/// Runs a shell command with its walltime; the result is `{stdout, stderr, returncode}`. An
+/// output stream longer than [`MAX_CAPTURE`] is cut, and the result says so:
+/// `stdout_truncated: true` and `stdout_bytes`, the length the command wrote (same for stderr).
 pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
     let command = match fill_template(&spec.command, args) {
         Ok(c) => c,
@@ -298,11 +308,17 @@ pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
             )
         }
     };
-    let value = serde_json::json!({
-        "stdout": String::from_utf8_lossy(&stdout),
-        "stderr": String::from_utf8_lossy(&stderr),
+    let mut value = serde_json::json!({
+        "stdout": String::from_utf8_lossy(&stdout.kept),
+        "stderr": String::from_utf8_lossy(&stderr.kept),
         "returncode": code,
     });
+    for (name, c) in [("stdout", &stdout), ("stderr", &stderr)] {
+        if c.total > c.kept.len() as u64 {
+            value[format!("{name}_truncated")] = true.into();
+            value[format!("{name}_bytes")] = c.total.into();
+        }
+    }
     Outcome::Success(value.to_string().into_bytes())
 }
 
@@ -324,6 +340,25 @@ mod tests {
         assert!(fill_template("echo", b"[1]")
             .unwrap_err()
             .contains("object"));
+    }
+
+    #[test]
+    fn cut_output_is_marked_with_its_full_length() {
+        let spec = ShellSpec {
+            command: "head -c 3000000 /dev/zero; echo short >&2".into(),
+            env: vec![],
+            cwd: None,
+            walltime_ms: 0,
+        };
+        let Outcome::Success(v) = run_shell(&spec, b"") else {
+            panic!("the command should run")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(v["stdout"].as_str().unwrap().len(), MAX_CAPTURE);
+        assert_eq!(v["stdout_truncated"], true);
+        assert_eq!(v["stdout_bytes"], 3_000_000);
+        assert_eq!(v["stderr"], "short\n");
+        assert!(v.get("stderr_truncated").is_none());
     }
 
     #[test]
