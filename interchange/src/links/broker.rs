@@ -5,11 +5,13 @@
 //! across reconnects. It keeps two sets: the broker's tasks handed to the core and not finished
 //! (`inflight`), and results sent to the broker and not yet acknowledged as stored (`unacked`).
 //! After a reconnect it grants fresh credit and sends every unacknowledged result again; tasks the
-//! broker re-sends that are in either set are not run twice.
+//! broker re-sends that are in either set are not run twice. Credit returns to the broker as it
+//! stores results, so both sets together stay within the window, and every message is cut to
+//! a bounded size.
 
 use crate::links::front::{LocalClient, LocalSender};
 use futures_util::{SinkExt, StreamExt};
-use fxr_protocol::{BrokerMsg, ClientMsg, FrontMsg, LinkMsg, TaskId, TaskResult};
+use fxr_protocol::{BrokerMsg, ClientMsg, FailureKind, FrontMsg, LinkMsg, TaskId, TaskResult};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -155,48 +157,41 @@ impl State {
         Ok(ws)
     }
 
-    /// Records a core message; returns results to forward.
-    fn on_core_message(&mut self, m: FrontMsg) -> Option<LinkMsg> {
+    /// Records a core message; returns messages to forward, results cut to fit.
+    fn on_core_message(&mut self, m: FrontMsg) -> Vec<LinkMsg> {
         match m {
             FrontMsg::Results { results } => {
                 for r in &results {
                     self.inflight.remove(&r.id);
                     self.unacked.insert(r.id, r.clone());
                 }
-                Some(LinkMsg::Results { results })
+                split_results(results)
             }
-            FrontMsg::Status(s) => Some(LinkMsg::Status(s)),
-            FrontMsg::Accepted { .. } => None,
+            FrontMsg::Status(s) => vec![LinkMsg::Status(s)],
+            FrontMsg::Accepted { .. } => Vec::new(),
             FrontMsg::Error { message } => {
                 tracing::error!(%message, "the interchange refused a request from the broker link");
-                None
+                Vec::new()
             }
         }
     }
 
     /// Serves one connection. Returns false when the interchange has stopped.
+    ///
+    /// Reading and writing are independent: everything to send goes to a writer task through
+    /// a channel, so this loop never waits on the socket while the broker waits on it. Credit
+    /// goes back to the broker when it has stored results (not when they are sent), so tasks
+    /// held here plus results not yet stored never pass the window.
     async fn serve(&mut self, ws: Ws, core_rx: &mut mpsc::UnboundedReceiver<FrontMsg>) -> bool {
-        let (mut sink, mut stream) = ws.split();
-        let credit = self.cfg.window.saturating_sub(self.inflight.len() as u64);
-        if send(&mut sink, &LinkMsg::Credit { tasks: credit })
-            .await
-            .is_err()
-        {
-            return true;
-        }
-        let pending: Vec<TaskResult> = self.unacked.values().cloned().collect();
-        for chunk in pending.chunks(1000) {
-            if send(
-                &mut sink,
-                &LinkMsg::Results {
-                    results: chunk.to_vec(),
-                },
-            )
-            .await
-            .is_err()
-            {
-                return true;
-            }
+        let (sink, mut stream) = ws.split();
+        let (out, out_rx) = mpsc::unbounded_channel::<LinkMsg>();
+        let mut writer = tokio::spawn(write(sink, out_rx));
+        let held = (self.inflight.len() + self.unacked.len()) as u64;
+        let _ = out.send(LinkMsg::Credit {
+            tasks: self.cfg.window.saturating_sub(held),
+        });
+        for m in split_results(self.unacked.values().cloned().collect()) {
+            let _ = out.send(m);
         }
         let mut status = tokio::time::interval(self.cfg.status_period);
         loop {
@@ -208,15 +203,8 @@ impl State {
                 }
                 m = core_rx.recv() => {
                     let Some(m) = m else { return false };
-                    let finished = matches!(&m, FrontMsg::Results { results } if !results.is_empty());
-                    let n = if let FrontMsg::Results { results } = &m { results.len() as u64 } else { 0 };
-                    if let Some(out) = self.on_core_message(m) {
-                        if send(&mut sink, &out).await.is_err() {
-                            return true;
-                        }
-                    }
-                    if finished && send(&mut sink, &LinkMsg::Credit { tasks: n }).await.is_err() {
-                        return true;
+                    for msg in self.on_core_message(m) {
+                        let _ = out.send(msg);
                     }
                 }
                 incoming = stream.next() => {
@@ -232,19 +220,17 @@ impl State {
                             return true;
                         }
                     };
-                    if !self.on_broker_message(msg, &mut sink).await {
-                        return true;
+                    if !self.on_broker_message(msg, &out) {
+                        return false;
                     }
                 }
+                _ = &mut writer => return true,
             }
         }
     }
 
-    async fn on_broker_message(
-        &mut self,
-        msg: BrokerMsg,
-        sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    ) -> bool {
+    /// Handles one message from the broker; false when the interchange has stopped.
+    fn on_broker_message(&mut self, msg: BrokerMsg, out: &mpsc::UnboundedSender<LinkMsg>) -> bool {
         match msg {
             BrokerMsg::Tasks { tasks } => {
                 let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
@@ -265,23 +251,21 @@ impl State {
                 {
                     return false;
                 }
-                if send(sink, &LinkMsg::Received { tasks: ids }).await.is_err() {
-                    return false;
+                let _ = out.send(LinkMsg::Received { tasks: ids });
+                for m in split_results(again) {
+                    let _ = out.send(m);
                 }
-                if !again.is_empty()
-                    && send(sink, &LinkMsg::Results { results: again })
-                        .await
-                        .is_err()
-                {
-                    return false;
-                }
-                if freed > 0 && send(sink, &LinkMsg::Credit { tasks: freed }).await.is_err() {
-                    return false;
+                if freed > 0 {
+                    let _ = out.send(LinkMsg::Credit { tasks: freed });
                 }
             }
             BrokerMsg::ResultsStored { tasks } => {
-                for t in tasks {
-                    self.unacked.remove(&t);
+                let stored = tasks
+                    .iter()
+                    .filter(|t| self.unacked.remove(t).is_some())
+                    .count() as u64;
+                if stored > 0 {
+                    let _ = out.send(LinkMsg::Credit { tasks: stored });
                 }
             }
             BrokerMsg::Cancel { tasks } => {
@@ -292,13 +276,63 @@ impl State {
     }
 }
 
-async fn send(
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    msg: &LinkMsg,
-) -> Result<(), ()> {
-    let frame = fxr_protocol::encode(msg)
-        .map_err(|e| tracing::error!(error = %e, "cannot encode a link message"))?;
-    sink.send(Message::Binary(frame.into()))
-        .await
-        .map_err(|e| tracing::debug!(error = %e, "link send failed"))
+/// Most estimated bytes of results in one message to the broker (one result always goes).
+const MAX_RESULTS_BYTES: usize = 4 << 20;
+
+/// Cuts results into messages of at most [`MAX_RESULTS_BYTES`] (and 1,000 results).
+fn split_results(results: Vec<TaskResult>) -> Vec<LinkMsg> {
+    let mut out = Vec::new();
+    let mut cur: Vec<TaskResult> = Vec::new();
+    let mut bytes = 0;
+    for r in results {
+        let n = r.approx_size();
+        if !cur.is_empty() && (bytes + n > MAX_RESULTS_BYTES || cur.len() >= 1000) {
+            out.push(LinkMsg::Results {
+                results: std::mem::take(&mut cur),
+            });
+            bytes = 0;
+        }
+        bytes += n;
+        cur.push(r);
+    }
+    if !cur.is_empty() {
+        out.push(LinkMsg::Results { results: cur });
+    }
+    out
+}
+
+/// Moves messages into the socket until it fails or the channel closes. A result that cannot
+/// be encoded is replaced by a failure saying why, so the broker still hears of its task.
+async fn write(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut rx: mpsc::UnboundedReceiver<LinkMsg>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let frame = match fxr_protocol::encode(&msg) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a link message");
+                let LinkMsg::Results { results } = msg else {
+                    continue;
+                };
+                let failed: Vec<TaskResult> = results
+                    .iter()
+                    .map(|r| {
+                        TaskResult::failure(
+                            r.id,
+                            FailureKind::Rejected,
+                            format!("the result cannot be sent to the broker: {e}"),
+                        )
+                    })
+                    .collect();
+                match fxr_protocol::encode(&LinkMsg::Results { results: failed }) {
+                    Ok(f) => f,
+                    Err(_) => continue,
+                }
+            }
+        };
+        if sink.send(Message::Binary(frame.into())).await.is_err() {
+            return;
+        }
+    }
 }
