@@ -294,21 +294,21 @@ fn cpu_seconds() -> f64 {
     }
 }
 
-fn shutdown(ep: LocalEndpoint) {
-    let LocalEndpoint {
-        interchange,
-        mut provider,
-        batch,
-        ..
-    } = ep;
-    let mut c = interchange.local_client();
+fn shutdown(mut ep: LocalEndpoint) {
+    let mut c = ep.interchange.local_client();
     let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);
     drop(c);
-    interchange.join();
-    if let Some((scaler, _dir)) = batch {
-        scaler.stop();
+    let mut scalers: Vec<fxr_interchange::scaling::Scaler> = ep.local_scaler.take().into_iter().collect();
+    if let Some((s, _dir)) = ep.batch.take() {
+        scalers.push(s);
     }
-    provider.stop_all(Duration::from_secs(5));
+    let blocks = ep.blocks.clone();
+    let LocalEndpoint { interchange, .. } = ep;
+    interchange.join();
+    for s in scalers {
+        s.stop();
+    }
+    blocks.stop_all(Duration::from_secs(5));
 }
 
 pub fn run(cmd: BenchCmd, json: bool) -> anyhow::Result<u8> {

@@ -3,7 +3,7 @@
 use crate::exit;
 use anyhow::{bail, Context};
 use fxr_interchange::dispatch::{DispatchConfig, Policy};
-use fxr_interchange::providers::local::LocalProvider;
+use fxr_interchange::providers::local::LocalBlocks;
 use fxr_interchange::{client, FrontDoor, Interchange, InterchangeConfig, TcpClient};
 use fxr_protocol::ClientMsg;
 use std::net::TcpListener;
@@ -271,15 +271,23 @@ fn local_status(addr: &str, json: bool) -> anyhow::Result<u8> {
 /// A running local endpoint: the interchange in this process and its pilot processes.
 pub struct LocalEndpoint {
     pub interchange: Interchange,
-    pub provider: LocalProvider,
+    /// The local blocks (pilot processes), shared with their scaling loop.
+    pub blocks: LocalBlocks,
+    /// The scaling loop that starts local blocks and replaces lost ones.
+    pub local_scaler: Option<fxr_interchange::scaling::Scaler>,
     pub secret: String,
     /// A batch scheduler's scaling loop and its scratch directory, when one was added.
     pub batch: Option<(fxr_interchange::scaling::Scaler, tempfile::TempDir)>,
+    /// Where local block scripts and the secret file live.
+    _scratch: Option<tempfile::TempDir>,
 }
 
-/// Starts the interchange and the pilots of a local endpoint.
+/// Starts the interchange and the pilots of a local endpoint. Blocks are started by a scaling
+/// loop over the local provider, which keeps `a.blocks` of them running: a block that exits
+/// is reaped and replaced (within the strategy's failure limits).
 pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
-    let secret = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    // From the OS's cryptographic generator.
+    let secret = fxr_broker::auth::new_secret();
     let config = InterchangeConfig {
         manager_url: a.manager_url.clone(),
         secret: secret.clone(),
@@ -293,40 +301,94 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         drain_timeout: Duration::from_secs(30),
     };
     let interchange = Interchange::start(config)?;
-    let url = format!("tcp://127.0.0.1:{}", interchange.manager_port());
-    let exe = std::env::current_exe().context("cannot find this executable to start pilots")?;
-    let mut provider = LocalProvider::default();
-    for b in 0..a.blocks {
-        let mut cmd = vec![
-            exe.to_string_lossy().into_owned(),
-            "pilot".into(),
-            "--interchange".into(),
-            url.clone(),
-            "--block-id".into(),
-            format!("local-{b}"),
-            "--prefetch".into(),
-            a.prefetch.to_string(),
-            "--managers".into(),
-            a.managers.to_string(),
-        ];
-        if let Some(w) = a.workers_per_node {
-            cmd.extend(["--workers".into(), w.to_string()]);
-        }
-        if let Some(s) = a.simulate_workers {
-            cmd.extend(["--simulate-workers".into(), s.to_string()]);
-        }
-        provider.submit(
-            &format!("local-{b}"),
-            &cmd,
-            &[("FXR_SECRET".into(), secret.clone())],
-        )?;
-    }
-    Ok(LocalEndpoint {
+    let blocks = LocalBlocks::default();
+    let mut ep = LocalEndpoint {
         interchange,
-        provider,
-        secret,
+        blocks: blocks.clone(),
+        local_scaler: None,
+        secret: secret.clone(),
         batch: None,
-    })
+        _scratch: None,
+    };
+    if a.blocks == 0 {
+        return Ok(ep);
+    }
+    let scratch = tempfile::Builder::new().prefix("fxr-local-").tempdir()?;
+    let secret_file = scratch.path().join("secret");
+    crate::api::write_private(&secret_file, &secret)?;
+    let exe = std::env::current_exe().context("cannot find this executable to start pilots")?;
+    let mut pilot_cmd = format!(
+        "{} pilot --interchange tcp://127.0.0.1:{} --secret-file {} --prefetch {} --managers {}",
+        shell_quote(&exe.to_string_lossy()),
+        ep.interchange.manager_port(),
+        shell_quote(&secret_file.to_string_lossy()),
+        a.prefetch,
+        a.managers,
+    );
+    if let Some(w) = a.workers_per_node {
+        pilot_cmd.push_str(&format!(" --workers {w}"));
+    }
+    if let Some(s) = a.simulate_workers {
+        pilot_cmd.push_str(&format!(" --simulate-workers {s}"));
+    }
+    let years = Duration::from_secs(10 * 365 * 24 * 3600);
+    let cfg = fxr_interchange::scaling::ScalerConfig {
+        strategy: fxr_interchange::strategy::StrategyConfig {
+            init_blocks: a.blocks,
+            min_blocks: a.blocks,
+            max_blocks: a.blocks,
+            nodes_per_block: 1,
+            workers_per_node: a.workers_per_node.unwrap_or(1),
+            parallelism: 1.0,
+            max_idletime: years,
+            walltime: years,
+            drain_margin: Duration::ZERO,
+            max_failures: 3,
+            pending_timeout: Duration::from_secs(120),
+        },
+        kind: "local".into(),
+        launcher: "single-node".into(),
+        template: None,
+        vars: fxr_interchange::providers::template::ScriptVars {
+            nodes: 1,
+            walltime: "00:00:00".into(),
+            log_dir: scratch.path().display().to_string(),
+            ..Default::default()
+        },
+        pilot_cmd,
+        dir: scratch.path().to_path_buf(),
+        name: "local".into(),
+        tick: Duration::from_millis(200),
+        poll: Duration::from_millis(200),
+    };
+    ep.local_scaler = Some(fxr_interchange::scaling::Scaler::start(
+        ep.interchange.local_client(),
+        Box::new(blocks.clone()),
+        cfg,
+    )?);
+    ep._scratch = Some(scratch);
+    // The first blocks are started at once; wait for them so their pids can be reported.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while blocks.pids().len() < a.blocks as usize {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the local blocks did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(ep)
+}
+
+/// Quotes a word for the job script's shell.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Settings of a configured endpoint, as `StartArgs`.
@@ -383,18 +445,14 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
         None if a.local => (a, None, None, None),
         None => bail!("name a configured endpoint, or pass --local for an ad-hoc local one"),
     };
-    let LocalEndpoint {
-        interchange,
-        mut provider,
-        secret,
-        ..
-    } = start_local(&a)?;
-    let scaler = match (&config, &dir) {
-        (Some(cfg), Some(dir)) if cfg.provider.kind != "local" => {
-            Some(start_scaler(cfg, dir, &interchange, &secret)?)
+    let mut ep = start_local(&a)?;
+    if let (Some(cfg), Some(dir)) = (&config, &dir) {
+        if cfg.provider.kind != "local" {
+            let scaler = start_scaler(cfg, dir, &ep.interchange, &ep.secret)?;
+            ep.batch = Some((scaler, tempfile::tempdir()?));
         }
-        _ => None,
-    };
+    }
+    let interchange = &ep.interchange;
     let mut front = None;
     match broker {
         Some(link) => {
@@ -418,7 +476,7 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     if json {
         println!(
             "{}",
-            serde_json::json!({"endpoint": shown, "manager_port": interchange.manager_port(), "pilot_pids": provider.pids(), "pid": std::process::id()})
+            serde_json::json!({"endpoint": shown, "manager_port": interchange.manager_port(), "pilot_pids": ep.blocks.pids(), "pid": std::process::id()})
         );
     } else {
         println!(
@@ -437,13 +495,20 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
             let _ = local.send(ClientMsg::Shutdown);
         }
     });
+    let LocalEndpoint {
+        interchange,
+        blocks,
+        local_scaler,
+        batch,
+        ..
+    } = ep;
     interchange.join();
     sig_handle.close();
     let _ = watcher.join();
-    if let Some(s) = scaler {
+    for s in local_scaler.into_iter().chain(batch.map(|(s, _)| s)) {
         s.stop();
     }
-    provider.stop_all(Duration::from_secs(5));
+    blocks.stop_all(Duration::from_secs(5));
     if let Some(dir) = &dir {
         let _ = std::fs::remove_file(dir.join("endpoint.pid"));
     }

@@ -81,6 +81,10 @@ fn run(
         let Ok(status) = client::status(&mut door, Duration::from_secs(5)) else {
             break;
         };
+        if status.stopping {
+            // The endpoint is shutting down: replace nothing, cancel what is left.
+            break;
+        }
         let outstanding = status.queued + status.running;
         let mut load: BTreeMap<String, BlockLoad> = BTreeMap::new();
         for m in &status.managers {
