@@ -32,14 +32,19 @@ fn store(c: &mut Criterion) {
     g.bench_function("insert 1000 tasks (one transaction, fsync)", |b| {
         b.iter(|| {
             s.borrow_mut()
-                .insert_tasks(&batch)
-                .map(|ids| ids.len())
+                .insert_tasks(1, &batch)
+                .map(|(_, _, ids)| ids.len())
                 .unwrap_or(0)
         })
     });
     g.bench_function("record 1000 results (one transaction, fsync)", |b| {
         b.iter_batched(
-            || s.borrow_mut().insert_tasks(&batch).unwrap_or_default(),
+            || {
+                s.borrow_mut()
+                    .insert_tasks(1, &batch)
+                    .map(|(_, _, ids)| ids)
+                    .unwrap_or_default()
+            },
             |ids| {
                 let done: Vec<Completion> = ids
                     .iter()

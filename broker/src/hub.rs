@@ -3,15 +3,46 @@
 //! rebuilt from it at start-up (every task without a result is queued again).
 //!
 //! Like the interchange's dispatcher, it is plain data with no I/O: sending means pushing onto
-//! an endpoint's outgoing channel.
+//! an endpoint's outgoing channel, and every cost here is per task touched, never a scan of all
+//! open tasks on the result path.
+//!
+//! Flow to an endpoint is bounded three ways: by the credit (in tasks) it grants, by the bytes of
+//! tasks sent to it and not yet finished (`max_inflight_bytes`), and per message
+//! (`max_message_bytes`, so every message fits a frame).
 
-use fxr_protocol::{BrokerMsg, EndpointStatus, Task, TaskId};
+use fxr_protocol::{BrokerMsg, EndpointStatus, Task, TaskId, TaskResult};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 /// Most tasks in one message to an endpoint.
 const MAX_PUSH: usize = 2000;
+
+/// Bounds the hub keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest task message to an endpoint, in estimated bytes (one task always fits).
+    pub max_message_bytes: u64,
+    /// Most bytes of tasks sent to one endpoint and not finished.
+    pub max_inflight_bytes: u64,
+    /// Most tasks without a result routed to one endpoint.
+    pub max_backlog_endpoint: u64,
+    /// Most tasks without a result owned by one user.
+    pub max_backlog_user: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_bytes: 4 << 20,
+            max_inflight_bytes: 256 << 20,
+            max_backlog_endpoint: 2_000_000,
+            max_backlog_user: 2_000_000,
+        }
+    }
+}
 
 /// Where a live task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,37 +63,73 @@ impl LiveState {
             LiveState::Queued => "queued",
         }
     }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the broker knows of an open task besides the task itself.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pub owner: i64,
+    pub batch: u64,
+    pub function_id: Arc<str>,
+    pub created_ms: i64,
 }
 
 #[derive(Debug)]
 struct Live {
-    endpoint: String,
+    endpoint: Arc<str>,
     task: Task,
     state: LiveState,
+    meta: Meta,
+    bytes: u64,
+    /// A result is being recorded for it by the broker itself (cancel, expiry, deleted
+    /// function): it is not sent again.
+    closing: bool,
+}
+
+/// A task that got its result, as the hub knew it.
+#[derive(Debug)]
+pub struct Finished {
+    pub id: u64,
+    pub endpoint: Arc<str>,
+    pub meta: Meta,
 }
 
 /// One endpoint's link state.
 #[derive(Debug)]
 pub struct EndpointRuntime {
+    name: Arc<str>,
     queue: VecDeque<u64>,
     credit: u64,
     tx: Option<UnboundedSender<BrokerMsg>>,
+    kick: Option<oneshot::Sender<()>>,
     generation: u64,
     pub status: Option<EndpointStatus>,
     pub status_at: Option<Instant>,
     offline_since: Instant,
+    /// Tasks routed here without a result.
+    open: u64,
+    /// Estimated bytes of tasks sent and not finished.
+    inflight_bytes: u64,
 }
 
 impl EndpointRuntime {
-    fn new() -> EndpointRuntime {
+    fn new(name: &str) -> EndpointRuntime {
         EndpointRuntime {
+            name: Arc::from(name),
             queue: VecDeque::new(),
             credit: 0,
             tx: None,
+            kick: None,
             generation: 0,
             status: None,
             status_at: None,
             offline_since: Instant::now(),
+            open: 0,
+            inflight_bytes: 0,
         }
     }
 
@@ -70,10 +137,33 @@ impl EndpointRuntime {
         self.tx.is_some()
     }
 
-    /// Tasks waiting at the broker.
+    /// Tasks waiting at the broker (not yet sent).
     pub fn backlog(&self) -> usize {
         self.queue.len()
     }
+
+    /// Tasks routed here that have no result.
+    pub fn open(&self) -> u64 {
+        self.open
+    }
+
+    pub fn credit(&self) -> u64 {
+        self.credit
+    }
+
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight_bytes
+    }
+}
+
+/// A submission refused because a backlog limit would be passed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// `endpoint ID` or `user`.
+    pub what: String,
+    pub open: u64,
+    pub adding: u64,
+    pub limit: u64,
 }
 
 /// See the module documentation.
@@ -81,18 +171,33 @@ impl EndpointRuntime {
 pub struct Hub {
     endpoints: HashMap<String, EndpointRuntime>,
     live: HashMap<u64, Live>,
+    open_by_user: HashMap<i64, u64>,
+    counts: [u64; 3],
     rr: usize,
+    limits: Limits,
 }
 
 impl Hub {
+    pub fn new(limits: Limits) -> Hub {
+        Hub {
+            limits,
+            ..Hub::default()
+        }
+    }
+
     pub fn endpoint(&self, id: &str) -> Option<&EndpointRuntime> {
         self.endpoints.get(id)
+    }
+
+    /// Every endpoint the hub has seen, with its runtime.
+    pub fn endpoints(&self) -> impl Iterator<Item = (&String, &EndpointRuntime)> {
+        self.endpoints.iter()
     }
 
     fn ep(&mut self, id: &str) -> &mut EndpointRuntime {
         self.endpoints
             .entry(id.to_string())
-            .or_insert_with(EndpointRuntime::new)
+            .or_insert_with(|| EndpointRuntime::new(id))
     }
 
     /// State of a task that has no result yet.
@@ -100,84 +205,172 @@ impl Hub {
         self.live.get(&id).map(|l| l.state)
     }
 
-    /// Queues a task for an endpoint and sends what credit allows.
-    pub fn enqueue(&mut self, endpoint: &str, task: Task) {
-        let id = task.id.0;
-        self.ep(endpoint).queue.push_back(id);
-        self.live.insert(
-            id,
-            Live {
-                endpoint: endpoint.to_string(),
-                task,
-                state: LiveState::Pending,
-            },
-        );
+    /// Open tasks by state: pending, dispatched, queued.
+    pub fn counts(&self) -> [u64; 3] {
+        self.counts
     }
 
-    /// Sends queued tasks of `endpoint` within its credit.
+    /// Open tasks of a user.
+    pub fn open_of_user(&self, user: i64) -> u64 {
+        self.open_by_user.get(&user).copied().unwrap_or(0)
+    }
+
+    fn set_state(counts: &mut [u64; 3], l: &mut Live, s: LiveState) {
+        counts[l.state.index()] -= 1;
+        counts[s.index()] += 1;
+        l.state = s;
+    }
+
+    /// Whether `user` may add `per_endpoint` tasks without passing a backlog limit.
+    pub fn admit(&self, user: i64, per_endpoint: &HashMap<String, u64>) -> Result<(), Refusal> {
+        let adding: u64 = per_endpoint.values().sum();
+        let open = self.open_of_user(user);
+        if open + adding > self.limits.max_backlog_user {
+            return Err(Refusal {
+                what: "user".into(),
+                open,
+                adding,
+                limit: self.limits.max_backlog_user,
+            });
+        }
+        for (ep, n) in per_endpoint {
+            let open = self.endpoints.get(ep).map_or(0, |e| e.open);
+            if open + n > self.limits.max_backlog_endpoint {
+                return Err(Refusal {
+                    what: format!("endpoint {ep}"),
+                    open,
+                    adding: *n,
+                    limit: self.limits.max_backlog_endpoint,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a task for an endpoint; [`Hub::pump`] sends what credit allows.
+    pub fn enqueue(&mut self, endpoint: &str, task: Task, meta: Meta) {
+        let id = task.id.0;
+        let bytes = task.approx_size() as u64;
+        *self.open_by_user.entry(meta.owner).or_default() += 1;
+        let ep = self.ep(endpoint);
+        ep.queue.push_back(id);
+        ep.open += 1;
+        let name = ep.name.clone();
+        self.counts[LiveState::Pending.index()] += 1;
+        if let Some(old) = self.live.insert(
+            id,
+            Live {
+                endpoint: name,
+                task,
+                state: LiveState::Pending,
+                meta,
+                bytes,
+                closing: false,
+            },
+        ) {
+            // Queued twice: undo the first entry's counts.
+            self.forget(old);
+        }
+    }
+
+    /// Sends queued tasks of `endpoint` within its credit and byte budget.
     pub fn pump(&mut self, endpoint: &str) {
         let Some(ep) = self.endpoints.get_mut(endpoint) else {
             return;
         };
         let Some(tx) = ep.tx.clone() else { return };
+        let limits = self.limits;
         while ep.credit > 0 && !ep.queue.is_empty() {
             let n = (ep.credit as usize).min(MAX_PUSH);
             let mut batch = Vec::with_capacity(n.min(ep.queue.len()));
+            let mut bytes = 0u64;
             while batch.len() < n {
-                let Some(id) = ep.queue.pop_front() else {
+                let Some(&id) = ep.queue.front() else {
                     break;
                 };
-                if let Some(l) = self.live.get_mut(&id) {
-                    if l.state == LiveState::Pending && l.endpoint == endpoint {
-                        l.state = LiveState::Dispatched;
-                        batch.push(l.task.clone());
-                    }
+                let Some(l) = self.live.get_mut(&id) else {
+                    ep.queue.pop_front();
+                    continue;
+                };
+                if l.state != LiveState::Pending || l.closing || &*l.endpoint != endpoint {
+                    ep.queue.pop_front();
+                    continue;
                 }
+                // One task always fits an empty message, and an endpoint with nothing in
+                // flight always gets one.
+                let in_flight = ep.inflight_bytes + bytes;
+                if (!batch.is_empty() && bytes + l.bytes > limits.max_message_bytes)
+                    || (in_flight > 0 && in_flight + l.bytes > limits.max_inflight_bytes)
+                {
+                    break;
+                }
+                ep.queue.pop_front();
+                Self::set_state(&mut self.counts, l, LiveState::Dispatched);
+                bytes += l.bytes;
+                batch.push(l.task.clone());
             }
             if batch.is_empty() {
                 break;
             }
             ep.credit = ep.credit.saturating_sub(batch.len() as u64);
+            ep.inflight_bytes += bytes;
             if tx.send(BrokerMsg::Tasks { tasks: batch }).is_err() {
                 break;
             }
         }
     }
 
-    /// An endpoint connected. Every task it was sent before and has not answered is sent again
-    /// (it drops the duplicates). Returns this connection's generation.
-    pub fn connect(&mut self, endpoint: &str, tx: UnboundedSender<BrokerMsg>) -> u64 {
-        let mut resend: Vec<u64> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.endpoint == endpoint && l.state != LiveState::Pending)
-            .map(|(id, _)| *id)
-            .collect();
-        resend.sort_unstable();
-        for id in &resend {
-            if let Some(l) = self.live.get_mut(id) {
-                l.state = LiveState::Pending;
+    /// An endpoint connected. A connection already open for it is told to close (`kick`), and
+    /// every task sent before and not answered is sent again (the endpoint drops duplicates).
+    /// Returns this connection's generation.
+    pub fn connect(
+        &mut self,
+        endpoint: &str,
+        tx: UnboundedSender<BrokerMsg>,
+        kick: oneshot::Sender<()>,
+    ) -> u64 {
+        let mut resend: Vec<u64> = Vec::new();
+        for (id, l) in self.live.iter_mut() {
+            if &*l.endpoint == endpoint && l.state != LiveState::Pending {
+                Self::set_state(&mut self.counts, l, LiveState::Pending);
+                if !l.closing {
+                    resend.push(*id);
+                }
             }
         }
+        resend.sort_unstable();
         let ep = self.ep(endpoint);
         for id in resend.into_iter().rev() {
             ep.queue.push_front(id);
         }
+        if let Some(old) = ep.kick.take() {
+            let _ = old.send(());
+        }
         ep.tx = Some(tx);
+        ep.kick = Some(kick);
         ep.credit = 0;
+        ep.inflight_bytes = 0;
         ep.generation += 1;
         ep.generation
     }
 
-    /// The connection of that generation closed.
+    /// The connection of that generation closed. A newer connection is left alone.
     pub fn disconnect(&mut self, endpoint: &str, generation: u64) {
         if let Some(ep) = self.endpoints.get_mut(endpoint) {
             if ep.generation == generation {
                 ep.tx = None;
+                ep.kick = None;
                 ep.credit = 0;
                 ep.offline_since = Instant::now();
             }
         }
+    }
+
+    /// Whether `generation` is still the endpoint's current connection.
+    pub fn is_current(&self, endpoint: &str, generation: u64) -> bool {
+        self.endpoints
+            .get(endpoint)
+            .is_some_and(|e| e.generation == generation && e.tx.is_some())
     }
 
     pub fn grant(&mut self, endpoint: &str, credit: u64) {
@@ -186,11 +379,11 @@ impl Hub {
         self.pump(endpoint);
     }
 
-    pub fn received(&mut self, ids: &[TaskId]) {
+    pub fn received(&mut self, endpoint: &str, ids: &[TaskId]) {
         for id in ids {
             if let Some(l) = self.live.get_mut(&id.0) {
-                if l.state == LiveState::Dispatched {
-                    l.state = LiveState::Queued;
+                if l.state == LiveState::Dispatched && &*l.endpoint == endpoint {
+                    Self::set_state(&mut self.counts, l, LiveState::Queued);
                 }
             }
         }
@@ -202,61 +395,188 @@ impl Hub {
         ep.status_at = Some(Instant::now());
     }
 
-    /// Forgets tasks that now have a result.
-    pub fn finished(&mut self, ids: impl IntoIterator<Item = u64>) {
-        for id in ids {
-            self.live.remove(&id);
-        }
-    }
-
-    /// Cancels tasks still at the broker; returns those it removed. Tasks already sent are
-    /// asked to stop at their endpoint.
-    pub fn cancel(&mut self, ids: &[u64]) -> Vec<u64> {
-        let mut removed = Vec::new();
-        for id in ids {
-            let Some(l) = self.live.get(id) else { continue };
-            if l.state == LiveState::Pending {
-                removed.push(*id);
-            } else if let Some(tx) = self.endpoints.get(&l.endpoint).and_then(|e| e.tx.as_ref()) {
-                let _ = tx.send(BrokerMsg::Cancel {
-                    tasks: vec![TaskId(*id)],
-                });
+    /// Splits results that arrived on `endpoint`'s link into those it may report (tasks routed
+    /// to it and still open) and the ids of the rest, which are acknowledged but not recorded:
+    /// tasks already finished, unknown, or routed to another endpoint (`foreign` counts those).
+    pub fn screen(
+        &self,
+        endpoint: &str,
+        results: Vec<TaskResult>,
+    ) -> (Vec<TaskResult>, Vec<TaskId>, usize) {
+        let mut ok = Vec::with_capacity(results.len());
+        let mut ignored = Vec::new();
+        let mut foreign = 0;
+        for r in results {
+            match self.live.get(&r.id.0) {
+                Some(l) if &*l.endpoint == endpoint => ok.push(r),
+                Some(_) => {
+                    foreign += 1;
+                    ignored.push(r.id);
+                }
+                None => ignored.push(r.id),
             }
         }
-        for id in &removed {
-            self.live.remove(id);
-        }
-        removed
+        (ok, ignored, foreign)
     }
 
-    /// Tasks whose endpoint has been offline longer than `wait`.
-    pub fn expired(&mut self, wait: Duration) -> Vec<u64> {
-        let now = Instant::now();
-        let offline: Vec<String> = self
-            .endpoints
-            .iter()
-            .filter(|(_, e)| {
-                e.tx.is_none() && now.saturating_duration_since(e.offline_since) > wait
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+    fn forget(&mut self, l: Live) {
+        self.counts[l.state.index()] -= 1;
+        if let Some(n) = self.open_by_user.get_mut(&l.meta.owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_by_user.remove(&l.meta.owner);
+            }
+        }
+        if let Some(ep) = self.endpoints.get_mut(&*l.endpoint) {
+            ep.open = ep.open.saturating_sub(1);
+            if l.state != LiveState::Pending {
+                ep.inflight_bytes = ep.inflight_bytes.saturating_sub(l.bytes);
+            }
+        }
+    }
+
+    /// Forgets tasks that now have a result; returns what it knew of them. Endpoints whose
+    /// byte budget this frees are pumped.
+    pub fn finished(&mut self, ids: impl IntoIterator<Item = u64>) -> Vec<Finished> {
         let mut out = Vec::new();
-        for ep in offline {
-            let ids: Vec<u64> = self
-                .live
-                .iter()
-                .filter(|(_, l)| l.endpoint == ep)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in &ids {
-                self.live.remove(id);
+        let mut freed: Vec<Arc<str>> = Vec::new();
+        for id in ids {
+            if let Some(l) = self.live.remove(&id) {
+                if l.state != LiveState::Pending && !freed.contains(&l.endpoint) {
+                    freed.push(l.endpoint.clone());
+                }
+                let f = Finished {
+                    id,
+                    endpoint: l.endpoint.clone(),
+                    meta: l.meta.clone(),
+                };
+                self.forget(l);
+                out.push(f);
             }
-            if let Some(e) = self.endpoints.get_mut(&ep) {
-                e.queue.clear();
-            }
-            out.extend(ids);
+        }
+        for ep in freed {
+            self.pump(&ep);
         }
         out
+    }
+
+    /// Marks open tasks as ending at the broker's own hand; tasks already at their endpoint are
+    /// asked to stop there. Returns the ids marked.
+    fn close(&mut self, ids: &[u64], only_pending: bool) -> Vec<u64> {
+        let mut closed = Vec::new();
+        let mut cancels: HashMap<Arc<str>, Vec<TaskId>> = HashMap::new();
+        for id in ids {
+            let Some(l) = self.live.get_mut(id) else {
+                continue;
+            };
+            if l.closing {
+                continue;
+            }
+            if l.state == LiveState::Pending {
+                l.closing = true;
+                closed.push(*id);
+            } else {
+                cancels.entry(l.endpoint.clone()).or_default().push(TaskId(*id));
+                if !only_pending {
+                    l.closing = true;
+                    closed.push(*id);
+                }
+            }
+        }
+        for (ep, tasks) in cancels {
+            if let Some(tx) = self.endpoints.get(&*ep).and_then(|e| e.tx.as_ref()) {
+                let _ = tx.send(BrokerMsg::Cancel { tasks });
+            }
+        }
+        closed
+    }
+
+    /// Cancels tasks: those still at the broker are returned, to be recorded as cancelled; those
+    /// already sent are asked to stop at their endpoint (if they have not started, their result
+    /// says `cancelled`).
+    pub fn cancel(&mut self, ids: &[u64]) -> Vec<u64> {
+        self.close(ids, true)
+    }
+
+    /// A function was deleted: every open task of it is returned, to be recorded as failed, and
+    /// those already at an endpoint are asked to stop there.
+    pub fn function_deleted(&mut self, function_id: &str) -> Vec<u64> {
+        let ids: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| &*l.meta.function_id == function_id)
+            .map(|(id, _)| *id)
+            .collect();
+        self.close(&ids, false)
+    }
+
+    /// A result the broker meant to record could not be stored: the tasks go on as before.
+    pub fn reopen(&mut self, ids: &[u64]) {
+        let mut touched = Vec::new();
+        for id in ids {
+            if let Some(l) = self.live.get_mut(id) {
+                if l.closing {
+                    l.closing = false;
+                    if l.state == LiveState::Pending {
+                        touched.push(l.endpoint.clone());
+                        if let Some(ep) = self.endpoints.get_mut(&*l.endpoint) {
+                            ep.queue.push_back(*id);
+                        }
+                    }
+                }
+            }
+        }
+        for ep in touched {
+            self.pump(&ep);
+        }
+    }
+
+    /// Tasks whose endpoint has been offline longer than `wait`, marked as ending.
+    pub fn expired(&mut self, wait: Duration) -> Vec<u64> {
+        let now = Instant::now();
+        let offline: Vec<Arc<str>> = self
+            .endpoints
+            .values()
+            .filter(|e| {
+                e.tx.is_none()
+                    && e.open > 0
+                    && now.saturating_duration_since(e.offline_since) > wait
+            })
+            .map(|e| e.name.clone())
+            .collect();
+        if offline.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| !l.closing && offline.contains(&l.endpoint))
+            .map(|(id, _)| *id)
+            .collect();
+        self.close(&ids, false)
+    }
+
+    /// Gives memory back after a large backlog has drained: tables far larger than what they
+    /// hold are shrunk. Returns whether anything was.
+    pub fn compact(&mut self) -> bool {
+        fn oversized(cap: usize, len: usize) -> bool {
+            cap > 4096 && cap > 4 * len
+        }
+        let mut shrunk = false;
+        if oversized(self.live.capacity(), self.live.len()) {
+            self.live.shrink_to(self.live.len() * 2);
+            shrunk = true;
+        }
+        for ep in self.endpoints.values_mut() {
+            if ep.open == 0 {
+                ep.queue.clear();
+            }
+            if oversized(ep.queue.capacity(), ep.queue.len()) {
+                ep.queue.shrink_to(ep.queue.len() * 2);
+                shrunk = true;
+            }
+        }
+        shrunk
     }
 
     /// Picks an endpoint among `candidates` by `policy`.
@@ -275,14 +595,10 @@ impl Hub {
                     let Some(e) = self.endpoints.get(id) else {
                         return (true, f64::MAX);
                     };
-                    let (work, workers) = e.status.as_ref().map_or((0, 0), |s| {
-                        (
-                            s.queued + s.running,
-                            s.managers.iter().map(|m| u64::from(m.workers)).sum::<u64>(),
-                        )
+                    let workers = e.status.as_ref().map_or(0, |s| {
+                        s.managers.iter().map(|m| u64::from(m.workers)).sum::<u64>()
                     });
-                    let outstanding = (work + e.queue.len() as u64) as f64;
-                    (!e.connected(), outstanding / (workers.max(1) as f64))
+                    (!e.connected(), e.open as f64 / (workers.max(1) as f64))
                 };
                 (0..candidates.len())
                     .min_by(|a, b| {
@@ -315,4 +631,150 @@ pub enum Policy {
     Random,
     RoundRobin,
     LeastLoaded,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fxr_protocol::{Builtin, Function, Outcome};
+    use tokio::sync::mpsc::unbounded_channel;
+
+    fn meta(owner: i64) -> Meta {
+        Meta {
+            owner,
+            batch: 1,
+            function_id: Arc::from("f"),
+            created_ms: 0,
+        }
+    }
+
+    fn task(id: u64, arg_bytes: usize) -> Task {
+        Task {
+            id: TaskId(id),
+            function: Function::Builtin(Builtin::Echo),
+            args: vec![b'x'; arg_bytes],
+            attempt: 0,
+            container: None,
+        }
+    }
+
+    fn sent(rx: &mut tokio::sync::mpsc::UnboundedReceiver<BrokerMsg>) -> Vec<Vec<u64>> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let BrokerMsg::Tasks { tasks } = m {
+                out.push(tasks.iter().map(|t| t.id.0).collect());
+            }
+        }
+        out
+    }
+
+    fn ok(id: u64) -> TaskResult {
+        TaskResult {
+            id: TaskId(id),
+            outcome: Outcome::Success(b"1".to_vec()),
+            run_us: 0,
+        }
+    }
+
+    #[test]
+    fn messages_are_split_by_bytes_and_inflight_bytes_are_bounded() {
+        let mut hub = Hub::new(Limits {
+            max_message_bytes: 10_000,
+            max_inflight_bytes: 25_000,
+            ..Limits::default()
+        });
+        for id in 1..=6 {
+            hub.enqueue("e", task(id, 6_000), meta(1));
+        }
+        let (tx, mut rx) = unbounded_channel();
+        let (kick, _) = oneshot::channel();
+        hub.connect("e", tx, kick);
+        hub.grant("e", 100);
+        // One task per message (two would pass 10,000 bytes); four fit under 25,000 in flight.
+        assert_eq!(sent(&mut rx), vec![vec![1], vec![2], vec![3], vec![4]]);
+        hub.finished([1, 2]);
+        assert_eq!(sent(&mut rx), vec![vec![5], vec![6]]);
+        // A task larger than the message limit still goes, alone.
+        hub.enqueue("e", task(7, 50_000), meta(1));
+        hub.finished([3, 4, 5, 6]);
+        hub.pump("e");
+        assert_eq!(sent(&mut rx), vec![vec![7]]);
+    }
+
+    #[test]
+    fn results_are_accepted_only_from_the_endpoint_a_task_was_routed_to() {
+        let mut hub = Hub::new(Limits::default());
+        hub.enqueue("a", task(1, 1), meta(1));
+        hub.enqueue("b", task(2, 1), meta(2));
+        let (ok_, ignored, foreign) = hub.screen("b", vec![ok(1), ok(2), ok(99)]);
+        assert_eq!(ok_.iter().map(|r| r.id.0).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(ignored, vec![TaskId(1), TaskId(99)]);
+        assert_eq!(foreign, 1);
+    }
+
+    #[test]
+    fn a_newer_connection_kicks_the_older_and_the_older_closing_changes_nothing() {
+        let mut hub = Hub::new(Limits::default());
+        let (tx1, _rx1) = unbounded_channel();
+        let (k1, mut kicked1) = oneshot::channel();
+        let g1 = hub.connect("e", tx1, k1);
+        let (tx2, _rx2) = unbounded_channel();
+        let (k2, _kicked2) = oneshot::channel();
+        let g2 = hub.connect("e", tx2, k2);
+        assert!(kicked1.try_recv().is_ok(), "the older connection is told to close");
+        hub.disconnect("e", g1);
+        assert!(hub.endpoint("e").unwrap().connected());
+        assert!(hub.is_current("e", g2));
+        hub.disconnect("e", g2);
+        assert!(!hub.endpoint("e").unwrap().connected());
+    }
+
+    #[test]
+    fn backlog_limits_count_open_tasks_per_user_and_endpoint() {
+        let mut hub = Hub::new(Limits {
+            max_backlog_endpoint: 3,
+            max_backlog_user: 4,
+            ..Limits::default()
+        });
+        let add = |n| HashMap::from([("e".to_string(), n)]);
+        assert!(hub.admit(1, &add(3)).is_ok());
+        for id in 1..=3 {
+            hub.enqueue("e", task(id, 1), meta(1));
+        }
+        assert_eq!(hub.admit(1, &add(1)).unwrap_err().what, "endpoint e");
+        let other = HashMap::from([("f".to_string(), 2)]);
+        assert_eq!(hub.admit(1, &other).unwrap_err().what, "user");
+        hub.finished([1, 2]);
+        assert!(hub.admit(1, &add(1)).is_ok());
+        assert_eq!(hub.counts(), [1, 0, 0]);
+        assert_eq!(hub.open_of_user(1), 1);
+    }
+
+    #[test]
+    fn deleting_a_function_closes_its_open_tasks_once() {
+        let mut hub = Hub::new(Limits::default());
+        hub.enqueue("e", task(1, 1), meta(1));
+        hub.enqueue("e", task(2, 1), meta(1));
+        let mut ids = hub.function_deleted("f");
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2]);
+        assert!(hub.function_deleted("f").is_empty());
+        // Closing tasks are not sent.
+        let (tx, mut rx) = unbounded_channel();
+        let (kick, _) = oneshot::channel();
+        hub.connect("e", tx, kick);
+        hub.grant("e", 10);
+        assert!(sent(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn compact_gives_back_the_space_of_a_drained_backlog() {
+        let mut hub = Hub::new(Limits::default());
+        for id in 0..100_000 {
+            hub.enqueue("e", task(id, 0), meta(1));
+        }
+        hub.finished(0..100_000);
+        assert!(hub.compact());
+        assert!(hub.live.capacity() < 10_000);
+    }
 }

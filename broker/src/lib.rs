@@ -6,23 +6,28 @@
 //! - [`hub`]: live routing state, rebuilt from the store at start-up.
 //! - [`api`]: the REST routes and the OpenAPI document.
 //! - [`link`]: the endpoint side of the WebSocket.
+//! - [`watch`]: clients waiting for results, by task, batch and owner.
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
 
 pub mod api;
 pub mod auth;
 pub mod hub;
 pub mod link;
+pub mod metrics;
 pub mod store;
+pub mod watch;
 
 use api::types::FunctionBody;
 use fxr_protocol::{Builtin, FailureKind, Function, Outcome, ShellSpec, Task, TaskId, TaskResult};
-use hub::Hub;
+use hub::{Hub, Limits, Meta};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 pub use store::{EndpointRow, FunctionRow, Store, StoreError, UserRow};
-use tokio::sync::Notify;
+use watch::Watchers;
 
 /// Broker settings.
 #[derive(Clone, Debug)]
@@ -36,6 +41,10 @@ pub struct BrokerConfig {
     pub endpoint_wait: Duration,
     /// How long finished tasks and their results are kept.
     pub result_retention: Duration,
+    /// Backlog and link bounds.
+    pub limits: Limits,
+    /// An endpoint link silent this long is closed (endpoints report every few seconds).
+    pub link_idle: Duration,
 }
 
 impl BrokerConfig {
@@ -46,6 +55,8 @@ impl BrokerConfig {
             max_tasks_per_request: 10_000,
             endpoint_wait: Duration::from_secs(3600),
             result_retention: Duration::from_secs(7 * 24 * 3600),
+            limits: Limits::default(),
+            link_idle: Duration::from_secs(30),
         }
     }
 }
@@ -63,13 +74,32 @@ struct Registry {
 #[derive(Debug)]
 pub struct Broker {
     pub config: BrokerConfig,
+    /// The writer connection.
     store: Arc<Mutex<Store>>,
+    /// A read-only connection, so reads do not queue behind commits.
+    reader: Arc<Mutex<Store>>,
     pub hub: Mutex<Hub>,
     registry: RwLock<Registry>,
-    /// Woken whenever results are recorded.
-    pub done: Notify,
+    watchers: Mutex<Watchers>,
+    pub metrics: metrics::Metrics,
     /// Set when the server is shutting down, so long-lived connections close.
     pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+/// A finished task for the store, and what watchers are told of it.
+fn completion(r: TaskResult) -> store::Completion {
+    match r.outcome {
+        Outcome::Success(v) => store::Completion {
+            id: r.id.0,
+            result: Some(v),
+            error: None,
+        },
+        Outcome::Failure { kind, message } => store::Completion {
+            id: r.id.0,
+            result: None,
+            error: Some((kind.as_str().to_string(), message)),
+        },
+    }
 }
 
 /// Turns a registered function's body into what workers run.
@@ -132,9 +162,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Broker {
-    /// Opens the store, loads the registry and re-queues every task that has no result.
+    /// Opens the store, loads the registry and re-queues every task that has no result. Tasks
+    /// whose function no longer exists fail as `function_deleted`.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, StoreError> {
-        let store = Store::open(&config.db_path)?;
+        let mut store = Store::open(&config.db_path)?;
+        let reader = Store::open_reader(&config.db_path)?;
         let mut registry = Registry::default();
         for f in store.functions()? {
             let body: FunctionBody = serde_json::from_str(&f.spec)
@@ -146,13 +178,24 @@ impl Broker {
         for e in store.endpoints()? {
             registry.endpoints.insert(e.id.clone(), e);
         }
-        let mut hub = Hub::default();
+        let mut hub = Hub::new(config.limits);
         let open = store.open_tasks()?;
         let requeued = open.len();
+        let mut orphans = Vec::new();
+        let mut fids: HashMap<String, Arc<str>> = HashMap::new();
         for t in open {
             let Some((_, func)) = registry.functions.get(&t.function_id) else {
+                orphans.push(completion(TaskResult::failure(
+                    TaskId(t.id),
+                    FailureKind::FunctionDeleted,
+                    format!("function {} was deleted before the task ran", t.function_id),
+                )));
                 continue;
             };
+            let fid = fids
+                .entry(t.function_id.clone())
+                .or_insert_with(|| Arc::from(t.function_id.as_str()))
+                .clone();
             hub.enqueue(
                 &t.endpoint_id,
                 Task {
@@ -162,17 +205,48 @@ impl Broker {
                     attempt: 0,
                     container: None,
                 },
+                Meta {
+                    owner: t.owner,
+                    batch: t.batch,
+                    function_id: fid,
+                    created_ms: t.created_ms,
+                },
             );
+        }
+        if !orphans.is_empty() {
+            tracing::warn!(
+                count = orphans.len(),
+                "tasks of deleted functions failed as function_deleted"
+            );
+            store.complete(&orphans)?;
         }
         tracing::info!(requeued, "broker store opened");
         Ok(Arc::new(Broker {
             config,
             store: Arc::new(Mutex::new(store)),
+            reader: Arc::new(Mutex::new(reader)),
             hub: Mutex::new(hub),
             registry: RwLock::new(registry),
-            done: Notify::new(),
+            watchers: Mutex::new(Watchers::default()),
+            metrics: metrics::Metrics::default(),
             stopping: tokio::sync::watch::channel(false).0,
         }))
+    }
+
+    /// Runs `f` on the read-only connection in a blocking thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&lock(&store)))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("store thread failed: {e}")))?
+    }
+
+    /// The watchers, locked.
+    pub fn watchers(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        lock(&self.watchers)
     }
 
     /// Runs `f` on the store in a blocking thread.
@@ -276,10 +350,29 @@ impl Broker {
         Ok(())
     }
 
+    /// Deletes a function; its open tasks fail as `function_deleted` (those already at an
+    /// endpoint are asked to stop there).
     pub async fn remove_function(&self, id: &str) -> Result<(), StoreError> {
         let i = id.to_string();
         self.db(move |s| s.delete_function(&i)).await?;
         self.reg_mut().functions.remove(id);
+        let open = self.hub().function_deleted(id);
+        if !open.is_empty() {
+            let results = open
+                .iter()
+                .map(|t| {
+                    TaskResult::failure(
+                        TaskId(*t),
+                        FailureKind::FunctionDeleted,
+                        format!("function {id} was deleted before the task finished"),
+                    )
+                })
+                .collect();
+            if let Err(e) = self.record(results).await {
+                self.hub().reopen(&open);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -297,33 +390,60 @@ impl Broker {
         Ok(())
     }
 
-    /// Records results (each task once), then forgets them in the hub and wakes waiters.
+    /// Records results (each task once), then forgets them in the hub and hands them to the
+    /// clients watching them. Returns the ids newly recorded.
     pub async fn record(&self, results: Vec<TaskResult>) -> Result<Vec<u64>, StoreError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids: Vec<u64> = results.iter().map(|r| r.id.0).collect();
-        let done: Vec<store::Completion> = results
-            .into_iter()
-            .map(|r| match r.outcome {
-                Outcome::Success(v) => store::Completion {
-                    id: r.id.0,
-                    result: Some(v),
-                    error: None,
-                },
-                Outcome::Failure { kind, message } => store::Completion {
-                    id: r.id.0,
-                    result: None,
-                    error: Some((kind.as_str().to_string(), message)),
-                },
+        let done: Vec<store::Completion> = results.into_iter().map(completion).collect();
+        let started = std::time::Instant::now();
+        let (recorded, done, completed_ms) = self
+            .db(move |s| {
+                let r = s.complete(&done)?;
+                Ok((r, done, store::now_ms()))
             })
+            .await?;
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let finished = self.hub().finished(ids);
+        let fresh: std::collections::HashSet<u64> = recorded.iter().copied().collect();
+        let by_id: HashMap<u64, store::Completion> = done
+            .into_iter()
+            .filter(|c| fresh.contains(&c.id))
+            .map(|c| (c.id, c))
             .collect();
-        let recorded = self.db(move |s| s.complete(&done)).await?;
-        self.hub().finished(ids);
+        let mut ok = 0u64;
+        for c in by_id.values() {
+            ok += u64::from(c.error.is_none());
+        }
+        self.metrics.succeeded.fetch_add(ok, Ordering::Relaxed);
+        self.metrics
+            .failed
+            .fetch_add(by_id.len() as u64 - ok, Ordering::Relaxed);
+        let mut watchers = self.watchers();
+        if !watchers.is_empty() {
+            for f in finished {
+                if !watchers.interested(f.id, f.meta.batch, f.meta.owner) {
+                    continue;
+                }
+                let Some(c) = by_id.get(&f.id) else { continue };
+                let info = Arc::new(api::tasks::finished_info(&f, c, completed_ms));
+                watchers.notify(f.meta.owner, f.meta.batch, &info);
+            }
+        }
+        drop(watchers);
         tracing::debug!(count = recorded.len(), "results recorded");
-        self.done.notify_waiters();
         Ok(recorded)
     }
 
     /// Fails tasks whose endpoint stayed offline too long, and purges old results.
     async fn housekeeping(&self) {
+        if self.hub().compact() {
+            trim_heap();
+        }
         let expired = self.hub().expired(self.config.endpoint_wait);
         if !expired.is_empty() {
             tracing::warn!(
@@ -331,8 +451,8 @@ impl Broker {
                 "tasks failed: endpoint offline too long"
             );
             let results = expired
-                .into_iter()
-                .map(|id| {
+                .iter()
+                .map(|&id| {
                     TaskResult::failure(
                         TaskId(id),
                         FailureKind::EndpointUnavailable,
@@ -341,6 +461,7 @@ impl Broker {
                 })
                 .collect();
             if let Err(e) = self.record(results).await {
+                self.hub().reopen(&expired);
                 tracing::error!(error = %e, "cannot record expired tasks");
             }
         }
@@ -348,6 +469,15 @@ impl Broker {
         if let Err(e) = self.db(move |s| s.purge(before)).await {
             tracing::error!(error = %e, "cannot purge old results");
         }
+    }
+}
+
+/// Hands freed heap pages back to the OS after a large backlog drained.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -60,6 +60,8 @@ pub struct TaskRow {
     pub error_message: Option<String>,
     pub created_ms: i64,
     pub completed_ms: Option<i64>,
+    /// The submission it came in.
+    pub batch: u64,
 }
 
 /// A new task to insert.
@@ -100,7 +102,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     error_kind TEXT, error_message TEXT, created_ms INTEGER NOT NULL, completed_ms INTEGER);
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(state) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS tasks_done ON tasks(completed_ms) WHERE completed_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, owner INTEGER NOT NULL, size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL);
 ";
+
+/// Added after the first release: tasks remember the submission (batch) they came in.
+const MIGRATE_BATCH: &str = "
+ALTER TABLE tasks ADD COLUMN batch INTEGER NOT NULL DEFAULT 0;
+";
+const BATCH_INDEX: &str = "CREATE INDEX IF NOT EXISTS tasks_batch ON tasks(batch);";
+
+/// Most ids in one `IN (...)` list.
+const IN_CHUNK: usize = 500;
 
 fn ids_to_text(ids: &[i64]) -> String {
     ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
@@ -131,6 +145,24 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.execute_batch(SCHEMA)?;
+        let has_batch: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'batch'")?
+            .exists([])?;
+        if !has_batch {
+            conn.execute_batch(MIGRATE_BATCH)?;
+        }
+        conn.execute_batch(BATCH_INDEX)?;
+        Ok(Store { conn })
+    }
+
+    /// Opens a second, read-only connection to the same database. In WAL mode its reads run
+    /// beside the writer's commits instead of queueing behind their fsyncs.
+    pub fn open_reader(path: &Path) -> Result<Store> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
         Ok(Store { conn })
     }
 
@@ -273,22 +305,50 @@ impl Store {
             > 0)
     }
 
-    /// Inserts tasks in one transaction and returns their ids, in order.
-    pub fn insert_tasks(&mut self, tasks: &[NewTask]) -> Result<Vec<u64>> {
+    /// Inserts one submission's tasks in one transaction, as a new batch; returns the batch id,
+    /// the creation time and the task ids, in order.
+    pub fn insert_tasks(&mut self, owner: i64, tasks: &[NewTask]) -> Result<(u64, i64, Vec<u64>)> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO batches (owner, size, created_ms) VALUES (?1, ?2, ?3)",
+            params![owner, tasks.len() as i64, now],
+        )?;
+        let batch = tx.last_insert_rowid();
         let mut ids = Vec::with_capacity(tasks.len());
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO tasks (owner, function_id, endpoint_id, args, state, created_ms) VALUES (?1,?2,?3,?4,'pending',?5)",
+                "INSERT INTO tasks (owner, function_id, endpoint_id, args, state, created_ms, batch) VALUES (?1,?2,?3,?4,'pending',?5,?6)",
             )?;
             for t in tasks {
-                stmt.execute(params![t.owner, t.function_id, t.endpoint_id, t.args, now])?;
+                stmt.execute(params![t.owner, t.function_id, t.endpoint_id, t.args, now, batch])?;
                 ids.push(tx.last_insert_rowid() as u64);
             }
         }
         tx.commit()?;
-        Ok(ids)
+        Ok((batch as u64, now, ids))
+    }
+
+    /// The owner of a batch, if it exists.
+    pub fn batch_owner(&self, batch: u64) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT owner FROM batches WHERE id = ?1",
+                [batch as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Every task of a batch, in id order.
+    pub fn batch_tasks(&self, batch: u64) -> Result<Vec<TaskRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM tasks WHERE batch = ?1 ORDER BY id",
+            Self::TASK_COLS
+        ))?;
+        let rows = stmt.query_map([batch as i64], Self::task_from)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Records results in one transaction. A task already finished keeps its first result; the
@@ -329,21 +389,31 @@ impl Store {
             error_message: r.get(8)?,
             created_ms: r.get(9)?,
             completed_ms: r.get(10)?,
+            batch: r.get::<_, i64>(11)? as u64,
         })
     }
 
     const TASK_COLS: &'static str =
-        "id, owner, function_id, endpoint_id, args, state, result, error_kind, error_message, created_ms, completed_ms";
+        "id, owner, function_id, endpoint_id, args, state, result, error_kind, error_message, created_ms, completed_ms, batch";
 
+    /// The tasks among `ids` that exist, in no particular order. Reads go in chunks of
+    /// `IN (...)` lists, a few hundred ids per statement.
     pub fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRow>> {
         let mut out = Vec::with_capacity(ids.len());
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM tasks WHERE id = ?1",
-            Self::TASK_COLS
-        ))?;
-        for id in ids {
-            if let Some(t) = stmt.query_row([*id as i64], Self::task_from).optional()? {
-                out.push(t);
+        for chunk in ids.chunks(IN_CHUNK) {
+            // The ids are integers, so writing them into the statement is safe.
+            let list = chunk
+                .iter()
+                .map(|id| (*id).min(i64::MAX as u64).to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT {} FROM tasks WHERE id IN ({list})",
+                Self::TASK_COLS
+            ))?;
+            let rows = stmt.query_map([], Self::task_from)?;
+            for r in rows {
+                out.push(r?);
             }
         }
         Ok(out)

@@ -3,7 +3,7 @@
 
 mod endpoints;
 mod functions;
-mod tasks;
+pub mod tasks;
 pub mod types;
 
 use crate::{Broker, UserRow};
@@ -172,7 +172,7 @@ impl FromRequestParts<Arc<Broker>> for Caller {
         whoami,
         functions::register, functions::list, functions::get_one, functions::delete,
         endpoints::register, endpoints::list, endpoints::status, endpoints::delete, endpoints::link,
-        tasks::submit, tasks::get_one, tasks::get_many, tasks::wait, tasks::stream, tasks::cancel,
+        tasks::submit, tasks::get_one, tasks::get_many, tasks::query, tasks::wait, tasks::stream, tasks::stream_post, tasks::cancel,
     ),
     modifiers(&BearerAuth)
 )]
@@ -214,6 +214,18 @@ async fn openapi_json() -> Response {
     }
 }
 
+/// Prometheus metrics (text format 0.0.4). Counts only, no names of users or functions.
+async fn metrics(axum::extract::State(broker): axum::extract::State<Arc<Broker>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&broker),
+    )
+        .into_response()
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such route; see /v1/openapi.json")
 }
@@ -223,6 +235,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
     let limit = broker.config.max_body_bytes;
     Router::new()
         .route("/v1/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
         .route("/v1/whoami", get(whoami))
         .route(
             "/v1/functions",
@@ -242,8 +255,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         )
         .route("/v1/endpoints/{id}/link", get(endpoints::link))
         .route("/v1/tasks", post(tasks::submit).get(tasks::get_many))
+        .route("/v1/tasks/query", post(tasks::query))
         .route("/v1/tasks/wait", post(tasks::wait))
-        .route("/v1/tasks/stream", get(tasks::stream))
+        .route("/v1/tasks/stream", get(tasks::stream).post(tasks::stream_post))
         .route("/v1/tasks/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .fallback(fallback)

@@ -1,20 +1,40 @@
 //! Task submission, lookup, waiting, streaming and cancellation.
+//!
+//! Waiting and streaming go through the broker's [`crate::watch::Watchers`]: a client registers
+//! what it follows, reads the store once (in batches), then receives each result as it is
+//! recorded. Nothing re-reads the tasks it waits on when other results arrive.
 
 use super::types::{
-    Cancelled, IdsBody, SubmitBody, Submitted, TaskError, TaskInfo, TasksResponse, WaitBody,
+    Cancelled, IdsBody, StreamBody, SubmitBody, Submitted, TaskError, TaskInfo, TasksResponse,
+    WaitBody,
 };
 use super::{ApiError, ApiJson, Caller};
-use crate::store::{NewTask, TaskRow};
+use crate::hub::{Finished, Meta};
+use crate::store::{Completion, NewTask, TaskRow};
+use crate::watch::{Done, Interest};
 use crate::Broker;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fxr_protocol::{FailureKind, Task, TaskId, TaskResult, MAX_BODY};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Most ids in a query string; longer lists go in a request body.
+pub const MAX_QUERY_IDS: usize = 1000;
+
+/// Seconds a client refused for backlog is told to wait.
+const RETRY_AFTER_SECS: u64 = 2;
+
+fn result_value(r: Vec<u8>) -> serde_json::Value {
+    serde_json::from_slice(&r)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r).into_owned()))
+}
 
 fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
     let state = if t.state == "pending" {
@@ -26,10 +46,6 @@ fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
     } else {
         t.state
     };
-    let result = t.result.map(|r| {
-        serde_json::from_slice(&r)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r).into_owned()))
-    });
     let error = match (t.error_kind, t.error_message) {
         (Some(kind), message) => Some(TaskError {
             kind,
@@ -42,10 +58,31 @@ fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
         state,
         function_id: t.function_id,
         endpoint_id: t.endpoint_id,
-        result,
+        batch_id: t.batch,
+        result: t.result.map(result_value),
         error,
         created_ms: t.created_ms,
         completed_ms: t.completed_ms,
+    }
+}
+
+/// A task just recorded, as watchers receive it.
+pub fn finished_info(f: &Finished, c: &Completion, completed_ms: i64) -> TaskInfo {
+    TaskInfo {
+        id: f.id,
+        state: if c.error.is_none() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .into(),
+        function_id: f.meta.function_id.to_string(),
+        endpoint_id: f.endpoint.to_string(),
+        batch_id: f.meta.batch,
+        result: c.result.clone().map(result_value),
+        error: c.error.clone().map(|(kind, message)| TaskError { kind, message }),
+        created_ms: f.meta.created_ms,
+        completed_ms: Some(completed_ms),
     }
 }
 
@@ -64,23 +101,64 @@ fn check_ids(broker: &Broker, ids: &[u64]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Tasks of `user` among `ids`, in the order asked; other users' tasks are left out.
+/// Tasks of `user` among `ids`, in no particular order; other users' tasks are left out.
 async fn load(broker: &Broker, user: i64, ids: Vec<u64>) -> Result<Vec<TaskRow>, ApiError> {
-    let rows = broker.db(move |s| s.tasks(&ids)).await?;
+    let rows = broker.read(move |s| s.tasks(&ids)).await?;
     Ok(rows.into_iter().filter(|t| t.owner == user).collect())
 }
 
-/// Submit tasks (at most 10,000 per request). Each names a function and either one endpoint or
-/// several with a routing policy. The tasks are stored before the answer is sent.
+/// A watcher that is removed when dropped.
+struct Watch<'a> {
+    broker: &'a Broker,
+    id: u64,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(broker: &'a Broker, user: i64, interest: Interest) -> Watch<'a> {
+        let (id, rx) = broker.watchers().watch(user, interest);
+        Watch { broker, id, rx }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.broker.watchers().unwatch(self.id);
+    }
+}
+
+fn too_busy(r: crate::hub::Refusal) -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "backlog_full",
+        format!(
+            "the backlog of {} would pass its limit: {} open tasks, {} more submitted, limit {}; retry later",
+            r.what, r.open, r.adding, r.limit
+        ),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()) {
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// Submit tasks (at most 10,000 per request), as one batch. Each names a function and either
+/// one endpoint or several with a routing policy. The tasks are stored before the answer is
+/// sent. A submission that would pass a backlog limit (per endpoint, per user) is refused whole
+/// with `429` and `Retry-After`.
 #[utoipa::path(post, path = "/v1/tasks", request_body = SubmitBody,
-    responses((status = 202, body = Submitted), (status = 403, body = super::types::ErrorBody),
-              (status = 404, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
-              (status = 422, body = super::types::ErrorBody)))]
+    responses((status = 202, body = Submitted), (status = 400, body = super::types::ErrorBody),
+              (status = 401, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody),
+              (status = 413, body = super::types::ErrorBody), (status = 415, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody),
+              (status = 429, body = super::types::ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+              (status = 503, body = super::types::ErrorBody)))]
 pub async fn submit(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
     ApiJson(body): ApiJson<SubmitBody>,
-) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+) -> Result<Response, ApiError> {
     let n = body.tasks.len();
     if n == 0 {
         return Err(ApiError::bad("`tasks` is empty"));
@@ -98,6 +176,7 @@ pub async fn submit(
     // Validate everything before storing anything: a request is accepted whole or not at all.
     let mut plan = Vec::with_capacity(n);
     let mut checked_eps: HashSet<String> = HashSet::new();
+    let mut fids: HashMap<String, Arc<str>> = HashMap::new();
     for (i, spec) in body.tasks.into_iter().enumerate() {
         let (frow, func) = broker
             .function(&spec.function_id)
@@ -148,36 +227,52 @@ pub async fn submit(
                 ),
             ));
         }
-        plan.push((
-            frow.id,
-            func,
-            candidates,
-            spec.policy.unwrap_or_default(),
-            args,
-        ));
+        let fid = fids
+            .entry(frow.id.clone())
+            .or_insert_with(|| Arc::from(frow.id.as_str()))
+            .clone();
+        plan.push((fid, func, candidates, spec.policy.unwrap_or_default(), args));
     }
     let mut routed = Vec::with_capacity(n);
     {
         let mut hub = broker.hub();
+        let mut per_ep: HashMap<String, u64> = HashMap::new();
         for (fid, func, candidates, policy, args) in plan {
             let ep = hub.route(&candidates, policy).unwrap_or_default();
+            *per_ep.entry(ep.clone()).or_default() += 1;
             routed.push((
                 NewTask {
                     owner: user.id,
-                    function_id: fid,
+                    function_id: fid.to_string(),
                     endpoint_id: ep,
                     args,
                 },
                 func,
+                fid,
             ));
         }
+        if let Err(r) = hub.admit(user.id, &per_ep) {
+            broker.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            return Ok(too_busy(r));
+        }
     }
-    let rows: Vec<NewTask> = routed.iter().map(|(t, _)| t.clone()).collect();
-    let ids = broker.db(move |s| s.insert_tasks(&rows)).await?;
+    let rows: Vec<NewTask> = routed.iter().map(|(t, ..)| t.clone()).collect();
+    let started = std::time::Instant::now();
+    let (batch, created_ms, ids) = broker
+        .db(move |s| s.insert_tasks(user.id, &rows))
+        .await?;
+    broker
+        .metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    broker
+        .metrics
+        .submitted
+        .fetch_add(ids.len() as u64, Ordering::Relaxed);
     {
         let mut hub = broker.hub();
         let mut touched = HashSet::new();
-        for ((t, func), id) in routed.into_iter().zip(&ids) {
+        for ((t, func, fid), id) in routed.into_iter().zip(&ids) {
             touched.insert(t.endpoint_id.clone());
             hub.enqueue(
                 &t.endpoint_id,
@@ -188,18 +283,33 @@ pub async fn submit(
                     attempt: 0,
                     container: None,
                 },
+                Meta {
+                    owner: user.id,
+                    batch,
+                    function_id: fid,
+                    created_ms,
+                },
             );
         }
         for ep in touched {
             hub.pump(&ep);
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(Submitted { task_ids: ids })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Submitted {
+            task_ids: ids,
+            batch_id: batch,
+        }),
+    )
+        .into_response())
 }
 
 /// Get one task.
 #[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = u64, Path, description = "task id")),
-    responses((status = 200, body = TaskInfo), (status = 404, body = super::types::ErrorBody)))]
+    responses((status = 200, body = TaskInfo), (status = 401, body = super::types::ErrorBody),
+              (status = 404, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
 pub async fn get_one(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -207,7 +317,9 @@ pub async fn get_one(
 ) -> Result<Json<TaskInfo>, ApiError> {
     let n: u64 = id
         .parse()
-        .map_err(|_| ApiError::bad(format!("`{id}` is not a task id (a non-negative integer)")))?;
+        .ok()
+        .filter(|n| *n <= i64::MAX as u64)
+        .ok_or_else(|| ApiError::bad(format!("`{id}` is not a task id (a non-negative integer)")))?;
     let row = load(&broker, user.id, vec![n])
         .await?
         .pop()
@@ -215,26 +327,54 @@ pub async fn get_one(
     Ok(Json(task_info(&broker, row)))
 }
 
-#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct IdsQuery {
-    /// Comma-separated task ids.
+    /// Comma-separated task ids, at most 1,000 (use `POST /v1/tasks/query` for more).
     ids: String,
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u64>, ApiError> {
-    s.split(',')
+    let ids: Vec<u64> = s
+        .split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
             p.trim()
                 .parse()
-                .map_err(|_| ApiError::bad(format!("`{p}` is not a task id")))
+                .ok()
+                .filter(|n| *n <= i64::MAX as u64)
+                .ok_or_else(|| ApiError::bad(format!("`{p}` is not a task id")))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if ids.len() > MAX_QUERY_IDS {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "too_many_ids",
+            format!(
+                "{} ids in the query string; at most {MAX_QUERY_IDS} there: send longer lists in the body of POST /v1/tasks/query (or /wait, /stream)",
+                ids.len()
+            ),
+        ));
+    }
+    Ok(ids)
 }
 
-/// Get many tasks: `GET /v1/tasks?ids=1,2,3`.
-#[utoipa::path(get, path = "/v1/tasks", params(IdsQuery), responses((status = 200, body = TasksResponse)))]
+/// Tasks by id, in the order asked.
+async fn many(broker: &Broker, user: i64, ids: Vec<u64>) -> Result<TasksResponse, ApiError> {
+    check_ids(broker, &ids)?;
+    let order: HashMap<u64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let rows = load(broker, user, ids).await?;
+    let mut tasks: Vec<TaskInfo> = rows.into_iter().map(|t| task_info(broker, t)).collect();
+    tasks.sort_by_key(|t| order.get(&t.id).copied().unwrap_or(usize::MAX));
+    let pending = tasks.iter().filter(|t| t.completed_ms.is_none()).count() as u64;
+    Ok(TasksResponse { tasks, pending })
+}
+
+/// Get many tasks: `GET /v1/tasks?ids=1,2,3` (at most 1,000 ids; more answer `414`).
+#[utoipa::path(get, path = "/v1/tasks", params(IdsQuery),
+    responses((status = 200, body = TasksResponse), (status = 401, body = super::types::ErrorBody),
+              (status = 414, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
 pub async fn get_many(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -242,15 +382,30 @@ pub async fn get_many(
 ) -> Result<Json<TasksResponse>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
     let ids = parse_ids(&q.ids)?;
-    check_ids(&broker, &ids)?;
-    let rows = load(&broker, user.id, ids).await?;
-    let tasks: Vec<TaskInfo> = rows.into_iter().map(|t| task_info(&broker, t)).collect();
-    let pending = tasks.iter().filter(|t| t.completed_ms.is_none()).count() as u64;
-    Ok(Json(TasksResponse { tasks, pending }))
+    Ok(Json(many(&broker, user.id, ids).await?))
 }
 
-/// Wait until every listed task has finished, or the timeout passes; returns them all.
-#[utoipa::path(post, path = "/v1/tasks/wait", request_body = WaitBody, responses((status = 200, body = TasksResponse)))]
+/// Get many tasks, ids in the body (up to 10,000).
+#[utoipa::path(post, path = "/v1/tasks/query", request_body = IdsBody,
+    responses((status = 200, body = TasksResponse), (status = 400, body = super::types::ErrorBody),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
+pub async fn query(
+    State(broker): State<Arc<Broker>>,
+    Caller(user): Caller,
+    ApiJson(body): ApiJson<IdsBody>,
+) -> Result<Json<TasksResponse>, ApiError> {
+    Ok(Json(many(&broker, user.id, body.ids).await?))
+}
+
+/// Wait until every listed task has finished, or the timeout passes; returns them all, in the
+/// order asked.
+#[utoipa::path(post, path = "/v1/tasks/wait", request_body = WaitBody,
+    responses((status = 200, body = TasksResponse), (status = 400, body = super::types::ErrorBody),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
 pub async fn wait(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -259,109 +414,278 @@ pub async fn wait(
     check_ids(&broker, &body.ids)?;
     let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(30_000).min(300_000));
     let deadline = tokio::time::Instant::now() + timeout;
-    // Each wake-up re-reads only the tasks still pending, so a wait on 10,000 tasks does not
-    // re-read the finished ones for every result batch.
-    let mut finished: Vec<TaskRow> = Vec::with_capacity(body.ids.len());
-    let mut remaining = body.ids.clone();
-    loop {
-        let notified = broker.done.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let rows = load(&broker, user.id, std::mem::take(&mut remaining)).await?;
-        let (done, open): (Vec<TaskRow>, Vec<TaskRow>) =
-            rows.into_iter().partition(|t| t.completed_ms.is_some());
-        finished.extend(done);
-        tracing::debug!(pending = open.len(), "wait checked");
-        if open.is_empty() || tokio::time::Instant::now() >= deadline {
-            let pending = open.len() as u64;
-            finished.extend(open);
-            let mut tasks: Vec<TaskInfo> = finished
-                .into_iter()
-                .map(|t| task_info(&broker, t))
-                .collect();
-            let order: std::collections::HashMap<u64, usize> = body
-                .ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (*id, i))
-                .collect();
-            tasks.sort_by_key(|t| order.get(&t.id).copied().unwrap_or(usize::MAX));
-            return Ok(Json(TasksResponse { tasks, pending }));
+    // Register first, then read: a result recorded in between is in the read or delivered.
+    let mut watch = Watch::new(
+        &broker,
+        user.id,
+        Interest {
+            tasks: body.ids.clone(),
+            ..Interest::default()
+        },
+    );
+    let rows = load(&broker, user.id, body.ids.clone()).await?;
+    let mut tasks: HashMap<u64, TaskInfo> = HashMap::with_capacity(rows.len());
+    let mut open: HashSet<u64> = HashSet::new();
+    for r in rows {
+        if r.completed_ms.is_none() {
+            open.insert(r.id);
         }
-        remaining = open.into_iter().map(|t| t.id).collect();
-        let _ = tokio::time::timeout_at(deadline, notified).await;
+        tasks.insert(r.id, task_info(&broker, r));
+    }
+    while !open.is_empty() {
+        let Ok(Some(done)) = tokio::time::timeout_at(deadline, watch.rx.recv()).await else {
+            break;
+        };
+        let mut take = |d: Done| {
+            if open.remove(&d.id) {
+                tasks.insert(d.id, (*d).clone());
+            }
+        };
+        take(done);
+        while let Ok(d) = watch.rx.try_recv() {
+            take(d);
+        }
+    }
+    drop(watch);
+    // Tasks still open report where they are now.
+    let hub = broker.hub();
+    for id in &open {
+        if let Some(t) = tasks.get_mut(id) {
+            if let Some(s) = hub.live_state(*id) {
+                t.state = s.name().to_string();
+            }
+        }
+    }
+    drop(hub);
+    let pending = open.len() as u64;
+    let mut seen = HashSet::new();
+    let ordered = body
+        .ids
+        .iter()
+        .filter(|id| seen.insert(**id))
+        .filter_map(|id| tasks.remove(id))
+        .collect();
+    Ok(Json(TasksResponse {
+        tasks: ordered,
+        pending,
+    }))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Comma-separated task ids, at most 1,000.
+    #[serde(default)]
+    ids: Option<String>,
+    /// A batch id, as answered by `POST /v1/tasks`.
+    #[serde(default)]
+    batch: Option<u64>,
+    /// Follow every task of the caller from now on (the stream does not end).
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+/// What a stream follows, resolved.
+struct Follow {
+    ids: Vec<u64>,
+    batches: Vec<u64>,
+    all: bool,
+}
+
+async fn follow(broker: Arc<Broker>, user: i64, f: Follow) -> Result<Response, ApiError> {
+    if f.ids.is_empty() && f.batches.is_empty() && !f.all {
+        return Err(ApiError::bad(
+            "name what to follow: `ids`, `batch`/`batches`, or `all`",
+        ));
+    }
+    check_ids(&broker, &f.ids)?;
+    if f.batches.len() > 1000 {
+        return Err(ApiError::bad("at most 1000 batches in one stream"));
+    }
+    for b in &f.batches {
+        let b = *b;
+        let owner = broker.read(move |s| s.batch_owner(b)).await?;
+        if owner != Some(user) {
+            return Err(ApiError::not_found(format!("no batch {b}")));
+        }
+    }
+    let watch_id;
+    let rx;
+    {
+        let (id, r) = broker.watchers().watch(
+            user,
+            Interest {
+                tasks: f.ids.clone(),
+                batches: f.batches.clone(),
+                all: f.all,
+            },
+        );
+        watch_id = id;
+        rx = r;
+    }
+    let guard = Unwatch {
+        broker: broker.clone(),
+        id: watch_id,
+    };
+    // The tasks already finished go first; the stream then ends when the open ones are done.
+    let mut rows = load(&broker, user, f.ids.clone()).await?;
+    for b in f.batches.clone() {
+        rows.extend(
+            broker
+                .read(move |s| s.batch_tasks(b))
+                .await?
+                .into_iter()
+                .filter(|t| t.owner == user),
+        );
+    }
+    let mut first = Vec::new();
+    let mut open: HashSet<u64> = HashSet::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    for r in rows {
+        if !seen.insert(r.id) {
+            continue;
+        }
+        if r.completed_ms.is_some() {
+            first.push(Arc::new(task_info(&broker, r)));
+        } else {
+            open.insert(r.id);
+        }
+    }
+    let state = StreamState {
+        _guard: guard,
+        rx,
+        first,
+        open,
+        seen,
+        endless: f.all,
+        ended: false,
+    };
+    let s = futures_util::stream::unfold(state, |mut st| async move {
+        if st.ended {
+            return None;
+        }
+        let mut events = Vec::new();
+        for d in std::mem::take(&mut st.first) {
+            events.push(result_event(&d));
+        }
+        if events.is_empty() {
+            if st.open.is_empty() && !st.endless {
+                st.ended = true;
+                return Some((vec![Event::default().event("end").data("{}")], st));
+            }
+            match st.rx.recv().await {
+                Some(d) => st.take(d, &mut events),
+                None => return None,
+            }
+            while events.len() < 1000 {
+                match st.rx.try_recv() {
+                    Ok(d) => st.take(d, &mut events),
+                    Err(_) => break,
+                }
+            }
+        }
+        Some((events, st))
+    });
+    let flat = futures_util::StreamExt::flat_map(s, |evs| {
+        futures_util::stream::iter(evs.into_iter().map(Ok::<_, Infallible>))
+    });
+    Ok(Sse::new(flat)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+struct Unwatch {
+    broker: Arc<Broker>,
+    id: u64,
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        self.broker.watchers().unwatch(self.id);
     }
 }
 
-/// Stream results as server-sent events (`event: result`, data a task) as the listed tasks
-/// finish, then `event: end`.
-#[utoipa::path(get, path = "/v1/tasks/stream", params(IdsQuery),
-    responses((status = 200, description = "text/event-stream of task results")))]
+struct StreamState {
+    _guard: Unwatch,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
+    first: Vec<Done>,
+    open: HashSet<u64>,
+    seen: HashSet<u64>,
+    endless: bool,
+    ended: bool,
+}
+
+impl StreamState {
+    fn take(&mut self, d: Done, events: &mut Vec<Event>) {
+        let was_open = self.open.remove(&d.id);
+        // A follower of all tasks hears of tasks it never read; each is sent once (the ones
+        // read as finished went out first).
+        if was_open || (self.endless && !self.seen.contains(&d.id)) {
+            events.push(result_event(&d));
+        }
+    }
+}
+
+fn result_event(d: &TaskInfo) -> Event {
+    Event::default()
+        .event("result")
+        .data(serde_json::to_string(d).unwrap_or_default())
+}
+
+/// Stream results as server-sent events (`event: result`, data a task) as the followed tasks
+/// finish, then `event: end`. Follow `ids` (at most 1,000), a `batch`, or `all` of your tasks
+/// (that stream does not end). Tasks already finished are sent first.
+#[utoipa::path(get, path = "/v1/tasks/stream", params(StreamQuery),
+    responses((status = 200, description = "text/event-stream of task results", content_type = "text/event-stream"),
+              (status = 401, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody),
+              (status = 413, body = super::types::ErrorBody), (status = 414, body = super::types::ErrorBody),
+              (status = 422, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn stream(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
-    q: Result<Query<IdsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    q: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
-    let ids = parse_ids(&q.ids)?;
-    check_ids(&broker, &ids)?;
-    let state = (broker, user.id, ids, false);
-    let s =
-        futures_util::stream::unfold(state, |(broker, user, mut remaining, ended)| async move {
-            if ended {
-                return None;
-            }
-            loop {
-                if remaining.is_empty() {
-                    return Some((
-                        vec![Event::default().event("end").data("{}")],
-                        (broker, user, remaining, true),
-                    ));
-                }
-                let waker = broker.clone();
-                let notified = waker.done.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let rows = match load(&broker, user, remaining.clone()).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let ev = Event::default().event("error").data(e.message);
-                        return Some((vec![ev], (broker, user, remaining, true)));
-                    }
-                };
-                // Tasks that are not the caller's are dropped from the stream.
-                let known: HashSet<u64> = rows.iter().map(|t| t.id).collect();
-                remaining.retain(|id| known.contains(id));
-                let done: Vec<TaskRow> = rows
-                    .into_iter()
-                    .filter(|t| t.completed_ms.is_some())
-                    .collect();
-                if !done.is_empty() {
-                    let finished: HashSet<u64> = done.iter().map(|t| t.id).collect();
-                    remaining.retain(|id| !finished.contains(id));
-                    let events = done
-                        .into_iter()
-                        .map(|t| {
-                            let info = task_info(&broker, t);
-                            Event::default()
-                                .event("result")
-                                .data(serde_json::to_string(&info).unwrap_or_default())
-                        })
-                        .collect();
-                    return Some((events, (broker, user, remaining, false)));
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
-            }
-        });
-    let flat = futures_util::StreamExt::flat_map(s, |evs| {
-        futures_util::stream::iter(evs.into_iter().map(Ok))
-    });
-    Ok(Sse::new(flat).keep_alive(KeepAlive::default()))
+    let ids = match &q.ids {
+        Some(s) => parse_ids(s)?,
+        None => Vec::new(),
+    };
+    let f = Follow {
+        ids,
+        batches: q.batch.into_iter().collect(),
+        all: q.all.unwrap_or(false),
+    };
+    follow(broker, user.id, f).await
+}
+
+/// Stream results as server-sent events, naming what to follow in the body: task `ids` (up to
+/// 10,000), `batches`, or `all`.
+#[utoipa::path(post, path = "/v1/tasks/stream", request_body = StreamBody,
+    responses((status = 200, description = "text/event-stream of task results", content_type = "text/event-stream"),
+              (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody),
+              (status = 404, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
+pub async fn stream_post(
+    State(broker): State<Arc<Broker>>,
+    Caller(user): Caller,
+    ApiJson(body): ApiJson<StreamBody>,
+) -> Result<Response, ApiError> {
+    let f = Follow {
+        ids: body.ids,
+        batches: body.batches,
+        all: body.all,
+    };
+    follow(broker, user.id, f).await
 }
 
 /// Cancel tasks: those still at the broker fail as `cancelled` at once; those already at an
 /// endpoint are cancelled there if they have not started.
-#[utoipa::path(post, path = "/v1/tasks/cancel", request_body = IdsBody, responses((status = 200, body = Cancelled)))]
+#[utoipa::path(post, path = "/v1/tasks/cancel", request_body = IdsBody,
+    responses((status = 200, body = Cancelled), (status = 400, body = super::types::ErrorBody),
+              (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody),
+              (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody),
+              (status = 503, body = super::types::ErrorBody)))]
 pub async fn cancel(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -385,6 +709,9 @@ pub async fn cancel(
             )
         })
         .collect();
-    broker.record(results).await?;
+    if let Err(e) = broker.record(results).await {
+        broker.hub().reopen(&removed);
+        return Err(e.into());
+    }
     Ok(Json(Cancelled { cancelled: removed }))
 }

@@ -131,6 +131,23 @@ pub struct SubmitBody {
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct Submitted {
     pub task_ids: Vec<u64>,
+    /// The submission's batch, to follow with `GET /v1/tasks/stream?batch=ID`.
+    pub batch_id: u64,
+}
+
+/// What a result stream follows; name at least one.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StreamBody {
+    /// Task ids (at most 10,000).
+    #[serde(default)]
+    pub ids: Vec<u64>,
+    /// Batch ids, as answered by `POST /v1/tasks` (at most 1,000).
+    #[serde(default)]
+    pub batches: Vec<u64>,
+    /// Every task of the caller from now on; the stream does not end.
+    #[serde(default)]
+    pub all: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
@@ -147,6 +164,8 @@ pub struct TaskInfo {
     pub state: String,
     pub function_id: String,
     pub endpoint_id: String,
+    /// The submission it came in.
+    pub batch_id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
