@@ -147,6 +147,72 @@ impl Api {
             .map(|_| ())
     }
 
+    /// Follows results over the broker's event stream (`POST /v1/tasks/stream` with `body`),
+    /// calling `on_result` for each finished task, until the stream ends. Fails when no event
+    /// (result or keep-alive) or no result arrives for `idle`.
+    pub fn follow(
+        &self,
+        body: &serde_json::Value,
+        idle: std::time::Duration,
+        on_result: &mut dyn FnMut(serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        // No overall timeout: a stream lasts as long as its tasks run. The broker sends a
+        // keep-alive every 15 s, so a silent connection is noticed.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(std::time::Duration::from_secs(10)))
+            .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
+            .build()
+            .into();
+        let resp = agent
+            .post(&format!("{}/v1/tasks/stream", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send_json(body)
+            .with_context(|| format!("cannot reach the broker at {}", self.base))?;
+        if !resp.status().is_success() {
+            let r: anyhow::Result<serde_json::Value> =
+                self.finish("POST /v1/tasks/stream", Ok(resp));
+            r?;
+            bail!("POST /v1/tasks/stream: unexpected answer");
+        }
+        let reader = std::io::BufReader::new(
+            resp.into_body()
+                .into_with_config()
+                .limit(u64::MAX)
+                .reader(),
+        );
+        let mut event = String::new();
+        let mut data = String::new();
+        let mut last = std::time::Instant::now();
+        for line in reader.lines() {
+            let line = line.context("the result stream broke")?;
+            if line.is_empty() {
+                match event.as_str() {
+                    "result" => {
+                        last = std::time::Instant::now();
+                        let v = serde_json::from_str(&data)
+                            .context("an undecodable result on the stream")?;
+                        on_result(v)?;
+                    }
+                    "end" => return Ok(()),
+                    "error" => bail!("the broker ended the result stream: {data}"),
+                    _ => {}
+                }
+                event.clear();
+                data.clear();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+            if last.elapsed() > idle {
+                bail!("no result for {idle:?}");
+            }
+        }
+        bail!("the broker closed the result stream before the tasks finished")
+    }
+
     /// Resolves a function given by id or by name.
     pub fn function_id(&self, name_or_id: &str) -> anyhow::Result<String> {
         let all: Vec<serde_json::Value> = self.get("/v1/functions")?;

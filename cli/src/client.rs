@@ -102,6 +102,40 @@ fn broker_json(t: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// Follows the results of whole batches over the broker's event stream (one connection, no
+/// ids sent), calling `progress` as they finish; returns them all, in id order.
+fn broker_follow(
+    api: &crate::api::Api,
+    batches: &[u64],
+    total: usize,
+    timeout: Duration,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut done: std::collections::BTreeMap<u64, serde_json::Value> = Default::default();
+    let mut last_shown = Instant::now();
+    api.follow(
+        &serde_json::json!({ "batches": batches }),
+        timeout,
+        &mut |t| {
+            if let Some(id) = t["id"].as_u64() {
+                done.insert(id, t);
+            }
+            if last_shown.elapsed() > Duration::from_millis(100) || done.len() == total {
+                last_shown = Instant::now();
+                progress(done.len(), total);
+            }
+            Ok(())
+        },
+    )?;
+    anyhow::ensure!(
+        done.len() == total,
+        "the result stream ended with {} of {total} tasks",
+        done.len()
+    );
+    progress(done.len(), total);
+    Ok(done.into_values().collect())
+}
+
 /// Waits for broker tasks, calling `progress` as they finish; returns them all, in id order.
 fn broker_wait(
     api: &crate::api::Api,
@@ -290,6 +324,7 @@ fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
     let total = all_args.len();
     let start = Instant::now();
     let mut ids = Vec::with_capacity(total);
+    let mut batches = Vec::new();
     for chunk in all_args.chunks(a.batch.clamp(1, 10_000)) {
         let tasks: Vec<serde_json::Value> = chunk
             .iter()
@@ -315,8 +350,9 @@ fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
                 .flatten()
                 .filter_map(serde_json::Value::as_u64),
         );
+        batches.extend(r["batch_id"].as_u64());
     }
-    let results = broker_wait(&api, &ids, a.timeout, &mut progress_bar(a.progress))?;
+    let results = broker_follow(&api, &batches, ids.len(), a.timeout, &mut progress_bar(a.progress))?;
     let failed = results.iter().filter(|t| t["state"] != "succeeded").count();
     let lines: Vec<serde_json::Value> = results.iter().map(broker_json).collect();
     finish_submit(&lines, failed, start, json)
