@@ -335,6 +335,7 @@ impl Core {
             running: self.dispatcher.in_flight() as u64,
             completed: c.completed,
             failed: c.failed,
+            stopping: self.shutting_down.is_some(),
         }
     }
 
