@@ -243,6 +243,7 @@ fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
         heartbeat_period: Duration::from_secs(5),
         heartbeat_threshold: Duration::from_secs(60),
         address_file: None,
+        metrics: None,
     };
     let mut ep = start_local(&args)?;
     if let Some(nodes) = c.slurm_nodes {

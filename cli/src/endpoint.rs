@@ -97,6 +97,9 @@ pub struct StartArgs {
     /// Write the front door's address to this file once listening.
     #[arg(long)]
     pub address_file: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (read-only counts).
+    #[arg(long)]
+    pub metrics: Option<String>,
 }
 
 pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
@@ -360,6 +363,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         name: "local".into(),
         tick: Duration::from_millis(200),
         poll: Duration::from_millis(200),
+        metrics: Some(ep.interchange.metrics()),
     };
     ep.local_scaler = Some(fxr_interchange::scaling::Scaler::start(
         ep.interchange.local_client(),
@@ -415,6 +419,7 @@ fn from_config(
         max_retries: e.max_retries,
         heartbeat_period: parse_duration(&e.heartbeat_period).map_err(anyhow::Error::msg)?,
         heartbeat_threshold: parse_duration(&e.heartbeat_threshold).map_err(anyhow::Error::msg)?,
+        metrics: a.metrics.clone().or_else(|| e.metrics.clone()),
         ..a.clone()
     })
 }
@@ -464,6 +469,12 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
             front = Some(listener.local_addr()?);
             interchange.serve_front_door(listener)?;
         }
+    }
+    if let Some(addr) = &a.metrics {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+        interchange.serve_metrics(listener)?;
     }
     if let Some(dir) = &dir {
         std::fs::write(dir.join("endpoint.pid"), std::process::id().to_string())?;
@@ -587,6 +598,7 @@ pub fn start_scaler(
         name: cfg.name.clone(),
         tick: std::time::Duration::from_secs(1),
         poll: std::time::Duration::from_secs(2),
+        metrics: Some(interchange.metrics()),
     };
     Ok(fxr_interchange::scaling::Scaler::start(
         interchange.local_client(),

@@ -38,6 +38,8 @@ pub struct EngineConfig {
     pub managers_per_block: u32,
     /// The address the interchange listens on for managers, and that pilots dial.
     pub address: String,
+    /// Where to serve Prometheus metrics (`HOST:PORT`); none when absent.
+    pub metrics: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +54,7 @@ impl Default for EngineConfig {
             simulate_workers: None,
             managers_per_block: 1,
             address: "127.0.0.1".into(),
+            metrics: None,
         }
     }
 }

@@ -66,10 +66,16 @@ pub(crate) struct Core {
     shutting_down: Option<Instant>,
     frame: Vec<u8>,
     provider_summary: String,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Core {
-    pub(crate) fn new(settings: CoreSettings, dispatcher: Dispatcher, link: ManagerLink) -> Core {
+    pub(crate) fn new(
+        settings: CoreSettings,
+        dispatcher: Dispatcher,
+        link: ManagerLink,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Core {
         Core {
             settings,
             dispatcher,
@@ -82,6 +88,7 @@ impl Core {
             shutting_down: None,
             frame: Vec::with_capacity(4096),
             provider_summary: String::new(),
+            metrics,
         }
     }
 
@@ -113,6 +120,7 @@ impl Core {
                 next_tick = now + tick_every;
                 self.dispatcher.tick(now, &mut out);
                 self.reap_refused(now);
+                self.publish_metrics();
                 if now >= next_heartbeat {
                     next_heartbeat = now + self.settings.heartbeat_period;
                     for m in self.dispatcher.manager_ids() {
@@ -325,6 +333,28 @@ impl Core {
         }
     }
 
+    /// Refreshes the gauges `/metrics` reads.
+    fn publish_metrics(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        let c = self.dispatcher.counters();
+        m.queued.store(self.dispatcher.queued() as u64, Relaxed);
+        m.in_flight.store(self.dispatcher.in_flight() as u64, Relaxed);
+        let (mut managers, mut workers, mut busy) = (0u64, 0u64, 0u64);
+        for s in self.dispatcher.manager_status() {
+            managers += 1;
+            workers += u64::from(s.workers);
+            busy += u64::from(s.in_flight.min(s.workers));
+        }
+        m.managers.store(managers, Relaxed);
+        m.workers.store(workers, Relaxed);
+        m.workers_busy.store(busy, Relaxed);
+        m.submitted.store(c.submitted, Relaxed);
+        m.completed.store(c.completed, Relaxed);
+        m.failed.store(c.failed, Relaxed);
+        m.retried.store(c.retried, Relaxed);
+    }
+
     /// A snapshot for status requests.
     fn status(&self) -> EndpointStatus {
         let c = self.dispatcher.counters();
@@ -357,6 +387,9 @@ impl Core {
 
     fn flush(&mut self, out: &mut Outbox) {
         for (m, msg) in out.to_managers.drain(..) {
+            if let InterchangeMsg::Tasks { tasks, .. } = &msg {
+                self.metrics.dispatch_batch.observe(tasks.len() as f64);
+            }
             if let Some(&pipe) = self.manager_pipe.get(&m) {
                 self.frame.clear();
                 match fxr_protocol::encode_into(&mut self.frame, &msg) {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod links;
+pub mod metrics;
 pub mod providers;
 pub mod scaling;
 pub mod strategy;
@@ -69,6 +70,7 @@ pub struct Interchange {
     port: u16,
     core: Option<JoinHandle<()>>,
     front_stop: Arc<AtomicBool>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Interchange {
@@ -86,7 +88,13 @@ impl Interchange {
             heartbeat_threshold: config.dispatch.heartbeat_threshold,
             drain_timeout: config.drain_timeout,
         };
-        let core = Core::new(settings, Dispatcher::new(config.dispatch), link);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let core = Core::new(
+            settings,
+            Dispatcher::new(config.dispatch),
+            link,
+            metrics.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("interchange".into())
             .spawn(move || core.run(rx))
@@ -97,6 +105,7 @@ impl Interchange {
             port,
             core: Some(handle),
             front_stop: Arc::new(AtomicBool::new(false)),
+            metrics,
         })
     }
 
@@ -117,6 +126,21 @@ impl Interchange {
         std::thread::Builder::new()
             .name("front-door".into())
             .spawn(move || links::front::serve(listener, events, stop))?;
+        Ok(())
+    }
+
+    /// The interchange's metrics, shared with its scaling loop.
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves `GET /metrics` on an already-bound listener, on a thread of its own.
+    pub fn serve_metrics(&self, listener: TcpListener) -> std::io::Result<()> {
+        let m = self.metrics.clone();
+        let stop = self.front_stop.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || metrics::serve(listener, m, stop))?;
         Ok(())
     }
 

@@ -32,6 +32,8 @@ pub struct ScalerConfig {
     pub name: String,
     pub tick: Duration,
     pub poll: Duration,
+    /// Where to publish block counts.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The running loop.
@@ -136,6 +138,13 @@ fn run(
                     }
                 }
             }
+        }
+        if let Some(m) = &cfg.metrics {
+            let [pending, running, draining, failures] = strategy.counts();
+            m.blocks_pending.store(pending, Ordering::Relaxed);
+            m.blocks_running.store(running, Ordering::Relaxed);
+            m.blocks_draining.store(draining, Ordering::Relaxed);
+            m.block_failures.store(failures, Ordering::Relaxed);
         }
         let summary = strategy.summary();
         if summary != last_summary {

@@ -287,6 +287,17 @@ impl Strategy {
             .collect()
     }
 
+    /// Blocks pending, running and draining, and failures in a row.
+    pub fn counts(&self) -> [u64; 4] {
+        let count = |p: Phase| self.blocks.values().filter(|b| b.phase == p).count() as u64;
+        [
+            count(Phase::Pending),
+            count(Phase::Running),
+            count(Phase::Draining),
+            u64::from(self.failures_in_a_row),
+        ]
+    }
+
     /// A one-line summary for status reports.
     pub fn summary(&self) -> String {
         let count = |p: Phase| self.blocks.values().filter(|b| b.phase == p).count();
