@@ -476,7 +476,10 @@ impl Hub {
                 l.closing = true;
                 closed.push(*id);
             } else {
-                cancels.entry(l.endpoint.clone()).or_default().push(TaskId(*id));
+                cancels
+                    .entry(l.endpoint.clone())
+                    .or_default()
+                    .push(TaskId(*id));
                 if !only_pending {
                     l.closing = true;
                     closed.push(*id);
@@ -721,7 +724,10 @@ mod tests {
         let (tx2, _rx2) = unbounded_channel();
         let (k2, _kicked2) = oneshot::channel();
         let g2 = hub.connect("e", tx2, k2);
-        assert!(kicked1.try_recv().is_ok(), "the older connection is told to close");
+        assert!(
+            kicked1.try_recv().is_ok(),
+            "the older connection is told to close"
+        );
         hub.disconnect("e", g1);
         assert!(hub.endpoint("e").unwrap().connected());
         assert!(hub.is_current("e", g2));

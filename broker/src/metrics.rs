@@ -148,7 +148,11 @@ pub fn render(broker: &Broker) -> String {
         "Tasks waiting at the broker for the endpoint (not yet sent).",
     );
     for (id, _, b, ..) in &endpoints {
-        t.sample("fxr_broker_endpoint_backlog", &[("endpoint", id)], *b as f64);
+        t.sample(
+            "fxr_broker_endpoint_backlog",
+            &[("endpoint", id)],
+            *b as f64,
+        );
     }
     t.family(
         "fxr_broker_endpoint_open_tasks",

@@ -321,7 +321,14 @@ impl Store {
                 "INSERT INTO tasks (owner, function_id, endpoint_id, args, state, created_ms, batch) VALUES (?1,?2,?3,?4,'pending',?5,?6)",
             )?;
             for t in tasks {
-                stmt.execute(params![t.owner, t.function_id, t.endpoint_id, t.args, now, batch])?;
+                stmt.execute(params![
+                    t.owner,
+                    t.function_id,
+                    t.endpoint_id,
+                    t.args,
+                    now,
+                    batch
+                ])?;
                 ids.push(tx.last_insert_rowid() as u64);
             }
         }

@@ -176,12 +176,8 @@ impl Api {
             r?;
             bail!("POST /v1/tasks/stream: unexpected answer");
         }
-        let reader = std::io::BufReader::new(
-            resp.into_body()
-                .into_with_config()
-                .limit(u64::MAX)
-                .reader(),
-        );
+        let reader =
+            std::io::BufReader::new(resp.into_body().into_with_config().limit(u64::MAX).reader());
         let mut event = String::new();
         let mut data = String::new();
         let mut last = std::time::Instant::now();

@@ -49,18 +49,26 @@ pub struct Common {
     pub slurm_nodes: Option<u32>,
 }
 
-/// A broker in this process, with a user, a function and the endpoint connected to it.
+/// A broker in this process, with a user, a function and the endpoint connected to it. Its
+/// runtime's threads are named `fxr-broker`, so its CPU time can be told apart from the
+/// interchange's and the clients' in the same process.
 struct ViaBroker {
     api: crate::api::Api,
     function_id: String,
     endpoint_id: String,
+    url: String,
+    credential: String,
     rt: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
 
+/// Name of the broker's runtime threads.
+const BROKER_THREADS: &str = "fxr-broker";
+
 impl ViaBroker {
-    fn start(ep: &LocalEndpoint, function: &str) -> anyhow::Result<ViaBroker> {
+    /// Starts the broker; `connect` also connects the endpoint (otherwise call [`Self::connect`]).
+    fn start(ep: &LocalEndpoint, function: &str, connect: bool) -> anyhow::Result<ViaBroker> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("broker.db");
         let token = fxr_broker::auth::new_secret();
@@ -68,6 +76,7 @@ impl ViaBroker {
         let broker = fxr_broker::Broker::open(fxr_broker::BrokerConfig::new(db))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(BROKER_THREADS)
             .enable_all()
             .build()?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -87,24 +96,44 @@ impl ViaBroker {
         let e: serde_json::Value =
             api.post("/v1/endpoints", &serde_json::json!({"name": "bench"}))?;
         let endpoint_id = e["id"].as_str().context("no endpoint id")?.to_string();
+        let v = ViaBroker {
+            api,
+            function_id: f["id"].as_str().unwrap_or_default().to_string(),
+            endpoint_id,
+            url,
+            credential: e["credential"]
+                .as_str()
+                .context("no credential")?
+                .to_string(),
+            rt,
+            stop: Some(stop),
+            _dir: dir,
+        };
+        if connect {
+            v.connect(ep)?;
+        }
+        Ok(v)
+    }
+
+    /// Connects the endpoint's link and waits until the broker sees it.
+    fn connect(&self, ep: &LocalEndpoint) -> anyhow::Result<()> {
         fxr_interchange::links::broker::start(
             ep.interchange.local_client(),
             fxr_interchange::links::broker::BrokerLinkConfig {
-                broker: url,
-                endpoint_id: endpoint_id.clone(),
-                credential: e["credential"]
-                    .as_str()
-                    .context("no credential")?
-                    .to_string(),
+                broker: self.url.clone(),
+                endpoint_id: self.endpoint_id.clone(),
+                credential: self.credential.clone(),
                 window: 100_000,
                 status_period: Duration::from_millis(500),
             },
         )?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let s: serde_json::Value = api.get(&format!("/v1/endpoints/{endpoint_id}"))?;
+            let s: serde_json::Value = self
+                .api
+                .get(&format!("/v1/endpoints/{}", self.endpoint_id))?;
             if s["connected"] == true {
-                break;
+                return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -112,62 +141,162 @@ impl ViaBroker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(ViaBroker {
-            api,
-            function_id: f["id"].as_str().unwrap_or_default().to_string(),
-            endpoint_id,
-            rt,
-            stop: Some(stop),
-            _dir: dir,
-        })
     }
 
-    /// Submits `n` tasks in batches and waits for all; returns (seconds, failed).
+    /// Submits `n` tasks in batches of `batch`; returns the batch ids.
+    fn submit(&self, n: usize, batch: usize, args: &[u8]) -> anyhow::Result<Vec<u64>> {
+        let args: serde_json::Value = if args.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(args)?
+        };
+        let task = serde_json::json!({"function_id": self.function_id, "endpoint_id": self.endpoint_id, "args": args});
+        let mut batches = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(batch.clamp(1, 10_000));
+            left -= k;
+            let r: serde_json::Value = self.api.post(
+                "/v1/tasks",
+                &serde_json::json!({"tasks": vec![task.clone(); k]}),
+            )?;
+            batches.push(r["batch_id"].as_u64().context("no batch id")?);
+        }
+        Ok(batches)
+    }
+
+    /// Follows `batches` to the end over the event stream; returns how many tasks failed.
+    fn follow(&self, batches: &[u64], n: usize) -> anyhow::Result<usize> {
+        let mut failed = 0;
+        let mut seen = 0;
+        self.api.follow(
+            &serde_json::json!({ "batches": batches }),
+            Duration::from_secs(600),
+            &mut |t| {
+                seen += 1;
+                if t["state"] != "succeeded" {
+                    failed += 1;
+                }
+                Ok(())
+            },
+        )?;
+        anyhow::ensure!(seen == n, "{seen} of {n} results arrived");
+        Ok(failed)
+    }
+
+    /// Submits `n` tasks in batches and follows them to the end; returns (seconds, failed).
+    /// One task is waited for with `POST /v1/tasks/wait` on the client's open connection.
     fn run(&self, n: usize, batch: usize, args: &[u8]) -> anyhow::Result<(f64, usize)> {
+        if n == 1 {
+            return self.run_clients(1, 1, 1, args);
+        }
+        let start = Instant::now();
+        let batches = self.submit(n, batch, args)?;
+        let failed = self.follow(&batches, n)?;
+        Ok((start.elapsed().as_secs_f64(), failed))
+    }
+
+    /// `clients` threads at once, each submitting its share in batches and waiting on its ids
+    /// with `POST /v1/tasks/wait`; returns (seconds, failed).
+    fn run_clients(
+        &self,
+        clients: usize,
+        n: usize,
+        batch: usize,
+        args: &[u8],
+    ) -> anyhow::Result<(f64, usize)> {
         let args: serde_json::Value = if args.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_slice(args)?
         };
         let start = Instant::now();
-        let mut ids = Vec::with_capacity(n);
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(batch.clamp(1, 10_000));
-            left -= k;
-            let task = serde_json::json!({"function_id": self.function_id, "endpoint_id": self.endpoint_id, "args": args});
-            let r: serde_json::Value = self
-                .api
-                .post("/v1/tasks", &serde_json::json!({"tasks": vec![task; k]}))?;
-            ids.extend(
-                r["task_ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(serde_json::Value::as_u64),
-            );
-        }
-        let mut failed = 0;
-        let mut pending = ids;
-        while !pending.is_empty() {
-            let chunk: Vec<u64> = pending.iter().take(10_000).copied().collect();
-            let r: serde_json::Value = self.api.post(
-                "/v1/tasks/wait",
-                &serde_json::json!({"ids": chunk, "timeout_ms": 10_000}),
-            )?;
-            let mut done = std::collections::HashSet::new();
-            for t in r["tasks"].as_array().into_iter().flatten() {
-                if t["completed_ms"].is_number() {
-                    done.insert(t["id"].as_u64().unwrap_or_default());
-                    if t["state"] != "succeeded" {
-                        failed += 1;
-                    }
-                }
+        let failed = std::thread::scope(|scope| -> anyhow::Result<usize> {
+            let handles: Vec<_> = (0..clients)
+                .map(|c| {
+                    let share = n / clients + usize::from(c < n % clients);
+                    let args = args.clone();
+                    scope.spawn(move || -> anyhow::Result<usize> {
+                        let task = serde_json::json!({"function_id": self.function_id, "endpoint_id": self.endpoint_id, "args": args});
+                        let mut ids: Vec<u64> = Vec::with_capacity(share);
+                        let mut left = share;
+                        while left > 0 {
+                            let k = left.min(batch.clamp(1, 10_000));
+                            left -= k;
+                            let r: serde_json::Value = self.api.post(
+                                "/v1/tasks",
+                                &serde_json::json!({"tasks": vec![task.clone(); k]}),
+                            )?;
+                            ids.extend(
+                                r["task_ids"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(serde_json::Value::as_u64),
+                            );
+                        }
+                        let mut failed = 0;
+                        let deadline = Instant::now() + Duration::from_secs(600);
+                        while !ids.is_empty() {
+                            anyhow::ensure!(Instant::now() < deadline, "tasks did not finish");
+                            let chunk: Vec<u64> = ids.iter().take(10_000).copied().collect();
+                            let r: serde_json::Value = self.api.post(
+                                "/v1/tasks/wait",
+                                &serde_json::json!({"ids": chunk, "timeout_ms": 30_000}),
+                            )?;
+                            let mut done = std::collections::HashSet::new();
+                            for t in r["tasks"].as_array().into_iter().flatten() {
+                                if t["completed_ms"].is_number() {
+                                    done.insert(t["id"].as_u64().unwrap_or_default());
+                                    failed += usize::from(t["state"] != "succeeded");
+                                }
+                            }
+                            ids.retain(|id| !done.contains(id));
+                        }
+                        Ok(failed)
+                    })
+                })
+                .collect();
+            let mut failed = 0;
+            for h in handles {
+                failed += h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
             }
-            pending.retain(|id| !done.contains(id));
-        }
+            Ok(failed)
+        })?;
         Ok((start.elapsed().as_secs_f64(), failed))
     }
+}
+
+/// CPU seconds spent by this process's threads named `name`.
+fn thread_cpu_seconds(name: &str) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        // After the command: state is field 3; utime and stime are fields 14 and 15.
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| {
+            rest.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(14) + field(15);
+    }
+    ticks as f64 / hz
 }
 
 impl Drop for ViaBroker {
@@ -191,6 +320,14 @@ pub struct ThroughputArgs {
     /// Runs to make; the median is reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// With --via-broker: submit every task before the endpoint connects, then time from the
+    /// moment it connects to the last result (the backlog is built first).
+    #[arg(long)]
+    pub backlog: bool,
+    /// With --via-broker: this many clients at once, each submitting its share and waiting on
+    /// its task ids (`POST /v1/tasks/wait`).
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -299,7 +436,8 @@ fn shutdown(mut ep: LocalEndpoint) {
     let mut c = ep.interchange.local_client();
     let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);
     drop(c);
-    let mut scalers: Vec<fxr_interchange::scaling::Scaler> = ep.local_scaler.take().into_iter().collect();
+    let mut scalers: Vec<fxr_interchange::scaling::Scaler> =
+        ep.local_scaler.take().into_iter().collect();
     if let Some((s, _dir)) = ep.batch.take() {
         scalers.push(s);
     }
@@ -330,14 +468,37 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let mut times = Vec::new();
     let mut failed = 0;
     let cpu0 = cpu_seconds();
+    anyhow::ensure!(
+        a.common.via_broker || (!a.backlog && a.clients == 1),
+        "--backlog and --clients need --via-broker"
+    );
+    anyhow::ensure!(
+        !(a.backlog && a.repeat > 1),
+        "--backlog runs once (the endpoint connects once)"
+    );
+    anyhow::ensure!(a.clients >= 1, "--clients must be at least 1");
     let via = if a.common.via_broker {
-        Some(ViaBroker::start(&ep, &a.common.function)?)
+        Some(ViaBroker::start(&ep, &a.common.function, !a.backlog)?)
     } else {
         None
     };
+    let broker_cpu0 = thread_cpu_seconds(BROKER_THREADS);
+    let mut submit_s = 0.0;
     for rep in 0..a.repeat.max(1) {
         if let Some(v) = &via {
-            let (secs, f) = v.run(a.tasks, a.batch, &args)?;
+            let (secs, f) = if a.backlog {
+                let t0 = Instant::now();
+                let batches = v.submit(a.tasks, a.batch, &args)?;
+                submit_s = t0.elapsed().as_secs_f64();
+                let start = Instant::now();
+                v.connect(&ep)?;
+                let failed = v.follow(&batches, a.tasks)?;
+                (start.elapsed().as_secs_f64(), failed)
+            } else if a.clients > 1 {
+                v.run_clients(a.clients, a.tasks, a.batch, &args)?
+            } else {
+                v.run(a.tasks, a.batch, &args)?
+            };
             failed += f;
             times.push(secs);
             rates.push(a.tasks as f64 / secs);
@@ -383,6 +544,8 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         }
     }
     let cpu = cpu_seconds() - cpu0;
+    let broker_cpu = thread_cpu_seconds(BROKER_THREADS) - broker_cpu0;
+    let runs_total = (a.tasks * a.repeat.max(1)) as f64;
     drop(via);
     drop(door);
     let rss = peak_rss();
@@ -405,6 +568,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "mode": mode, "function": a.common.function, "batch": a.batch, "via_broker": a.common.via_broker,
         "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
+        "backlog": a.backlog, "backlog_submit_s": submit_s, "clients": a.clients,
+        "broker_cpu_s": broker_cpu,
+        "broker_cpu_us_per_task": if a.common.via_broker { broker_cpu * 1e6 / runs_total } else { 0.0 },
     });
     if json {
         println!("{v}");
@@ -428,7 +594,7 @@ fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
     let mut first_us = 0;
     let mut failed = 0;
     let via = if a.common.via_broker {
-        Some(ViaBroker::start(&ep, &a.common.function)?)
+        Some(ViaBroker::start(&ep, &a.common.function, true)?)
     } else {
         None
     };

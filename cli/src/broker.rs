@@ -44,6 +44,18 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub max_body: usize,
+    /// Most tasks without a result routed to one endpoint; submissions past it get 429.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_backlog_endpoint: u64,
+    /// Most tasks without a result owned by one user; submissions past it get 429.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_backlog_user: u64,
+    /// Most bytes of tasks sent to one endpoint and not yet finished.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_link_inflight_bytes: u64,
+    /// Close an endpoint link silent this long (endpoints report every 2 s).
+    #[arg(long, value_parser = crate::opts::duration, default_value = "30s")]
+    pub link_idle: Duration,
 }
 
 pub fn run(cmd: BrokerCmd, json: bool) -> anyhow::Result<u8> {
@@ -75,6 +87,10 @@ fn serve(a: ServeArgs, json: bool) -> anyhow::Result<u8> {
     config.endpoint_wait = a.endpoint_wait;
     config.result_retention = a.retention;
     config.max_body_bytes = a.max_body;
+    config.limits.max_backlog_endpoint = a.max_backlog_endpoint;
+    config.limits.max_backlog_user = a.max_backlog_user;
+    config.limits.max_inflight_bytes = a.max_link_inflight_bytes.max(1);
+    config.link_idle = a.link_idle;
     let broker = Broker::open(config)
         .with_context(|| format!("cannot open the store {}", a.db.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -352,7 +352,13 @@ fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
         );
         batches.extend(r["batch_id"].as_u64());
     }
-    let results = broker_follow(&api, &batches, ids.len(), a.timeout, &mut progress_bar(a.progress))?;
+    let results = broker_follow(
+        &api,
+        &batches,
+        ids.len(),
+        a.timeout,
+        &mut progress_bar(a.progress),
+    )?;
     let failed = results.iter().filter(|t| t["state"] != "succeeded").count();
     let lines: Vec<serde_json::Value> = results.iter().map(broker_json).collect();
     finish_submit(&lines, failed, start, json)

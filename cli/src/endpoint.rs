@@ -386,8 +386,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
 /// Quotes a word for the job script's shell.
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@".contains(c))
     {
         return s.to_string();
@@ -471,8 +470,8 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
         }
     }
     if let Some(addr) = &a.metrics {
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
         interchange.serve_metrics(listener)?;
     }

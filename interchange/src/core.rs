@@ -339,7 +339,8 @@ impl Core {
         let m = &self.metrics;
         let c = self.dispatcher.counters();
         m.queued.store(self.dispatcher.queued() as u64, Relaxed);
-        m.in_flight.store(self.dispatcher.in_flight() as u64, Relaxed);
+        m.in_flight
+            .store(self.dispatcher.in_flight() as u64, Relaxed);
         let (mut managers, mut workers, mut busy) = (0u64, 0u64, 0u64);
         for s in self.dispatcher.manager_status() {
             managers += 1;

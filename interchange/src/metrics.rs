@@ -82,7 +82,11 @@ impl Metrics {
         let busy = get(&self.workers_busy).min(workers);
         t.family("fxr_interchange_workers", "gauge", "Workers by state.");
         t.sample("fxr_interchange_workers", &[("state", "busy")], busy);
-        t.sample("fxr_interchange_workers", &[("state", "idle")], workers - busy);
+        t.sample(
+            "fxr_interchange_workers",
+            &[("state", "idle")],
+            workers - busy,
+        );
         t.family(
             "fxr_interchange_tasks_total",
             "counter",

@@ -257,7 +257,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/tasks", post(tasks::submit).get(tasks::get_many))
         .route("/v1/tasks/query", post(tasks::query))
         .route("/v1/tasks/wait", post(tasks::wait))
-        .route("/v1/tasks/stream", get(tasks::stream).post(tasks::stream_post))
+        .route(
+            "/v1/tasks/stream",
+            get(tasks::stream).post(tasks::stream_post),
+        )
         .route("/v1/tasks/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .fallback(fallback)

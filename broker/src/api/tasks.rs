@@ -80,7 +80,10 @@ pub fn finished_info(f: &Finished, c: &Completion, completed_ms: i64) -> TaskInf
         endpoint_id: f.endpoint.to_string(),
         batch_id: f.meta.batch,
         result: c.result.clone().map(result_value),
-        error: c.error.clone().map(|(kind, message)| TaskError { kind, message }),
+        error: c
+            .error
+            .clone()
+            .map(|(kind, message)| TaskError { kind, message }),
         created_ms: f.meta.created_ms,
         completed_ms: Some(completed_ms),
     }
@@ -138,7 +141,8 @@ fn too_busy(r: crate::hub::Refusal) -> Response {
     )
     .into_response();
     if let Ok(v) = HeaderValue::from_str(&RETRY_AFTER_SECS.to_string()) {
-        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v);
     }
     resp
 }
@@ -258,9 +262,7 @@ pub async fn submit(
     }
     let rows: Vec<NewTask> = routed.iter().map(|(t, ..)| t.clone()).collect();
     let started = std::time::Instant::now();
-    let (batch, created_ms, ids) = broker
-        .db(move |s| s.insert_tasks(user.id, &rows))
-        .await?;
+    let (batch, created_ms, ids) = broker.db(move |s| s.insert_tasks(user.id, &rows)).await?;
     broker
         .metrics
         .commit_seconds
@@ -319,7 +321,9 @@ pub async fn get_one(
         .parse()
         .ok()
         .filter(|n| *n <= i64::MAX as u64)
-        .ok_or_else(|| ApiError::bad(format!("`{id}` is not a task id (a non-negative integer)")))?;
+        .ok_or_else(|| {
+            ApiError::bad(format!("`{id}` is not a task id (a non-negative integer)"))
+        })?;
     let row = load(&broker, user.id, vec![n])
         .await?
         .pop()

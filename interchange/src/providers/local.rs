@@ -99,8 +99,8 @@ impl BatchProvider for LocalBlocks {
             let state = match blocks[i].try_wait() {
                 Ok(None) => JobState::Running,
                 Ok(Some(status)) => {
-                    // Reaped: forget it.
-                    blocks.swap_remove(i);
+                    // try_wait reaped it; the wait below returns at once. Forget it.
+                    let _ = blocks.swap_remove(i).wait();
                     if status.success() {
                         JobState::Done
                     } else {
