@@ -220,8 +220,13 @@ pub fn wait_all(url: &str, token: &str, ids: &[u64], limit: Duration) -> Vec<Val
                 .send(&body);
             match r {
                 Ok(mut resp) if resp.status() == 200 => {
-                    let v: Value =
-                        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+                    let text = resp
+                        .body_mut()
+                        .with_config()
+                        .limit(1 << 30)
+                        .read_to_string()
+                        .unwrap();
+                    let v: Value = serde_json::from_str(&text).unwrap();
                     if v["pending"] != 0 {
                         ok = false;
                     }
@@ -268,4 +273,87 @@ pub fn wait_connected(url: &str, token: &str, id: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The credential `fxr endpoint create` wrote for `user`'s endpoint `name`.
+pub fn credential(w: &World, user: &str, name: &str) -> String {
+    std::fs::read_to_string(w.home(user).join("endpoints").join(name).join("credential"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A raw endpoint link, as any holder of the credential could open it.
+pub type RawLink = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+pub fn raw_link(url: &str, endpoint: &str, credential: &str) -> RawLink {
+    use tungstenite::client::IntoClientRequest;
+    let ws_url = format!(
+        "{}/v1/endpoints/{endpoint}/link",
+        url.replacen("http://", "ws://", 1)
+    );
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {credential}").parse().unwrap(),
+    );
+    let (ws, _) = tungstenite::connect(req).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    ws
+}
+
+pub fn link_send(ws: &mut RawLink, msg: &fxr_protocol::LinkMsg) {
+    let frame = fxr_protocol::encode(msg).unwrap();
+    ws.send(tungstenite::Message::Binary(frame.into())).unwrap();
+}
+
+/// The next protocol message on a raw link (skipping others), or None when it closed.
+pub fn link_recv(ws: &mut RawLink) -> Option<fxr_protocol::BrokerMsg> {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Binary(b)) => return fxr_protocol::decode(&b).ok(),
+            Ok(tungstenite::Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The broker's or an interchange's `/metrics`, parsed.
+pub fn metrics(url: &str) -> prometheus_parse::Scrape {
+    let mut resp = agent().get(&format!("{url}/metrics")).call().unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.body_mut().read_to_string().unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// The value of a sample of `name` whose labels include `labels`.
+pub fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one sample of {name} {labels:?}");
+    found[0]
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
