@@ -77,6 +77,8 @@ impl ViaBroker {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(BROKER_THREADS)
+            // Blocking threads that exit take their CPU time with them; keep them for the run.
+            .thread_keep_alive(Duration::from_secs(3600))
             .enable_all()
             .build()?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -269,24 +271,35 @@ impl ViaBroker {
     }
 }
 
-/// CPU seconds spent by this process's threads named `name`.
+/// CPU seconds spent by this process's threads named `name`, in nanoseconds from each thread's
+/// `schedstat` (clock ticks from `stat` where that is missing).
 fn thread_cpu_seconds(name: &str) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
-    let mut ticks = 0u64;
+    let mut secs = 0.0;
     for t in dir.flatten() {
+        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        if let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            secs += ns as f64 / 1e9;
+            continue;
+        }
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let Some(close) = stat.rfind(')') else {
             continue;
         };
-        if &stat[open + 1..close] != name {
-            continue;
-        }
         // After the command: state is field 3; utime and stime are fields 14 and 15.
         let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         let field = |i: usize| {
@@ -294,9 +307,9 @@ fn thread_cpu_seconds(name: &str) -> f64 {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        ticks += field(14) + field(15);
+        secs += (field(14) + field(15)) as f64 / hz;
     }
-    ticks as f64 / hz
+    secs
 }
 
 impl Drop for ViaBroker {

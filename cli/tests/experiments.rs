@@ -41,7 +41,7 @@ fn quick_points(def: &Path) -> usize {
 fn quick_experiments_write_complete_results() {
     let defs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
     let out = tempfile::tempdir().unwrap();
-    for name in ["latency", "throughput", "scaling"] {
+    for name in ["latency", "throughput", "scaling", "broker"] {
         let status = Command::new(FXR)
             .args(["experiment", "run", name, "--quick", "--defs"])
             .arg(&defs)
@@ -75,6 +75,12 @@ fn quick_experiments_write_complete_results() {
                 assert!(!col("p50_ms").is_empty() && !col("p99_ms").is_empty());
             } else {
                 assert!(!col("tasks_per_s").is_empty() && !col("seconds").is_empty());
+            }
+            if name == "broker" && col("series").starts_with("broker:") {
+                assert!(
+                    !col("broker_cpu_us_per_task").is_empty(),
+                    "rows through the broker report its CPU per task"
+                );
             }
             assert!(
                 ["processes", "simulated", "slurm", "parsl"].contains(&col("mode")),

@@ -28,6 +28,7 @@ pub const COLUMNS: &[&str] = &[
     "cpu_s",
     "ideal_s",
     "efficiency",
+    "broker_cpu_us_per_task",
 ];
 
 /// One run of one point.
@@ -80,6 +81,9 @@ impl Row {
             f("interchange_peak_rss_bytes").map(|b| b / (1024.0 * 1024.0)),
         );
         put("cpu_s", f("interchange_cpu_s"));
+        if j.get("via_broker") == Some(&serde_json::Value::Bool(true)) {
+            put("broker_cpu_us_per_task", f("broker_cpu_us_per_task"));
+        }
         if let (Some(ms), Some(tasks), Some(workers), Some(secs)) =
             (s.sleep_ms, f("tasks"), f("workers"), f("seconds"))
         {
@@ -239,21 +243,33 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
             "efficiency",
             "peak_rss_mib",
             "cpu_s",
+            "broker_cpu_us_per_task",
         ]
     };
+    // Sweeps of different variables in one table name the variable on each row.
+    let one_var = rows.windows(2).all(|w| w[0].var == w[1].var);
     s.push_str(&format!(
         "| series | mode | {} | {} |\n",
-        rows.first().map_or("value", |r| r.var.as_str()),
+        if one_var {
+            rows.first().map_or("value", |r| r.var.as_str())
+        } else {
+            "point"
+        },
         cols.join(" | ")
     ));
     s.push_str(&format!("|---|---|---|{}\n", "---|".repeat(cols.len())));
     for m in medians(rows) {
         let cells: Vec<String> = cols.iter().map(|c| fmt(m.get(c))).collect();
+        let point = if one_var {
+            m.value.to_string()
+        } else {
+            format!("{} = {}", m.var, m.value)
+        };
         s.push_str(&format!(
             "| {} | {} | {} | {} |\n",
             m.series,
             m.mode,
-            m.value,
+            point,
             cells.join(" | ")
         ));
     }
@@ -306,7 +322,7 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
                 }
             }
         }
-        None => s.push_str("\nAnchors: not measured in this run (`make experiment-anchors` installs Parsl in a virtual environment and measures it here). Figures for this machine from `../shared/DESIGN.md`: Parsl HTEX ≈ 1,170 no-op tasks/s (p50 1.6 ms, p99 2.7 ms), Ray ≈ 2,400/s, Dask ≈ 520/s, HyperQueue ≈ 900 process tasks/s.\n"),
+        None => s.push_str("\nAnchors: not measured in this run (`make experiment-anchors` installs Parsl in a virtual environment and measures it here). Figures measured earlier on a machine of this size: Parsl HTEX ≈ 1,170 no-op tasks/s (p50 1.6 ms, p99 2.7 ms), Ray ≈ 2,400/s, Dask ≈ 520/s, HyperQueue ≈ 900 process tasks/s.\n"),
     }
     std::fs::write(dir.join("summary.md"), s)
 }
