@@ -5,13 +5,13 @@ FXR := target/release/fxr
 # Debian packages the build and the tests need: cmake builds NNG; clang/libclang for bindgen
 # (the MPI bindings); Slurm daemons and clients, its Torque wrappers, and MPICH for the
 # batch-system tests.
-DEBS := cmake clang libclang-dev pkg-config slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev
+DEBS := cmake clang libclang-dev pkg-config python3 python3-venv slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev
 
 # The MPI-enabled pilot is built when an MPI compiler wrapper is installed (deps installs MPICH).
 # Evaluated in each recipe, after `deps` has run.
 FEATURES = $$(command -v mpicc >/dev/null 2>&1 && echo --features fxr-cli/mpi)
 
-.PHONY: all deps build demo test lint bench clean experiments experiment-anchors
+.PHONY: all deps pydeps build demo test lint bench clean experiments experiment-anchors
 EXPERIMENTS := scaling latency throughput
 VENV := target/anchors-venv
 
@@ -26,13 +26,22 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 
+# Python tools the tests use, in a virtual environment of their own under target/: schemathesis
+# checks the broker against its OpenAPI document.
+PYENV := target/pyenv
+pydeps:
+	@if [ ! -x $(PYENV)/bin/schemathesis ]; then \
+		echo "installing schemathesis into $(PYENV)"; \
+		python3 -m venv $(PYENV) && $(PYENV)/bin/pip install -q schemathesis; \
+	fi
+
 build: deps
 	$(CARGO) build --release --workspace $(FEATURES)
 
 demo: build
 	FXR=$(FXR) ./scripts/demo.sh
 
-test: deps
+test: deps pydeps
 	$(CARGO) test --workspace --release $(FEATURES) -- --test-threads=2
 
 lint:

@@ -333,10 +333,10 @@ pub struct ThroughputArgs {
     /// Runs to make; the median is reported.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// With --via-broker: submit every task before the endpoint connects, then time from the
-    /// moment it connects to the last result (the backlog is built first).
-    #[arg(long)]
-    pub backlog: bool,
+    /// With --via-broker: submit N tasks before the endpoint connects (the backlog is built
+    /// first), then the rest of --tasks; time from the moment it connects to the last result.
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<usize>,
     /// With --via-broker: this many clients at once, each submitting its share and waiting on
     /// its task ids (`POST /v1/tasks/wait`).
     #[arg(long, default_value_t = 1)]
@@ -482,16 +482,24 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let mut failed = 0;
     let cpu0 = cpu_seconds();
     anyhow::ensure!(
-        a.common.via_broker || (!a.backlog && a.clients == 1),
+        a.common.via_broker || (a.backlog.is_none() && a.clients == 1),
         "--backlog and --clients need --via-broker"
     );
     anyhow::ensure!(
-        !(a.backlog && a.repeat > 1),
+        !(a.backlog.is_some() && a.repeat > 1),
         "--backlog runs once (the endpoint connects once)"
+    );
+    anyhow::ensure!(
+        a.backlog.is_none_or(|n| n <= a.tasks),
+        "--backlog must not exceed --tasks"
     );
     anyhow::ensure!(a.clients >= 1, "--clients must be at least 1");
     let via = if a.common.via_broker {
-        Some(ViaBroker::start(&ep, &a.common.function, !a.backlog)?)
+        Some(ViaBroker::start(
+            &ep,
+            &a.common.function,
+            a.backlog.is_none(),
+        )?)
     } else {
         None
     };
@@ -499,12 +507,13 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let mut submit_s = 0.0;
     for rep in 0..a.repeat.max(1) {
         if let Some(v) = &via {
-            let (secs, f) = if a.backlog {
+            let (secs, f) = if let Some(n) = a.backlog {
                 let t0 = Instant::now();
-                let batches = v.submit(a.tasks, a.batch, &args)?;
+                let mut batches = v.submit(n, a.batch, &args)?;
                 submit_s = t0.elapsed().as_secs_f64();
                 let start = Instant::now();
                 v.connect(&ep)?;
+                batches.extend(v.submit(a.tasks - n, a.batch, &args)?);
                 let failed = v.follow(&batches, a.tasks)?;
                 (start.elapsed().as_secs_f64(), failed)
             } else if a.clients > 1 {
@@ -581,7 +590,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "mode": mode, "function": a.common.function, "batch": a.batch, "via_broker": a.common.via_broker,
         "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
-        "backlog": a.backlog, "backlog_submit_s": submit_s, "clients": a.clients,
+        "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
         "broker_cpu_s": broker_cpu,
         "broker_cpu_us_per_task": if a.common.via_broker { broker_cpu * 1e6 / runs_total } else { 0.0 },
     });

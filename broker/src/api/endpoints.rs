@@ -38,7 +38,7 @@ async fn info(broker: &Broker, e: &EndpointRow) -> EndpointInfo {
 
 /// Register an endpoint; the answer holds its credential, shown only this once.
 #[utoipa::path(post, path = "/v1/endpoints", request_body = EndpointBody,
-    responses((status = 201, body = EndpointCreated), (status = 422, body = super::types::ErrorBody)))]
+    responses((status = 201, body = EndpointCreated), (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody), (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn register(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -68,7 +68,7 @@ pub async fn register(
 }
 
 /// List the endpoints the caller may use.
-#[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<EndpointInfo>)))]
+#[utoipa::path(get, path = "/v1/endpoints", responses((status = 200, body = Vec<EndpointInfo>), (status = 401, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn list(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -88,7 +88,7 @@ pub async fn list(
 
 /// An endpoint's status.
 #[utoipa::path(get, path = "/v1/endpoints/{id}", params(("id" = String, Path, description = "endpoint id")),
-    responses((status = 200, body = EndpointInfo), (status = 404, body = super::types::ErrorBody)))]
+    responses((status = 200, body = EndpointInfo), (status = 401, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn status(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -102,7 +102,7 @@ pub async fn status(
 
 /// Delete an endpoint (owner only).
 #[utoipa::path(delete, path = "/v1/endpoints/{id}", params(("id" = String, Path, description = "endpoint id")),
-    responses((status = 204), (status = 403, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody)))]
+    responses((status = 204), (status = 401, body = super::types::ErrorBody), (status = 403, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn delete(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -119,7 +119,7 @@ pub async fn delete(
 /// The endpoint link: a WebSocket the endpoint's interchange opens with its credential
 /// (`Authorization: Bearer CREDENTIAL`). Binary frames carry protocol messages.
 #[utoipa::path(get, path = "/v1/endpoints/{id}/link", params(("id" = String, Path, description = "endpoint id")),
-    responses((status = 101, description = "switching to the WebSocket link"), (status = 401, body = super::types::ErrorBody)))]
+    responses((status = 101, description = "switching to the WebSocket link"), (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody)))]
 pub async fn link(
     State(broker): State<Arc<Broker>>,
     Path(id): Path<String>,

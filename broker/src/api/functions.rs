@@ -15,16 +15,16 @@ pub fn may_use(f: &FunctionRow, user: i64) -> bool {
 
 async fn info(broker: &Broker, f: &FunctionRow) -> Result<FunctionInfo, ApiError> {
     let body: FunctionBody = serde_json::from_str(&f.spec).map_err(ApiError::internal)?;
-    Ok(FunctionInfo {
-        id: f.id.clone(),
-        owner: broker.user_name(f.owner).await,
+    Ok(FunctionInfo::new(
+        f.id.clone(),
+        broker.user_name(f.owner).await,
         body,
-    })
+    ))
 }
 
 /// Register a function.
 #[utoipa::path(post, path = "/v1/functions", request_body = FunctionBody,
-    responses((status = 201, body = FunctionInfo), (status = 422, body = super::types::ErrorBody)))]
+    responses((status = 201, body = FunctionInfo), (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody), (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn register(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -36,6 +36,22 @@ pub async fn register(
     if body.description.len() > 4096 {
         return Err(ApiError::bad(
             "`description` must be at most 4096 characters",
+        ));
+    }
+    // Fields of another kind are refused at registration (stored functions are read back as
+    // they were accepted).
+    use super::types::FunctionKind;
+    if body.kind != FunctionKind::Mpi && (body.num_nodes.is_some() || body.ranks_per_node.is_some())
+    {
+        return Err(ApiError::bad(
+            "`num_nodes` and `ranks_per_node` are for mpi functions",
+        ));
+    }
+    if body.kind == FunctionKind::Builtin
+        && (body.walltime_ms.is_some() || body.env.is_some() || body.cwd.is_some())
+    {
+        return Err(ApiError::bad(
+            "`walltime_ms`, `env` and `cwd` are for shell and mpi functions",
         ));
     }
     let func = function_of(&body).map_err(ApiError::bad)?;
@@ -54,7 +70,7 @@ pub async fn register(
 }
 
 /// List the functions the caller may run.
-#[utoipa::path(get, path = "/v1/functions", responses((status = 200, body = Vec<FunctionInfo>)))]
+#[utoipa::path(get, path = "/v1/functions", responses((status = 200, body = Vec<FunctionInfo>), (status = 401, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn list(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -74,7 +90,7 @@ pub async fn list(
 
 /// Get one function.
 #[utoipa::path(get, path = "/v1/functions/{id}", params(("id" = String, Path, description = "function id")),
-    responses((status = 200, body = FunctionInfo), (status = 404, body = super::types::ErrorBody)))]
+    responses((status = 200, body = FunctionInfo), (status = 401, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn get_one(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -88,7 +104,7 @@ pub async fn get_one(
 
 /// Delete a function (owner only).
 #[utoipa::path(delete, path = "/v1/functions/{id}", params(("id" = String, Path, description = "function id")),
-    responses((status = 204), (status = 403, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody)))]
+    responses((status = 204), (status = 401, body = super::types::ErrorBody), (status = 403, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn delete(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,

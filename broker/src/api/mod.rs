@@ -199,7 +199,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Who am I?
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = types::WhoAmI), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = types::WhoAmI), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn whoami(Caller(u): Caller) -> Json<types::WhoAmI> {
     Json(types::WhoAmI {
         id: u.id,

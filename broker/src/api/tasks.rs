@@ -335,19 +335,25 @@ pub async fn get_one(
 #[serde(deny_unknown_fields)]
 pub struct IdsQuery {
     /// Comma-separated task ids, at most 1,000 (use `POST /v1/tasks/query` for more).
+    #[param(pattern = "^[0-9]{1,19}(,[0-9]{1,19}){0,999}$")]
     ids: String,
 }
 
+/// Parses `1,2,3` (digits and commas only, as the documented pattern says).
 fn parse_ids(s: &str) -> Result<Vec<u64>, ApiError> {
     let ids: Vec<u64> = s
         .split(',')
-        .filter(|p| !p.trim().is_empty())
         .map(|p| {
-            p.trim()
-                .parse()
-                .ok()
-                .filter(|n| *n <= i64::MAX as u64)
-                .ok_or_else(|| ApiError::bad(format!("`{p}` is not a task id")))
+            p.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| p.parse::<u64>().ok())
+                .flatten()
+                .filter(|n| !p.is_empty() && *n <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "`{p}` is not a task id: give ids as digits separated by commas"
+                    ))
+                })
         })
         .collect::<Result<_, _>>()?;
     if ids.len() > MAX_QUERY_IDS {
@@ -480,6 +486,7 @@ pub async fn wait(
 pub struct StreamQuery {
     /// Comma-separated task ids, at most 1,000.
     #[serde(default)]
+    #[param(pattern = "^[0-9]{1,19}(,[0-9]{1,19}){0,999}$")]
     ids: Option<String>,
     /// A batch id, as answered by `POST /v1/tasks`.
     #[serde(default)]

@@ -26,12 +26,54 @@ pub enum FunctionKind {
     Mpi,
 }
 
+/// Largest value of an id or a count on the API: SQLite's integers are signed 64-bit.
+pub const MAX_INT: u64 = i64::MAX as u64;
+
+/// A whole number in `0..=MAX_INT`, written as an integer or as a number with no fraction
+/// (`3.0`), as JSON Schema's `integer` allows.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let v = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f <= MAX_INT as f64 => Some(f as u64),
+        _ => None,
+    };
+    v.filter(|v| *v <= MAX_INT)
+        .ok_or_else(|| D::Error::custom(format!("`{n}` is not a whole number from 0 to {MAX_INT}")))
+}
+
+/// A list of whole numbers (see [`whole`]).
+pub fn de_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct W(#[serde(deserialize_with = "whole")] u64);
+    Ok(Vec::<W>::deserialize(d)?.into_iter().map(|w| w.0).collect())
+}
+
+/// An optional whole number (see [`whole`]).
+pub fn de_opt_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct W(#[serde(deserialize_with = "whole")] u64);
+    Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+}
+
+/// An optional whole number that fits in 32 bits.
+fn de_opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    de_opt_whole(d)?
+        .map(|v| u32::try_from(v).map_err(|_| D::Error::custom(format!("`{v}` is too large"))))
+        .transpose()
+}
+
 /// A function to register.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionBody {
+    /// 1 to 128 characters, not all blank.
+    #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: String,
     pub kind: FunctionKind,
     /// For `builtin`: noop, sleep, spin, echo, fail.
@@ -40,17 +82,20 @@ pub struct FunctionBody {
     /// For `shell`: the command template; `{name}` is filled from the task's arguments.
     #[serde(default)]
     pub command: Option<String>,
-    /// For `shell`: wall-clock limit in milliseconds (0: none).
-    #[serde(default)]
+    /// For `shell` and `mpi`: wall-clock limit in milliseconds (0: none).
+    #[serde(default, deserialize_with = "de_opt_whole")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub walltime_ms: Option<u64>,
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub cwd: Option<String>,
-    /// For `mpi`: nodes and ranks per node.
-    #[serde(default)]
+    /// For `mpi` only: nodes (1 to 100,000) and ranks per node (1 to 1,024).
+    #[serde(default, deserialize_with = "de_opt_u32")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub num_nodes: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_u32")]
+    #[schema(minimum = 1, maximum = 1024)]
     pub ranks_per_node: Option<u32>,
     #[serde(default)]
     pub visibility: Visibility,
@@ -59,19 +104,52 @@ pub struct FunctionBody {
     pub shared_with: Vec<String>,
 }
 
-/// A registered function.
+/// A registered function: its id and owner, and what it was registered with.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct FunctionInfo {
     pub id: String,
     pub owner: String,
-    #[serde(flatten)]
-    pub body: FunctionBody,
+    pub name: String,
+    pub description: String,
+    pub kind: FunctionKind,
+    pub builtin: Option<String>,
+    pub command: Option<String>,
+    pub walltime_ms: Option<u64>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub cwd: Option<String>,
+    pub num_nodes: Option<u32>,
+    pub ranks_per_node: Option<u32>,
+    pub visibility: Visibility,
+    pub shared_with: Vec<String>,
+}
+
+impl FunctionInfo {
+    pub fn new(id: String, owner: String, b: FunctionBody) -> FunctionInfo {
+        FunctionInfo {
+            id,
+            owner,
+            name: b.name,
+            description: b.description,
+            kind: b.kind,
+            builtin: b.builtin,
+            command: b.command,
+            walltime_ms: b.walltime_ms,
+            env: b.env,
+            cwd: b.cwd,
+            num_nodes: b.num_nodes,
+            ranks_per_node: b.ranks_per_node,
+            visibility: b.visibility,
+            shared_with: b.shared_with,
+        }
+    }
 }
 
 /// An endpoint to register.
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointBody {
+    /// 1 to 128 characters, not all blank.
+    #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
     pub name: String,
     /// User names who may send tasks to it besides the owner.
     #[serde(default)]
@@ -116,15 +194,16 @@ pub struct TaskSpec {
     pub endpoints: Option<Vec<String>>,
     #[serde(default)]
     pub policy: Option<Policy>,
-    /// The function's arguments (a JSON object for shell and sleep functions).
+    /// The function's arguments, any JSON value (an object for shell and sleep functions).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub args: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
+    #[schema(min_items = 1, max_items = 10000)]
     pub tasks: Vec<TaskSpec>,
 }
 
@@ -140,10 +219,12 @@ pub struct Submitted {
 #[serde(deny_unknown_fields)]
 pub struct StreamBody {
     /// Task ids (at most 10,000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_ids")]
+    #[schema(max_items = 10000)]
     pub ids: Vec<u64>,
     /// Batch ids, as answered by `POST /v1/tasks` (at most 1,000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_ids")]
+    #[schema(max_items = 1000)]
     pub batches: Vec<u64>,
     /// Every task of the caller from now on; the stream does not end.
     #[serde(default)]
@@ -166,8 +247,9 @@ pub struct TaskInfo {
     pub endpoint_id: String,
     /// The submission it came in.
     pub batch_id: u64,
+    /// The function's return value, any JSON value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
@@ -178,15 +260,20 @@ pub struct TaskInfo {
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdsBody {
+    #[serde(deserialize_with = "de_ids")]
+    #[schema(max_items = 10000)]
     pub ids: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitBody {
+    #[serde(deserialize_with = "de_ids")]
+    #[schema(max_items = 10000)]
     pub ids: Vec<u64>,
-    /// How long to wait for every task to finish (default 30 s, at most 300 s).
-    #[serde(default)]
+    /// How long to wait for every task to finish (default 30 s; longer waits are cut to 300 s).
+    #[serde(default, deserialize_with = "de_opt_whole")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub timeout_ms: Option<u64>,
 }
 
