@@ -680,3 +680,32 @@ fn a_pilot_that_dies_is_reaped_and_replaced() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_silent_link_is_closed_and_its_endpoint_shown_offline() {
+    let w = World::new();
+    let alice = w.user("alice");
+    let _broker = w.broker(&["--link-idle", "1s"]);
+    let ep = w.create_endpoint("alice", &alice, "a", 1);
+    let mut ws = raw_link(&w.url, &ep, &credential(&w, "alice", "a"));
+    let connected = || {
+        call(
+            "GET",
+            &format!("{}/v1/endpoints/{ep}", w.url),
+            Some(&alice),
+            None,
+        )
+        .1["connected"]
+            == true
+    };
+    assert!(connected());
+    // Say nothing: the broker closes the link and stops counting the endpoint as connected.
+    let started = Instant::now();
+    while link_recv(&mut ws).is_some() {}
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(10), || !connected()));
+    assert_eq!(
+        metric(&metrics(&w.url), "fxr_broker_links_silent_total", &[]),
+        1.0
+    );
+}

@@ -177,37 +177,50 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
             label,
             started.elapsed().as_secs_f64()
         );
-        let mut cmd = if s.bench == "parsl" {
-            // The anchor, with the same workload: Parsl HTEX from the harness's virtual
-            // environment, whose bin/ must be on PATH for HTEX's own helper programs.
-            let mut c = Command::new(&venv_python);
-            let bin = venv_python
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let mut paths = vec![bin];
-            paths.extend(std::env::split_paths(&path));
-            c.env("PATH", std::env::join_paths(paths).unwrap_or(path));
-            c.arg(opts.scripts.join("anchors.py")).arg("/dev/null");
-            c
-        } else {
-            let mut c = Command::new(&opts.fxr);
-            c.args(["--output", "json", "bench", &s.bench]);
-            c
+        let run_point = || -> Result<std::process::Output, RunError> {
+            let mut cmd = if s.bench == "parsl" {
+                // The anchor, with the same workload: Parsl HTEX from the harness's virtual
+                // environment, whose bin/ must be on PATH for HTEX's own helper programs.
+                let mut c = Command::new(&venv_python);
+                let bin = venv_python
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let mut paths = vec![bin];
+                paths.extend(std::env::split_paths(&path));
+                c.env("PATH", std::env::join_paths(paths).unwrap_or(path));
+                c.arg(opts.scripts.join("anchors.py")).arg("/dev/null");
+                c
+            } else {
+                let mut c = Command::new(&opts.fxr);
+                c.args(["--output", "json", "bench", &s.bench]);
+                c
+            };
+            if let (Some("slurm"), Some(c)) = (s.requires.as_deref(), &cluster) {
+                cmd.env("SLURM_CONF", &c.conf);
+            }
+            let out = cmd
+                .args(&args)
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| RunError::Point {
+                    point: label.clone(),
+                    message: e.to_string(),
+                })?;
+            Ok(out)
         };
-        if let (Some("slurm"), Some(c)) = (s.requires.as_deref(), &cluster) {
-            cmd.env("SLURM_CONF", &c.conf);
+        let mut out = run_point()?;
+        // A point killed by a signal (NNG 1.4 can abort while a process tears its sockets
+        // down) is run once more, and the log says so; any other failure stops the run.
+        if out.status.code().is_none() {
+            eprintln!(
+                "point {label} was killed ({}); running it once more",
+                out.status
+            );
+            out = run_point()?;
         }
-        let out = cmd
-            .args(&args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| RunError::Point {
-                point: label.clone(),
-                message: e.to_string(),
-            })?;
         if !out.status.success() {
             return Err(RunError::Point {
                 point: label,
