@@ -72,11 +72,26 @@ pub fn run_command(
     args: &[&str],
     timeout: Duration,
 ) -> Result<String, ProviderError> {
+    run_command_in(program, args, timeout, None)
+}
+
+/// [`run_command`] in directory `dir`. Submissions run in the job script's directory, so that
+/// files a scheduler writes where it was called (Torque's `NAME.oJOB`) land beside the script.
+pub fn run_command_in(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+    dir: Option<&std::path::Path>,
+) -> Result<String, ProviderError> {
     let command = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

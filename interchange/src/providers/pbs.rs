@@ -2,7 +2,7 @@
 //! supports it; Torque-style schedulers (and Slurm's Torque wrappers) get plain `qstat` and its
 //! table is parsed instead.
 
-use super::{run_command, BatchProvider, JobState, ProviderError};
+use super::{run_command, run_command_in, BatchProvider, JobState, ProviderError};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -150,7 +150,7 @@ impl BatchProvider for Pbs {
 
     fn submit(&mut self, script: &std::path::Path) -> Result<String, ProviderError> {
         let path = script.to_string_lossy();
-        let out = run_command("qsub", &[&path], self.timeout)?;
+        let out = run_command_in("qsub", &[&path], self.timeout, script.parent())?;
         parse_qsub(&out).ok_or(ProviderError::Parse {
             command: "qsub".into(),
             output: out,

@@ -1,6 +1,6 @@
 //! Slurm: `sbatch --parsable`, `squeue`, `scancel`.
 
-use super::{run_command, BatchProvider, JobState, ProviderError};
+use super::{run_command, run_command_in, BatchProvider, JobState, ProviderError};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -61,7 +61,12 @@ impl BatchProvider for Slurm {
 
     fn submit(&mut self, script: &std::path::Path) -> Result<String, ProviderError> {
         let path = script.to_string_lossy();
-        let out = run_command("sbatch", &["--parsable", &path], self.timeout)?;
+        let out = run_command_in(
+            "sbatch",
+            &["--parsable", &path],
+            self.timeout,
+            script.parent(),
+        )?;
         parse_sbatch(&out).ok_or(ProviderError::Parse {
             command: "sbatch --parsable".into(),
             output: out,
