@@ -17,7 +17,7 @@ mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use policy::Policy;
+pub use policy::{DispatchPolicy, Load, Lookup, Policy, View};
 
 use fxr_protocol::{
     BlockId, Capacity, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus, Outcome,
@@ -169,24 +169,31 @@ pub struct Dispatcher {
     queues: BTreeMap<String, VecDeque<TaskId>>,
     queued: usize,
     managers: BTreeMap<ManagerId, Manager>,
-    rr_cursor: u64,
+    /// The policy and its index of managers with room, kept current by [`Dispatcher::touch`].
+    policy: Box<dyn DispatchPolicy>,
     next_order: u64,
-    rng: fastrand::Rng,
     counters: Counters,
+}
+
+/// What one attempt to send a batch did.
+enum Sent {
+    Batch,
+    QueueEmpty,
+    /// The picked manager had no room after all: the policy's index was stale.
+    NoRoom,
 }
 
 impl Dispatcher {
     pub fn new(config: DispatchConfig) -> Dispatcher {
-        let rng = fastrand::Rng::with_seed(config.seed);
+        let policy = config.policy.build(config.seed);
         Dispatcher {
             config,
             tasks: HashMap::default(),
             queues: BTreeMap::new(),
             queued: 0,
             managers: BTreeMap::new(),
-            rr_cursor: 0,
+            policy,
             next_order: 0,
-            rng,
             counters: Counters::default(),
         }
     }
@@ -197,6 +204,24 @@ impl Dispatcher {
 
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Tells the policy a manager's current load and whether it can take work; called after
+    /// every change to a manager's tasks, room, batches or draining.
+    fn touch(&mut self, id: ManagerId) {
+        let max_unacked = self.config.max_unacked;
+        match self.managers.get(&id) {
+            Some(m) => self.policy.update(
+                id,
+                Load {
+                    order: m.order,
+                    in_flight: m.in_flight.len(),
+                    limit: m.limit,
+                },
+                m.can_take(max_unacked),
+            ),
+            None => self.policy.remove(id),
+        }
     }
 
     /// Tasks waiting for a manager.
@@ -298,6 +323,7 @@ impl Dispatcher {
                 order: self.next_order,
             },
         );
+        self.touch(id);
     }
 
     /// Whether a manager is registered.
@@ -339,6 +365,7 @@ impl Dispatcher {
                 out.close.push(id);
             }
         }
+        self.touch(id);
     }
 
     fn on_result(&mut self, from: ManagerId, r: TaskResult, out: &mut Outbox) {
@@ -380,6 +407,7 @@ impl Dispatcher {
                 if let Some(m) = self.managers.get_mut(&other) {
                     m.in_flight.remove(&r.id);
                 }
+                self.touch(other);
             }
             Place::InFlight(_) => {}
         }
@@ -397,6 +425,7 @@ impl Dispatcher {
         let Some(m) = self.managers.remove(&id) else {
             return;
         };
+        self.policy.remove(id);
         let mut held: Vec<TaskId> = m.in_flight.into_iter().collect();
         held.sort_unstable();
         for t in held.into_iter().rev() {
@@ -428,6 +457,7 @@ impl Dispatcher {
             Some(m) => {
                 m.draining = true;
                 out.to_managers.push((id, InterchangeMsg::Drain));
+                self.touch(id);
                 true
             }
             None => false,
@@ -477,67 +507,54 @@ impl Dispatcher {
             .map(|(c, _)| c.clone())
             .collect();
         for container in containers {
+            let mut stale = 0;
             while let Some(target) = self.pick(&container) {
-                if !self.send_batch(target, &container, now, out) {
-                    break;
+                match self.send_batch(target, &container, now, out) {
+                    Sent::Batch => {}
+                    Sent::QueueEmpty => break,
+                    Sent::NoRoom => {
+                        // Not expected (every change touches the index); repair and go on.
+                        self.touch(target);
+                        stale += 1;
+                        if stale > self.managers.len() {
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
 
+    /// The policy's choice among managers with room that run `container`: a lookup in its
+    /// index, not a scan of every manager.
     fn pick(&mut self, container: &str) -> Option<ManagerId> {
-        let max_unacked = self.config.max_unacked;
-        let eligible = |m: &Manager| m.can_take(max_unacked) && m.runs(container);
-        match self.config.policy {
-            Policy::Random => {
-                let n = self.managers.values().filter(|m| eligible(m)).count();
-                if n == 0 {
-                    return None;
-                }
-                let k = self.rng.usize(0..n);
-                self.managers
-                    .iter()
-                    .filter(|(_, m)| eligible(m))
-                    .nth(k)
-                    .map(|(id, _)| *id)
-            }
-            Policy::RoundRobin => {
-                let cursor = self.rr_cursor;
-                let best = self
-                    .managers
-                    .iter()
-                    .filter(|(_, m)| eligible(m))
-                    .min_by_key(|(_, m)| (m.order <= cursor, m.order))
-                    .map(|(id, m)| (*id, m.order))?;
-                self.rr_cursor = best.1;
-                Some(best.0)
-            }
-            Policy::LeastLoaded => self
-                .managers
-                .iter()
-                .filter(|(_, m)| eligible(m))
-                .min_by(|(_, a), (_, b)| {
-                    // Compare in_flight/slots without floating point.
-                    (a.in_flight.len() * b.limit).cmp(&(b.in_flight.len() * a.limit))
-                })
-                .map(|(id, _)| *id),
-        }
+        let managers = &self.managers;
+        let view = |id: ManagerId| {
+            managers.get(&id).map(|m| View {
+                runs: m.runs(container),
+                capacity: &m.capacity,
+            })
+        };
+        self.policy.pick(container, &view)
     }
 
-    /// Sends one batch to `target`; false when the queue had nothing to give.
+    /// Sends one batch to `target`.
     fn send_batch(
         &mut self,
         target: ManagerId,
         container: &str,
         now: Instant,
         out: &mut Outbox,
-    ) -> bool {
+    ) -> Sent {
         let Some(m) = self.managers.get_mut(&target) else {
-            return false;
+            return Sent::NoRoom;
         };
         let Some(queue) = self.queues.get_mut(container) else {
-            return false;
+            return Sent::QueueEmpty;
         };
+        if !m.can_take(self.config.max_unacked) {
+            return Sent::NoRoom;
+        }
         let room = m.free().min(self.config.max_batch);
         let mut batch = Vec::with_capacity(room.min(queue.len()));
         let mut ids = Vec::with_capacity(batch.capacity());
@@ -558,7 +575,7 @@ impl Dispatcher {
             batch.push(entry.task.clone());
         }
         if batch.is_empty() {
-            return false;
+            return Sent::QueueEmpty;
         }
         let seq = m.next_seq;
         m.next_seq += 1;
@@ -572,7 +589,8 @@ impl Dispatcher {
         self.counters.batches_sent += 1;
         out.to_managers
             .push((target, InterchangeMsg::Tasks { seq, tasks: batch }));
-        true
+        self.touch(target);
+        Sent::Batch
     }
 
     /// Cancels tasks still queued here; tasks already at a manager are asked to stop there.
