@@ -44,32 +44,41 @@ fn get(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
 }
 
+/// Per-endpoint figures, read from the hub under its lock.
+struct EndpointFigures {
+    id: String,
+    connected: bool,
+    backlog: u64,
+    open: u64,
+    inflight_bytes: u64,
+    lag: Option<f64>,
+}
+
 /// The text of `/metrics`.
 pub fn render(broker: &Broker) -> String {
     let m = &broker.metrics;
+    let (counts, endpoints) = {
+        let hub = broker.hub();
+        let eps: Vec<EndpointFigures> = hub
+            .endpoints()
+            .map(|(id, e)| EndpointFigures {
+                id: id.clone(),
+                connected: e.connected(),
+                backlog: e.backlog() as u64,
+                open: e.open(),
+                inflight_bytes: e.inflight_bytes(),
+                lag: e.status_at.map(|t| t.elapsed().as_secs_f64()),
+            })
+            .collect();
+        (hub.counts(), eps)
+    };
+    let watchers = broker.watchers().len() as f64;
     let mut t = Text::default();
     t.family(
         "fxr_broker_tasks",
         "gauge",
         "Open tasks (no result yet) by where they are.",
     );
-    let (counts, endpoints, watchers) = {
-        let hub = broker.hub();
-        let eps: Vec<(String, bool, u64, u64, u64, Option<f64>)> = hub
-            .endpoints()
-            .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.connected(),
-                    e.backlog() as u64,
-                    e.open(),
-                    e.inflight_bytes(),
-                    e.status_at.map(|t| t.elapsed().as_secs_f64()),
-                )
-            })
-            .collect();
-        (hub.counts(), eps, broker.watchers().len())
-    };
     for (state, n) in ["pending", "dispatched", "queued"].iter().zip(counts) {
         t.sample("fxr_broker_tasks", &[("state", state)], n as f64);
     }
@@ -78,118 +87,100 @@ pub fn render(broker: &Broker) -> String {
         "counter",
         "Tasks that got their result since the broker started, by outcome.",
     );
-    t.sample(
-        "fxr_broker_tasks_finished_total",
-        &[("state", "succeeded")],
-        get(&m.succeeded),
-    );
-    t.sample(
-        "fxr_broker_tasks_finished_total",
-        &[("state", "failed")],
-        get(&m.failed),
-    );
-    t.single(
-        "fxr_broker_tasks_submitted_total",
-        "counter",
-        "Tasks accepted since the broker started.",
-        get(&m.submitted),
-    );
-    t.single(
-        "fxr_broker_submissions_refused_total",
-        "counter",
-        "Submissions answered 429 because a backlog limit would be passed.",
-        get(&m.refused),
-    );
-    t.single(
-        "fxr_broker_foreign_results_total",
-        "counter",
-        "Results an endpoint reported for tasks not routed to it (ignored).",
-        get(&m.foreign_results),
-    );
-    t.single(
-        "fxr_broker_links_replaced_total",
-        "counter",
-        "Endpoint link connections closed because a newer one of the same endpoint opened.",
-        get(&m.links_replaced),
-    );
-    t.single(
-        "fxr_broker_links_silent_total",
-        "counter",
-        "Endpoint link connections closed because the endpoint fell silent.",
-        get(&m.links_silent),
-    );
-    t.single(
-        "fxr_broker_tasks_unsendable_total",
-        "counter",
-        "Tasks failed because they could not be encoded for the endpoint link.",
-        get(&m.unsendable),
-    );
-    t.single(
-        "fxr_broker_watchers",
-        "gauge",
-        "Clients waiting on or following results.",
-        watchers as f64,
-    );
-    t.family(
-        "fxr_broker_endpoint_connected",
-        "gauge",
-        "1 if the endpoint's link is connected.",
-    );
-    for (id, c, ..) in &endpoints {
+    for (state, v) in [("succeeded", &m.succeeded), ("failed", &m.failed)] {
         t.sample(
+            "fxr_broker_tasks_finished_total",
+            &[("state", state)],
+            get(v),
+        );
+    }
+    let singles: [(&str, &str, &str, f64); 8] = [
+        (
+            "fxr_broker_tasks_submitted_total",
+            "counter",
+            "Tasks accepted since the broker started.",
+            get(&m.submitted),
+        ),
+        (
+            "fxr_broker_submissions_refused_total",
+            "counter",
+            "Submissions answered 429 because a backlog limit would be passed.",
+            get(&m.refused),
+        ),
+        (
+            "fxr_broker_foreign_results_total",
+            "counter",
+            "Results an endpoint reported for tasks not routed to it (ignored).",
+            get(&m.foreign_results),
+        ),
+        (
+            "fxr_broker_links_replaced_total",
+            "counter",
+            "Endpoint link connections closed because a newer one of the same endpoint opened.",
+            get(&m.links_replaced),
+        ),
+        (
+            "fxr_broker_links_silent_total",
+            "counter",
+            "Endpoint link connections closed because the endpoint fell silent.",
+            get(&m.links_silent),
+        ),
+        (
+            "fxr_broker_tasks_unsendable_total",
+            "counter",
+            "Tasks failed because they could not be encoded for the endpoint link.",
+            get(&m.unsendable),
+        ),
+        (
+            "fxr_broker_watchers",
+            "gauge",
+            "Clients waiting on or following results.",
+            watchers,
+        ),
+        (
+            "fxr_broker_endpoints",
+            "gauge",
+            "Endpoints the broker has seen since it started.",
+            endpoints.len() as f64,
+        ),
+    ];
+    for (name, kind, help, v) in singles {
+        t.single(name, kind, help, v);
+    }
+    type Figure = fn(&EndpointFigures) -> Option<f64>;
+    let per_endpoint: [(&str, &str, Figure); 5] = [
+        (
             "fxr_broker_endpoint_connected",
-            &[("endpoint", id)],
-            f64::from(u8::from(*c)),
-        );
-    }
-    t.family(
-        "fxr_broker_endpoint_backlog",
-        "gauge",
-        "Tasks waiting at the broker for the endpoint (not yet sent).",
-    );
-    for (id, _, b, ..) in &endpoints {
-        t.sample(
+            "1 if the endpoint's link is connected.",
+            |e| Some(f64::from(u8::from(e.connected))),
+        ),
+        (
             "fxr_broker_endpoint_backlog",
-            &[("endpoint", id)],
-            *b as f64,
-        );
-    }
-    t.family(
-        "fxr_broker_endpoint_open_tasks",
-        "gauge",
-        "Tasks routed to the endpoint without a result.",
-    );
-    for (id, _, _, o, ..) in &endpoints {
-        t.sample(
+            "Tasks waiting at the broker for the endpoint (not yet sent).",
+            |e| Some(e.backlog as f64),
+        ),
+        (
             "fxr_broker_endpoint_open_tasks",
-            &[("endpoint", id)],
-            *o as f64,
-        );
-    }
-    t.family(
-        "fxr_broker_endpoint_inflight_bytes",
-        "gauge",
-        "Estimated bytes of tasks sent to the endpoint and not finished.",
-    );
-    for (id, _, _, _, b, _) in &endpoints {
-        t.sample(
+            "Tasks routed to the endpoint without a result.",
+            |e| Some(e.open as f64),
+        ),
+        (
             "fxr_broker_endpoint_inflight_bytes",
-            &[("endpoint", id)],
-            *b as f64,
-        );
-    }
-    t.family(
-        "fxr_broker_endpoint_link_lag_seconds",
-        "gauge",
-        "Seconds since the endpoint's last status report.",
-    );
-    for (id, _, _, _, _, lag) in &endpoints {
-        if let Some(lag) = lag {
-            t.sample(
-                "fxr_broker_endpoint_link_lag_seconds",
-                &[("endpoint", id)],
-                *lag,
-            );
+            "Estimated bytes of tasks sent to the endpoint and not finished.",
+            |e| Some(e.inflight_bytes as f64),
+        ),
+        (
+            "fxr_broker_endpoint_link_lag_seconds",
+            "Seconds since the endpoint's last status report.",
+            |e| e.lag,
+        ),
+    ];
+    for (name, help, figure) in per_endpoint {
+        t.family(name, "gauge", help);
+        for e in &endpoints {
+            if let Some(v) = figure(e) {
+                t.sample(name, &[("endpoint", &e.id)], v);
+            }
         }
     }
     t.histogram(

@@ -63,6 +63,14 @@ struct ViaBroker {
     _dir: tempfile::TempDir,
 }
 
+/// A benchmark function's arguments as JSON (`null` when there are none).
+fn json_args(args: &[u8]) -> anyhow::Result<serde_json::Value> {
+    if args.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_slice(args)?)
+}
+
 /// Name of the broker's runtime threads.
 const BROKER_THREADS: &str = "fxr-broker";
 
@@ -145,26 +153,33 @@ impl ViaBroker {
         }
     }
 
-    /// Submits `n` tasks in batches of `batch`; returns the batch ids.
-    fn submit(&self, n: usize, batch: usize, args: &[u8]) -> anyhow::Result<Vec<u64>> {
-        let args: serde_json::Value = if args.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(args)?
-        };
+    /// Posts `n` copies of one task in requests of at most `batch`; returns the answers.
+    fn post(
+        &self,
+        n: usize,
+        batch: usize,
+        args: &serde_json::Value,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
         let task = serde_json::json!({"function_id": self.function_id, "endpoint_id": self.endpoint_id, "args": args});
-        let mut batches = Vec::new();
+        let mut answers = Vec::new();
         let mut left = n;
         while left > 0 {
             let k = left.min(batch.clamp(1, 10_000));
             left -= k;
-            let r: serde_json::Value = self.api.post(
+            answers.push(self.api.post(
                 "/v1/tasks",
                 &serde_json::json!({"tasks": vec![task.clone(); k]}),
-            )?;
-            batches.push(r["batch_id"].as_u64().context("no batch id")?);
+            )?);
         }
-        Ok(batches)
+        Ok(answers)
+    }
+
+    /// Submits `n` tasks in batches of `batch`; returns the batch ids.
+    fn submit(&self, n: usize, batch: usize, args: &[u8]) -> anyhow::Result<Vec<u64>> {
+        self.post(n, batch, &json_args(args)?)?
+            .iter()
+            .map(|r| r["batch_id"].as_u64().context("no batch id"))
+            .collect()
     }
 
     /// Follows `batches` to the end over the event stream; returns how many tasks failed.
@@ -207,36 +222,20 @@ impl ViaBroker {
         batch: usize,
         args: &[u8],
     ) -> anyhow::Result<(f64, usize)> {
-        let args: serde_json::Value = if args.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(args)?
-        };
+        let args = json_args(args)?;
         let start = Instant::now();
         let failed = std::thread::scope(|scope| -> anyhow::Result<usize> {
             let handles: Vec<_> = (0..clients)
                 .map(|c| {
                     let share = n / clients + usize::from(c < n % clients);
-                    let args = args.clone();
+                    let args = &args;
                     scope.spawn(move || -> anyhow::Result<usize> {
-                        let task = serde_json::json!({"function_id": self.function_id, "endpoint_id": self.endpoint_id, "args": args});
-                        let mut ids: Vec<u64> = Vec::with_capacity(share);
-                        let mut left = share;
-                        while left > 0 {
-                            let k = left.min(batch.clamp(1, 10_000));
-                            left -= k;
-                            let r: serde_json::Value = self.api.post(
-                                "/v1/tasks",
-                                &serde_json::json!({"tasks": vec![task.clone(); k]}),
-                            )?;
-                            ids.extend(
-                                r["task_ids"]
-                                    .as_array()
-                                    .into_iter()
-                                    .flatten()
-                                    .filter_map(serde_json::Value::as_u64),
-                            );
-                        }
+                        let mut ids: Vec<u64> = self
+                            .post(share, batch, args)?
+                            .iter()
+                            .flat_map(|r| r["task_ids"].as_array().cloned().unwrap_or_default())
+                            .filter_map(|v| v.as_u64())
+                            .collect();
                         let mut failed = 0;
                         let deadline = Instant::now() + Duration::from_secs(600);
                         while !ids.is_empty() {
