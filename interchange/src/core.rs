@@ -7,7 +7,7 @@
 //! busier the endpoint, the larger each message.
 
 use crate::dispatch::{Dispatcher, Outbox};
-use crate::links::managers::{close_pipe, ManagerLink};
+pub use crate::event::{ClientId, Event};
 use fxr_protocol::{
     ClientMsg, EndpointStatus, FrontMsg, InterchangeMsg, ManagerId, ManagerMsg, TaskId, TaskResult,
 };
@@ -15,33 +15,59 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-/// A client of the interchange, in-process or behind the TCP front door.
-pub type ClientId = u64;
+/// What the core does to the world: the only I/O it asks for. The nng manager link and the
+/// client channels implement it in production ([`Links`]); tests record the calls.
+pub trait Comm {
+    /// Sends one frame to a manager pipe; never blocks (a full pipe drops it).
+    fn send(&mut self, pipe: u32, frame: &[u8]);
+    /// Closes a manager pipe.
+    fn close_pipe(&mut self, pipe: u32);
+    /// A client connected: its replies go to `tx`.
+    fn client_connected(&mut self, client: ClientId, tx: Sender<FrontMsg>);
+    fn client_gone(&mut self, client: ClientId);
+    /// Replies to a client; a client that is gone is forgotten.
+    fn reply(&mut self, client: ClientId, msg: FrontMsg);
+    /// Closes the manager socket at shutdown.
+    fn close(&mut self);
+}
 
-/// Everything that can happen to the interchange.
-#[derive(Debug)]
-pub enum Event {
-    /// A message arrived on a manager pipe.
-    FromPipe {
-        pipe_id: u32,
-        pipe: nng::Pipe,
-        body: Vec<u8>,
-    },
-    /// A manager pipe closed.
-    PipeClosed(u32),
-    /// A client connected; results for it go to this sender.
-    ClientConnected(ClientId, Sender<FrontMsg>),
-    /// A client sent a request.
-    Client(ClientId, ClientMsg),
-    /// A client went away.
-    ClientGone(ClientId),
-    /// Stop at once (used when the process is told to exit).
-    Stop,
+/// The production [`Comm`]: the nng manager link and the clients' channels.
+pub(crate) struct Links {
+    pub link: Option<crate::links::managers::ManagerLink>,
+    pub clients: HashMap<ClientId, Sender<FrontMsg>>,
+}
+
+impl Comm for Links {
+    fn send(&mut self, pipe: u32, frame: &[u8]) {
+        if let Some(l) = &self.link {
+            l.send(pipe, frame);
+        }
+    }
+    fn close_pipe(&mut self, pipe: u32) {
+        crate::links::managers::close_pipe_id(pipe);
+    }
+    fn client_connected(&mut self, client: ClientId, tx: Sender<FrontMsg>) {
+        self.clients.insert(client, tx);
+    }
+    fn client_gone(&mut self, client: ClientId) {
+        self.clients.remove(&client);
+    }
+    fn reply(&mut self, client: ClientId, msg: FrontMsg) {
+        if let Some(tx) = self.clients.get(&client) {
+            if tx.send(msg).is_err() {
+                self.clients.remove(&client);
+            }
+        }
+    }
+    fn close(&mut self) {
+        if let Some(l) = self.link.take() {
+            l.close();
+        }
+    }
 }
 
 #[derive(Debug)]
 struct PipeState {
-    pipe: nng::Pipe,
     manager: Option<ManagerId>,
     refused_at: Option<Instant>,
 }
@@ -53,13 +79,12 @@ pub(crate) struct CoreSettings {
     pub drain_timeout: Duration,
 }
 
-pub(crate) struct Core {
+pub(crate) struct Core<C: Comm> {
     settings: CoreSettings,
     dispatcher: Dispatcher,
-    link: ManagerLink,
+    comm: C,
     pipes: HashMap<u32, PipeState>,
     manager_pipe: HashMap<ManagerId, u32>,
-    clients: HashMap<ClientId, Sender<FrontMsg>>,
     /// Interchange task id → (client, the client's own task id).
     routes: HashMap<TaskId, (ClientId, TaskId)>,
     next_task: u64,
@@ -69,20 +94,19 @@ pub(crate) struct Core {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
-impl Core {
+impl<C: Comm> Core<C> {
     pub(crate) fn new(
         settings: CoreSettings,
         dispatcher: Dispatcher,
-        link: ManagerLink,
+        comm: C,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> Core {
+    ) -> Core<C> {
         Core {
             settings,
             dispatcher,
-            link,
+            comm,
             pipes: HashMap::default(),
             manager_pipe: HashMap::default(),
-            clients: HashMap::default(),
             routes: HashMap::default(),
             next_task: 1,
             shutting_down: None,
@@ -103,7 +127,7 @@ impl Core {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait) {
                 Ok(Event::Stop) => break,
-                Ok(ev) => self.handle(ev, &mut out),
+                Ok(ev) => self.handle(ev, Instant::now(), &mut out),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -111,7 +135,7 @@ impl Core {
             for _ in 0..100_000 {
                 match events.try_recv() {
                     Ok(Event::Stop) => break 'outer,
-                    Ok(ev) => self.handle(ev, &mut out),
+                    Ok(ev) => self.handle(ev, Instant::now(), &mut out),
                     Err(_) => break,
                 }
             }
@@ -139,17 +163,13 @@ impl Core {
                 }
             }
         }
-        self.link.close();
+        self.comm.close();
     }
 
-    fn handle(&mut self, ev: Event, out: &mut Outbox) {
-        let now = Instant::now();
+    /// Handles one event at time `now`; what must be sent goes to `out` (see [`Core::flush`]).
+    pub(crate) fn handle(&mut self, ev: Event, now: Instant, out: &mut Outbox) {
         match ev {
-            Event::FromPipe {
-                pipe_id,
-                pipe,
-                body,
-            } => self.on_pipe_message(pipe_id, pipe, &body, now, out),
+            Event::FromPipe { pipe_id, body } => self.on_pipe_message(pipe_id, &body, now, out),
             Event::PipeClosed(pipe_id) => {
                 if let Some(state) = self.pipes.remove(&pipe_id) {
                     if let Some(m) = state.manager {
@@ -159,27 +179,15 @@ impl Core {
                     }
                 }
             }
-            Event::ClientConnected(id, tx) => {
-                self.clients.insert(id, tx);
-            }
-            Event::ClientGone(id) => {
-                self.clients.remove(&id);
-            }
-            Event::Client(id, msg) => self.on_client_message(id, msg, out),
+            Event::ClientConnected(id, tx) => self.comm.client_connected(id, tx),
+            Event::ClientGone(id) => self.comm.client_gone(id),
+            Event::Client(id, msg) => self.on_client_message(id, msg, now, out),
             Event::Stop => {}
         }
     }
 
-    fn on_pipe_message(
-        &mut self,
-        pipe_id: u32,
-        pipe: nng::Pipe,
-        body: &[u8],
-        now: Instant,
-        out: &mut Outbox,
-    ) {
+    fn on_pipe_message(&mut self, pipe_id: u32, body: &[u8], now: Instant, out: &mut Outbox) {
         let state = self.pipes.entry(pipe_id).or_insert(PipeState {
-            pipe,
             manager: None,
             refused_at: None,
         });
@@ -195,7 +203,7 @@ impl Core {
                     self.dispatcher.lost(m, "sent an undecodable message", out);
                 }
                 self.pipes.remove(&pipe_id);
-                close_pipe(pipe);
+                self.comm.close_pipe(pipe_id);
                 return;
             }
         };
@@ -227,8 +235,8 @@ impl Core {
                 tracing::info!(manager_id = %id, block_id = %reg.block_id, host = %reg.hostname, workers = reg.workers, "manager registered");
                 state.manager = Some(id);
                 if let Some(old) = self.manager_pipe.insert(id, pipe_id) {
-                    if let Some(old_state) = self.pipes.remove(&old) {
-                        close_pipe(old_state.pipe);
+                    if self.pipes.remove(&old).is_some() {
+                        self.comm.close_pipe(old);
                     }
                 }
                 let (block, size) = (reg.block_id.clone(), reg.block_size);
@@ -249,12 +257,12 @@ impl Core {
             (None, other) => {
                 tracing::warn!(pipe_id, kind = ?std::mem::discriminant(&other), "message before registration; closing");
                 self.pipes.remove(&pipe_id);
-                close_pipe(pipe);
+                self.comm.close_pipe(pipe_id);
             }
         }
     }
 
-    fn reap_refused(&mut self, now: Instant) {
+    pub(crate) fn reap_refused(&mut self, now: Instant) {
         // Refused pipes are closed a moment later so the refusal itself can be delivered.
         let stale: Vec<u32> = self
             .pipes
@@ -266,13 +274,19 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
-            if let Some(s) = self.pipes.remove(&id) {
-                close_pipe(s.pipe);
+            if self.pipes.remove(&id).is_some() {
+                self.comm.close_pipe(id);
             }
         }
     }
 
-    fn on_client_message(&mut self, client: ClientId, msg: ClientMsg, out: &mut Outbox) {
+    fn on_client_message(
+        &mut self,
+        client: ClientId,
+        msg: ClientMsg,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         match msg {
             ClientMsg::Submit { tasks } => {
                 if self.shutting_down.is_some() {
@@ -325,7 +339,7 @@ impl Core {
             ClientMsg::ProviderReport { summary } => self.provider_summary = summary,
             ClientMsg::Shutdown => {
                 tracing::info!("shutdown requested; draining managers");
-                self.shutting_down = Some(Instant::now());
+                self.shutting_down = Some(now);
                 for m in self.dispatcher.manager_ids() {
                     self.dispatcher.drain(m, out);
                 }
@@ -371,22 +385,19 @@ impl Core {
     }
 
     fn reply(&mut self, client: ClientId, msg: FrontMsg) {
-        if let Some(tx) = self.clients.get(&client) {
-            if tx.send(msg).is_err() {
-                self.clients.remove(&client);
-            }
-        }
+        self.comm.reply(client, msg);
     }
 
     fn send(&mut self, pipe_id: u32, msg: &InterchangeMsg) {
         self.frame.clear();
         match fxr_protocol::encode_into(&mut self.frame, msg) {
-            Ok(()) => self.link.send(pipe_id, &self.frame),
+            Ok(()) => self.comm.send(pipe_id, &self.frame),
             Err(e) => tracing::error!(pipe_id, error = %e, "cannot encode a message for a manager"),
         }
     }
 
-    fn flush(&mut self, out: &mut Outbox) {
+    /// Carries out what `out` holds: batches to managers, pipes to close, results to clients.
+    pub(crate) fn flush(&mut self, out: &mut Outbox) {
         for (m, msg) in out.to_managers.drain(..) {
             if let InterchangeMsg::Tasks { tasks, .. } = &msg {
                 self.metrics.dispatch_batch.observe(tasks.len() as f64);
@@ -394,15 +405,15 @@ impl Core {
             if let Some(&pipe) = self.manager_pipe.get(&m) {
                 self.frame.clear();
                 match fxr_protocol::encode_into(&mut self.frame, &msg) {
-                    Ok(()) => self.link.send(pipe, &self.frame),
+                    Ok(()) => self.comm.send(pipe, &self.frame),
                     Err(e) => tracing::error!(manager_id = %m, error = %e, "cannot encode a batch"),
                 }
             }
         }
         for m in out.close.drain(..) {
             if let Some(pipe) = self.manager_pipe.remove(&m) {
-                if let Some(s) = self.pipes.remove(&pipe) {
-                    close_pipe(s.pipe);
+                if self.pipes.remove(&pipe).is_some() {
+                    self.comm.close_pipe(pipe);
                 }
             }
         }
@@ -427,4 +438,214 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::DispatchConfig;
+    use fxr_protocol::{BlockId, Registration};
+    use std::sync::mpsc::channel;
+
+    /// Records what the core asked for.
+    #[derive(Default)]
+    struct Fake {
+        sent: Vec<(u32, InterchangeMsg)>,
+        closed: Vec<u32>,
+        replies: Vec<(ClientId, FrontMsg)>,
+    }
+
+    impl Comm for Fake {
+        fn send(&mut self, pipe: u32, frame: &[u8]) {
+            self.sent.push((pipe, fxr_protocol::decode(frame).unwrap()));
+        }
+        fn close_pipe(&mut self, pipe: u32) {
+            self.closed.push(pipe);
+        }
+        fn client_connected(&mut self, _: ClientId, _: Sender<FrontMsg>) {}
+        fn client_gone(&mut self, _: ClientId) {}
+        fn reply(&mut self, client: ClientId, msg: FrontMsg) {
+            self.replies.push((client, msg));
+        }
+        fn close(&mut self) {}
+    }
+
+    fn core() -> Core<Fake> {
+        Core::new(
+            CoreSettings {
+                secret: "right".into(),
+                heartbeat_period: Duration::from_secs(5),
+                heartbeat_threshold: Duration::from_secs(20),
+                drain_timeout: Duration::from_secs(30),
+            },
+            Dispatcher::new(DispatchConfig::default()),
+            Fake::default(),
+            Default::default(),
+        )
+    }
+
+    fn register(id: u64, secret: &str) -> Vec<u8> {
+        fxr_protocol::encode(&ManagerMsg::Register(Registration {
+            manager_id: ManagerId(id),
+            block_id: BlockId("b".into()),
+            rank: 0,
+            block_size: 1,
+            hostname: "h".into(),
+            cores: 1,
+            memory_bytes: 0,
+            workers: 2,
+            prefetch: 0,
+            containers: vec![String::new()],
+            version: "test".into(),
+            secret: secret.into(),
+            simulated: true,
+        }))
+        .unwrap()
+    }
+
+    fn feed(c: &mut Core<Fake>, ev: Event, now: Instant) {
+        let mut out = Outbox::default();
+        c.handle(ev, now, &mut out);
+        c.flush(&mut out);
+    }
+
+    #[test]
+    fn the_right_secret_registers_and_is_welcomed() {
+        let mut c = core();
+        let now = Instant::now();
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 7,
+                body: register(1, "right"),
+            },
+            now,
+        );
+        assert!(matches!(
+            c.comm.sent.as_slice(),
+            [(7, InterchangeMsg::Welcome { .. })]
+        ));
+        assert_eq!(c.status().managers.len(), 1);
+        assert!(c.comm.closed.is_empty());
+    }
+
+    #[test]
+    fn a_wrong_secret_is_refused_then_its_pipe_closed() {
+        let mut c = core();
+        let t0 = Instant::now();
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 3,
+                body: register(1, "wrong"),
+            },
+            t0,
+        );
+        assert!(matches!(
+            c.comm.sent.as_slice(),
+            [(3, InterchangeMsg::Refused { .. })]
+        ));
+        assert!(c.status().managers.is_empty());
+        // Anything else it sends is ignored; the pipe closes a moment later, so the refusal
+        // itself is delivered first.
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 3,
+                body: register(1, "right"),
+            },
+            t0,
+        );
+        assert!(c.status().managers.is_empty());
+        c.reap_refused(t0 + Duration::from_millis(100));
+        assert!(c.comm.closed.is_empty());
+        c.reap_refused(t0 + Duration::from_millis(300));
+        assert_eq!(c.comm.closed, vec![3]);
+    }
+
+    #[test]
+    fn a_message_before_registration_or_undecodable_closes_the_pipe() {
+        let mut c = core();
+        let now = Instant::now();
+        let hb = fxr_protocol::encode(&ManagerMsg::Heartbeat { capacity: vec![] }).unwrap();
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 4,
+                body: hb,
+            },
+            now,
+        );
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 5,
+                body: vec![1, 2, 3],
+            },
+            now,
+        );
+        assert_eq!(c.comm.closed, vec![4, 5]);
+        assert!(c.comm.sent.is_empty());
+    }
+
+    #[test]
+    fn a_manager_registering_again_on_a_new_pipe_closes_the_old_one() {
+        let mut c = core();
+        let now = Instant::now();
+        for pipe in [1, 2] {
+            feed(
+                &mut c,
+                Event::FromPipe {
+                    pipe_id: pipe,
+                    body: register(9, "right"),
+                },
+                now,
+            );
+        }
+        assert_eq!(c.comm.closed, vec![1]);
+        assert_eq!(c.status().managers.len(), 1);
+    }
+
+    #[test]
+    fn shutdown_drains_managers_and_refuses_new_work_and_managers() {
+        let mut c = core();
+        let now = Instant::now();
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 1,
+                body: register(1, "right"),
+            },
+            now,
+        );
+        let (tx, _rx) = channel();
+        feed(&mut c, Event::ClientConnected(5, tx), now);
+        feed(&mut c, Event::Client(5, ClientMsg::Shutdown), now);
+        assert!(matches!(
+            c.comm.sent.last(),
+            Some((1, InterchangeMsg::Drain))
+        ));
+        assert!(c.status().stopping);
+        feed(
+            &mut c,
+            Event::Client(5, ClientMsg::Submit { tasks: vec![] }),
+            now,
+        );
+        assert!(matches!(
+            c.comm.replies.last(),
+            Some((5, FrontMsg::Error { .. }))
+        ));
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 2,
+                body: register(2, "right"),
+            },
+            now,
+        );
+        assert!(matches!(
+            c.comm.sent.last(),
+            Some((2, InterchangeMsg::Refused { .. }))
+        ));
+    }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+pub mod event;
 pub mod links;
 pub mod metrics;
 pub mod providers;
@@ -89,10 +90,14 @@ impl Interchange {
             drain_timeout: config.drain_timeout,
         };
         let metrics = Arc::new(metrics::Metrics::default());
+        let comm = crate::core::Links {
+            link: Some(link),
+            clients: Default::default(),
+        };
         let core = Core::new(
             settings,
             Dispatcher::new(config.dispatch),
-            link,
+            comm,
             metrics.clone(),
         );
         let handle = std::thread::Builder::new()

@@ -5,7 +5,7 @@
 //! reading thread (frames to core events) and a writing thread (results to frames), so a slow
 //! client never stalls the core: its results queue in its own channel.
 
-use crate::core::{ClientId, Event};
+use crate::event::{ClientId, Event};
 use fxr_protocol::{read_frame, ClientMsg, FrameError, FrontMsg};
 use std::io::{self, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};

@@ -9,7 +9,7 @@
 //! socket per direction, which doubles the connections and file descriptors per manager) are
 //! described in ARCHITECTURE.md.
 
-use crate::core::Event;
+use crate::event::Event;
 use nng::options::{Options, RecvMaxSize, RecvTimeout};
 use nng::{Pipe, PipeEvent, Protocol, RawSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,11 +46,15 @@ pub fn pipe_id(pipe: Pipe) -> u32 {
     unsafe { nng_sys::nng_pipe_id(pipe.nng_pipe()) as u32 }
 }
 
-/// Closes a pipe, ignoring the errors of one already closed (the crate's `Pipe::close` panics
-/// on those).
-pub fn close_pipe(pipe: Pipe) {
+/// Closes a pipe by its number, ignoring the errors of one already closed (the crate's
+/// `Pipe::close` panics on those).
+pub fn close_pipe_id(pipe: u32) {
+    // An nng pipe handle is its id (`nng_pipe_id` returns it).
+    let handle = nng_sys::nng_pipe_s {
+        _bindgen_opaque_blob: pipe,
+    };
     // SAFETY: closing a stale or closed pipe handle only returns an error code.
-    let _ = unsafe { nng_sys::nng_pipe_close(pipe.nng_pipe()) };
+    let _ = unsafe { nng_sys::nng_pipe_close(handle) };
 }
 
 impl ManagerLink {
@@ -150,14 +154,7 @@ fn receive_loop(socket: nng::Socket, events: Sender<Event>, stop: &AtomicBool) {
         let Some(pipe) = msg.pipe() else { continue };
         let id = pipe_id(pipe);
         let body = msg.as_slice().to_vec();
-        if events
-            .send(Event::FromPipe {
-                pipe_id: id,
-                pipe,
-                body,
-            })
-            .is_err()
-        {
+        if events.send(Event::FromPipe { pipe_id: id, body }).is_err() {
             return;
         }
     }
