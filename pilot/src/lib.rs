@@ -2,6 +2,7 @@
 //! tasks in [`worker`] processes (or simulated in-process workers), using [`exec`] to run each
 //! function.
 
+pub mod event;
 pub mod exec;
 pub mod link;
 pub mod manager;

@@ -4,7 +4,7 @@
 //! interchange sends unprompted. Every outgoing message carries a `0x8000_0000 | n` header, as the
 //! REP side expects of a request; its body is one protocol frame.
 
-use crate::manager::Event;
+use crate::event::Event;
 use fxr_protocol::ManagerMsg;
 use nng::options::{
     Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, RecvTimeout, SendTimeout,

@@ -6,6 +6,7 @@
 //! signal handler. Simulated workers are timers in this same thread, so a single process can host
 //! thousands of managers with tens of thousands of workers.
 
+pub use crate::event::Event;
 use crate::exec;
 use crate::link::{Link, LinkError};
 use fxr_protocol::{
@@ -44,27 +45,6 @@ pub struct ManagerConfig {
     pub heartbeat_period: Duration,
     /// Exit when the interchange has been unreachable this long.
     pub give_up_after: Duration,
-}
-
-/// Everything that can happen to a manager.
-#[derive(Debug)]
-pub enum Event {
-    LinkUp,
-    LinkDown,
-    FromInterchange(InterchangeMsg),
-    Worker {
-        slot: usize,
-        generation: u64,
-        msg: FromWorker,
-    },
-    WorkerGone {
-        slot: usize,
-        generation: u64,
-    },
-    /// SIGTERM: drain and exit.
-    Terminate,
-    /// Nothing happened; the link's receiving thread checks that the manager still listens.
-    Wake,
 }
 
 /// Why a manager stopped with an error.

@@ -1,0 +1,25 @@
+//! Everything that can happen to a manager, as its link, its workers and signals report it.
+//! Plain data, so the link and the manager loop depend on this module and not on each other.
+
+use fxr_protocol::{FromWorker, InterchangeMsg};
+
+/// Everything that can happen to a manager.
+#[derive(Debug)]
+pub enum Event {
+    LinkUp,
+    LinkDown,
+    FromInterchange(InterchangeMsg),
+    Worker {
+        slot: usize,
+        generation: u64,
+        msg: FromWorker,
+    },
+    WorkerGone {
+        slot: usize,
+        generation: u64,
+    },
+    /// SIGTERM: drain and exit.
+    Terminate,
+    /// Nothing happened; the link's receiving thread checks that the manager still listens.
+    Wake,
+}
