@@ -391,52 +391,52 @@ impl Broker {
     }
 
     /// Records results (each task once), then forgets them in the hub and hands them to the
-    /// clients watching them. Returns the ids newly recorded.
-    pub async fn record(&self, results: Vec<TaskResult>) -> Result<Vec<u64>, StoreError> {
+    /// clients watching them. Returns how many were newly recorded.
+    pub async fn record(&self, results: Vec<TaskResult>) -> Result<usize, StoreError> {
         if results.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let ids: Vec<u64> = results.iter().map(|r| r.id.0).collect();
         let done: Vec<store::Completion> = results.into_iter().map(completion).collect();
         let started = std::time::Instant::now();
-        let (recorded, done, completed_ms) = self
+        let (fresh, done, completed_ms) = self
             .db(move |s| {
-                let r = s.complete(&done)?;
-                Ok((r, done, store::now_ms()))
+                let fresh = s.complete(&done)?;
+                Ok((fresh, done, store::now_ms()))
             })
             .await?;
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         let finished = self.hub().finished(ids);
-        let fresh: std::collections::HashSet<u64> = recorded.iter().copied().collect();
-        let by_id: HashMap<u64, store::Completion> = done
-            .into_iter()
-            .filter(|c| fresh.contains(&c.id))
-            .map(|c| (c.id, c))
-            .collect();
-        let mut ok = 0u64;
-        for c in by_id.values() {
-            ok += u64::from(c.error.is_none());
+        let recorded = || done.iter().zip(&fresh).filter(|(_, f)| **f).map(|(c, _)| c);
+        let (mut ok, mut failed) = (0u64, 0u64);
+        for c in recorded() {
+            if c.error.is_none() {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
         }
         self.metrics.succeeded.fetch_add(ok, Ordering::Relaxed);
-        self.metrics
-            .failed
-            .fetch_add(by_id.len() as u64 - ok, Ordering::Relaxed);
+        self.metrics.failed.fetch_add(failed, Ordering::Relaxed);
         let mut watchers = self.watchers();
         if !watchers.is_empty() {
-            for f in finished {
-                if !watchers.interested(f.id, f.meta.batch, f.meta.owner) {
-                    continue;
+            // Only when someone follows results: what the hub knew of each task, by id.
+            let known: HashMap<u64, hub::Finished> =
+                finished.into_iter().map(|f| (f.id, f)).collect();
+            for c in recorded() {
+                let Some(f) = known.get(&c.id) else { continue };
+                if watchers.interested(f.id, f.meta.batch, f.meta.owner) {
+                    let info = Arc::new(api::tasks::finished_info(f, c, completed_ms));
+                    watchers.notify(f.meta.owner, f.meta.batch, &info);
                 }
-                let Some(c) = by_id.get(&f.id) else { continue };
-                let info = Arc::new(api::tasks::finished_info(&f, c, completed_ms));
-                watchers.notify(f.meta.owner, f.meta.batch, &info);
             }
         }
         drop(watchers);
-        tracing::debug!(count = recorded.len(), "results recorded");
-        Ok(recorded)
+        let n = (ok + failed) as usize;
+        tracing::debug!(count = n, "results recorded");
+        Ok(n)
     }
 
     /// Fails tasks whose endpoint stayed offline too long, and purges old results.

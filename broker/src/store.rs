@@ -359,8 +359,8 @@ impl Store {
     }
 
     /// Records results in one transaction. A task already finished keeps its first result; the
-    /// ids that were newly recorded are returned.
-    pub fn complete(&mut self, done: &[Completion]) -> Result<Vec<u64>> {
+    /// answer says, for each completion in order, whether it was newly recorded.
+    pub fn complete(&mut self, done: &[Completion]) -> Result<Vec<bool>> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         let mut recorded = Vec::with_capacity(done.len());
@@ -374,9 +374,8 @@ impl Store {
                     None => ("succeeded", None, None),
                     Some((k, m)) => ("failed", Some(k.as_str()), Some(m.as_str())),
                 };
-                if stmt.execute(params![c.id as i64, state, c.result, kind, msg, now])? > 0 {
-                    recorded.push(c.id);
-                }
+                recorded
+                    .push(stmt.execute(params![c.id as i64, state, c.result, kind, msg, now])? > 0);
             }
         }
         tx.commit()?;

@@ -230,30 +230,19 @@ impl ViaBroker {
                     let share = n / clients + usize::from(c < n % clients);
                     let args = &args;
                     scope.spawn(move || -> anyhow::Result<usize> {
-                        let mut ids: Vec<u64> = self
+                        let ids: Vec<u64> = self
                             .post(share, batch, args)?
                             .iter()
                             .flat_map(|r| r["task_ids"].as_array().cloned().unwrap_or_default())
                             .filter_map(|v| v.as_u64())
                             .collect();
-                        let mut failed = 0;
-                        let deadline = Instant::now() + Duration::from_secs(600);
-                        while !ids.is_empty() {
-                            anyhow::ensure!(Instant::now() < deadline, "tasks did not finish");
-                            let chunk: Vec<u64> = ids.iter().take(10_000).copied().collect();
-                            let r: serde_json::Value = self.api.post(
-                                "/v1/tasks/wait",
-                                &serde_json::json!({"ids": chunk, "timeout_ms": 30_000}),
-                            )?;
-                            let mut done = std::collections::HashSet::new();
-                            for t in r["tasks"].as_array().into_iter().flatten() {
-                                if t["completed_ms"].is_number() {
-                                    done.insert(t["id"].as_u64().unwrap_or_default());
-                                    failed += usize::from(t["state"] != "succeeded");
-                                }
-                            }
-                            ids.retain(|id| !done.contains(id));
-                        }
+                        let done = crate::client::broker_wait(
+                            &self.api,
+                            &ids,
+                            Duration::from_secs(600),
+                            &mut |_, _| {},
+                        )?;
+                        let failed = done.iter().filter(|t| t["state"] != "succeeded").count();
                         Ok(failed)
                     })
                 })
@@ -414,7 +403,8 @@ fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
         cfg.provider.max_idletime = "1h".into();
         cfg.provider.launcher = "srun".into();
         let scaler = crate::endpoint::start_scaler(&cfg, dir.path(), &ep.interchange, &ep.secret)?;
-        ep.batch = Some((scaler, dir));
+        ep.batch = Some(scaler);
+        ep.scratch.push(dir);
         return Ok((ep, u64::from(nodes) * u64::from(c.workers)));
     }
     let per_manager = u64::from(c.simulate_workers.unwrap_or(c.workers));
@@ -450,9 +440,7 @@ fn shutdown(mut ep: LocalEndpoint) {
     drop(c);
     let mut scalers: Vec<fxr_interchange::scaling::Scaler> =
         ep.local_scaler.take().into_iter().collect();
-    if let Some((s, _dir)) = ep.batch.take() {
-        scalers.push(s);
-    }
+    scalers.extend(ep.batch.take());
     let blocks = ep.blocks.clone();
     let LocalEndpoint { interchange, .. } = ep;
     interchange.join();

@@ -137,7 +137,7 @@ fn broker_follow(
 }
 
 /// Waits for broker tasks, calling `progress` as they finish; returns them all, in id order.
-fn broker_wait(
+pub(crate) fn broker_wait(
     api: &crate::api::Api,
     ids: &[u64],
     timeout: Duration,

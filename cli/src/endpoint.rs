@@ -279,10 +279,10 @@ pub struct LocalEndpoint {
     /// The scaling loop that starts local blocks and replaces lost ones.
     pub local_scaler: Option<fxr_interchange::scaling::Scaler>,
     pub secret: String,
-    /// A batch scheduler's scaling loop and its scratch directory, when one was added.
-    pub batch: Option<(fxr_interchange::scaling::Scaler, tempfile::TempDir)>,
-    /// Where local block scripts and the secret file live.
-    _scratch: Option<tempfile::TempDir>,
+    /// A batch scheduler's scaling loop, when one was added.
+    pub batch: Option<fxr_interchange::scaling::Scaler>,
+    /// Directories of block scripts and secret files, removed with the endpoint.
+    pub scratch: Vec<tempfile::TempDir>,
 }
 
 /// Starts the interchange and the pilots of a local endpoint. Blocks are started by a scaling
@@ -311,23 +311,20 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         local_scaler: None,
         secret: secret.clone(),
         batch: None,
-        _scratch: None,
+        scratch: Vec::new(),
     };
     if a.blocks == 0 {
         return Ok(ep);
     }
     let scratch = tempfile::Builder::new().prefix("fxr-local-").tempdir()?;
-    let secret_file = scratch.path().join("secret");
-    crate::api::write_private(&secret_file, &secret)?;
-    let exe = std::env::current_exe().context("cannot find this executable to start pilots")?;
-    let mut pilot_cmd = format!(
-        "{} pilot --interchange tcp://127.0.0.1:{} --secret-file {} --prefetch {} --managers {}",
-        shell_quote(&exe.to_string_lossy()),
+    let mut pilot_cmd = pilot_command(
+        scratch.path(),
+        &secret,
+        "127.0.0.1",
         ep.interchange.manager_port(),
-        shell_quote(&secret_file.to_string_lossy()),
         a.prefetch,
-        a.managers,
-    );
+    )?;
+    pilot_cmd.push_str(&format!(" --managers {}", a.managers));
     if let Some(w) = a.workers_per_node {
         pilot_cmd.push_str(&format!(" --workers {w}"));
     }
@@ -370,7 +367,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         Box::new(blocks.clone()),
         cfg,
     )?);
-    ep._scratch = Some(scratch);
+    ep.scratch.push(scratch);
     // The first blocks are started at once; wait for them so their pids can be reported.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while blocks.pids().len() < a.blocks as usize {
@@ -383,15 +380,25 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
     Ok(ep)
 }
 
-/// Quotes a word for the job script's shell.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@".contains(c))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
+/// The pilot command line a block's job script runs: this executable, the interchange's manager
+/// address, and the endpoint secret in a private file written to `dir`.
+fn pilot_command(
+    dir: &std::path::Path,
+    secret: &str,
+    address: &str,
+    port: u16,
+    prefetch: u32,
+) -> anyhow::Result<String> {
+    use fxr_pilot::exec::shell_quote;
+    let secret_file = dir.join("secret");
+    crate::api::write_private(&secret_file, secret)?;
+    let exe =
+        std::env::current_exe().context("cannot find this executable for the pilot command")?;
+    Ok(format!(
+        "{} pilot --interchange tcp://{address}:{port} --secret-file {} --prefetch {prefetch}",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(&secret_file.to_string_lossy()),
+    ))
 }
 
 /// Settings of a configured endpoint, as `StartArgs`.
@@ -453,7 +460,7 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     if let (Some(cfg), Some(dir)) = (&config, &dir) {
         if cfg.provider.kind != "local" {
             let scaler = start_scaler(cfg, dir, &ep.interchange, &ep.secret)?;
-            ep.batch = Some((scaler, tempfile::tempdir()?));
+            ep.batch = Some(scaler);
         }
     }
     let interchange = &ep.interchange;
@@ -515,7 +522,7 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     interchange.join();
     sig_handle.close();
     let _ = watcher.join();
-    for s in local_scaler.into_iter().chain(batch.map(|(s, _)| s)) {
+    for s in local_scaler.into_iter().chain(batch) {
         s.stop();
     }
     blocks.stop_all(Duration::from_secs(5));
@@ -537,23 +544,18 @@ pub fn start_scaler(
         pbs::Pbs, slurm::Slurm, template::walltime_seconds, BatchProvider,
     };
     let p = &cfg.provider;
-    let secret_file = dir.join("secret");
-    crate::api::write_private(&secret_file, secret)?;
-    let exe =
-        std::env::current_exe().context("cannot find this executable for the pilot command")?;
     let workers = cfg
         .engine
         .workers_per_node
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let mut pilot_cmd = format!(
-        "{} pilot --interchange tcp://{}:{} --secret-file {} --workers {workers} --prefetch {} --launcher {}",
-        exe.display(),
-        cfg.engine.address,
+    let mut pilot_cmd = pilot_command(
+        dir,
+        secret,
+        &cfg.engine.address,
         interchange.manager_port(),
-        secret_file.display(),
         cfg.engine.prefetch,
-        p.launcher,
-    );
+    )?;
+    pilot_cmd.push_str(&format!(" --workers {workers} --launcher {}", p.launcher));
     if p.launcher != "single-node" {
         pilot_cmd.push_str(" --mpi");
     }

@@ -355,12 +355,7 @@ impl<C: Comm> Core<C> {
         m.queued.store(self.dispatcher.queued() as u64, Relaxed);
         m.in_flight
             .store(self.dispatcher.in_flight() as u64, Relaxed);
-        let (mut managers, mut workers, mut busy) = (0u64, 0u64, 0u64);
-        for s in self.dispatcher.manager_status() {
-            managers += 1;
-            workers += u64::from(s.workers);
-            busy += u64::from(s.in_flight.min(s.workers));
-        }
+        let (managers, workers, busy) = self.dispatcher.worker_load();
         m.managers.store(managers, Relaxed);
         m.workers.store(workers, Relaxed);
         m.workers_busy.store(busy, Relaxed);

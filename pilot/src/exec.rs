@@ -116,7 +116,7 @@ pub fn run_mpi(spec: &fxr_protocol::MpiSpec, args: &[u8]) -> Outcome {
 }
 
 /// Quotes a string for `/bin/sh`.
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&c))

@@ -110,21 +110,26 @@ async fn load(broker: &Broker, user: i64, ids: Vec<u64>) -> Result<Vec<TaskRow>,
     Ok(rows.into_iter().filter(|t| t.owner == user).collect())
 }
 
-/// A watcher that is removed when dropped.
-struct Watch<'a> {
-    broker: &'a Broker,
+/// A registered watcher and its results; removed from the broker's watchers when dropped. It
+/// holds the broker, so an event stream can carry it for as long as the stream lives.
+struct Watch {
+    broker: Arc<Broker>,
     id: u64,
     rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
 }
 
-impl<'a> Watch<'a> {
-    fn new(broker: &'a Broker, user: i64, interest: Interest) -> Watch<'a> {
+impl Watch {
+    fn new(broker: &Arc<Broker>, user: i64, interest: Interest) -> Watch {
         let (id, rx) = broker.watchers().watch(user, interest);
-        Watch { broker, id, rx }
+        Watch {
+            broker: broker.clone(),
+            id,
+            rx,
+        }
     }
 }
 
-impl Drop for Watch<'_> {
+impl Drop for Watch {
     fn drop(&mut self) {
         self.broker.watchers().unwatch(self.id);
     }
@@ -520,24 +525,15 @@ async fn follow(broker: Arc<Broker>, user: i64, f: Follow) -> Result<Response, A
             return Err(ApiError::not_found(format!("no batch {b}")));
         }
     }
-    let watch_id;
-    let rx;
-    {
-        let (id, r) = broker.watchers().watch(
-            user,
-            Interest {
-                tasks: f.ids.clone(),
-                batches: f.batches.clone(),
-                all: f.all,
-            },
-        );
-        watch_id = id;
-        rx = r;
-    }
-    let guard = Unwatch {
-        broker: broker.clone(),
-        id: watch_id,
-    };
+    let watch = Watch::new(
+        &broker,
+        user,
+        Interest {
+            tasks: f.ids.clone(),
+            batches: f.batches.clone(),
+            all: f.all,
+        },
+    );
     // The tasks already finished go first; the stream then ends when the open ones are done.
     let mut rows = load(&broker, user, f.ids.clone()).await?;
     for b in f.batches.clone() {
@@ -563,8 +559,7 @@ async fn follow(broker: Arc<Broker>, user: i64, f: Follow) -> Result<Response, A
         }
     }
     let state = StreamState {
-        _guard: guard,
-        rx,
+        watch,
         first,
         open,
         seen,
@@ -584,12 +579,12 @@ async fn follow(broker: Arc<Broker>, user: i64, f: Follow) -> Result<Response, A
                 st.ended = true;
                 return Some((vec![Event::default().event("end").data("{}")], st));
             }
-            match st.rx.recv().await {
+            match st.watch.rx.recv().await {
                 Some(d) => st.take(d, &mut events),
                 None => return None,
             }
             while events.len() < 1000 {
-                match st.rx.try_recv() {
+                match st.watch.rx.try_recv() {
                     Ok(d) => st.take(d, &mut events),
                     Err(_) => break,
                 }
@@ -605,20 +600,8 @@ async fn follow(broker: Arc<Broker>, user: i64, f: Follow) -> Result<Response, A
         .into_response())
 }
 
-struct Unwatch {
-    broker: Arc<Broker>,
-    id: u64,
-}
-
-impl Drop for Unwatch {
-    fn drop(&mut self) {
-        self.broker.watchers().unwatch(self.id);
-    }
-}
-
 struct StreamState {
-    _guard: Unwatch,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
+    watch: Watch,
     first: Vec<Done>,
     open: HashSet<u64>,
     seen: HashSet<u64>,

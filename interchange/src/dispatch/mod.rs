@@ -244,6 +244,19 @@ impl Dispatcher {
     }
 
     /// Total worker slots of the connected managers.
+    /// Managers, their workers, and the workers busy (tasks held, up to each one's workers),
+    /// without building a status line per manager.
+    pub fn worker_load(&self) -> (u64, u64, u64) {
+        self.managers.values().fold((0, 0, 0), |(n, w, b), m| {
+            let workers = u64::from(m.reg.workers);
+            (
+                n + 1,
+                w + workers,
+                b + (m.in_flight.len() as u64).min(workers),
+            )
+        })
+    }
+
     pub fn workers(&self) -> u64 {
         self.managers
             .values()
