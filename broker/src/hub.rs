@@ -583,11 +583,39 @@ impl Hub {
     }
 
     /// Picks an endpoint among `candidates` by `policy`.
-    pub fn route(&mut self, candidates: &[String], policy: Policy) -> Option<String> {
+    /// The endpoint for one task of container type `kind` among `candidates`.
+    pub fn route(&mut self, candidates: &[String], policy: Policy, kind: &str) -> Option<String> {
         if candidates.is_empty() {
             return None;
         }
+        if policy == Policy::Warm {
+            // The connected endpoint reporting the most idle warm workers of the type; without
+            // any, the least loaded.
+            let warm = |id: &String| -> u64 {
+                self.endpoints
+                    .get(id)
+                    .filter(|e| e.connected())
+                    .and_then(|e| e.status.as_ref())
+                    .map_or(0, |s| {
+                        s.managers
+                            .iter()
+                            .flat_map(|m| m.capacity.iter())
+                            .filter(|c| c.container == kind)
+                            .map(|c| u64::from(c.warm))
+                            .sum()
+                    })
+            };
+            if let Some(best) = candidates
+                .iter()
+                .filter(|c| warm(c) > 0)
+                .max_by_key(|c| warm(c))
+            {
+                return Some(best.clone());
+            }
+            return self.route(candidates, Policy::LeastLoaded, kind);
+        }
         let i = match policy {
+            Policy::Warm => 0,
             Policy::Random => fastrand::usize(0..candidates.len()),
             Policy::RoundRobin => {
                 self.rr = self.rr.wrapping_add(1);
@@ -634,6 +662,8 @@ pub enum Policy {
     Random,
     RoundRobin,
     LeastLoaded,
+    /// The endpoint reporting the most idle workers of the function's container type.
+    Warm,
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ pub mod store;
 pub mod watch;
 
 use api::types::FunctionBody;
-use fxr_protocol::{Builtin, FailureKind, Function, Outcome, ShellSpec, Task, TaskId, TaskResult};
+use fxr_protocol::{
+    Builtin, ContainerSpec, FailureKind, Function, Outcome, ShellSpec, Task, TaskId, TaskResult,
+};
 use hub::{Hub, Limits, Meta};
 use std::collections::HashMap;
 use std::future::Future;
@@ -64,7 +66,7 @@ impl BrokerConfig {
 /// Registered functions, endpoints and users, cached from the store.
 #[derive(Debug, Default)]
 struct Registry {
-    functions: HashMap<String, (FunctionRow, Function)>,
+    functions: HashMap<String, (FunctionRow, Runnable)>,
     endpoints: HashMap<String, EndpointRow>,
     users_by_token: HashMap<String, UserRow>,
     user_names: HashMap<i64, String>,
@@ -103,7 +105,55 @@ fn completion(r: TaskResult) -> store::Completion {
 }
 
 /// Turns a registered function's body into what workers run.
-pub fn function_of(body: &FunctionBody) -> Result<Function, String> {
+/// What a task of a registered function runs: the function, in its container if it has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runnable {
+    pub function: Function,
+    pub container: Option<ContainerSpec>,
+}
+
+impl Runnable {
+    /// The container type (`""` for none), as endpoints report their warm workers.
+    pub fn kind(&self) -> String {
+        self.container
+            .as_ref()
+            .map(ContainerSpec::key)
+            .unwrap_or_default()
+    }
+
+    /// A task of it.
+    pub fn task(&self, id: TaskId, args: Vec<u8>) -> Task {
+        Task {
+            id,
+            function: self.function.clone(),
+            args,
+            attempt: 0,
+            container: self.container.clone(),
+        }
+    }
+}
+
+/// Checks a registration body and makes what its tasks run.
+pub fn runnable_of(body: &FunctionBody) -> Result<Runnable, String> {
+    let container = match &body.container {
+        None => None,
+        Some(c) => {
+            let spec = ContainerSpec {
+                runtime: c.runtime.clone(),
+                image: c.image.clone(),
+                options: c.options.clone(),
+            };
+            spec.check().map_err(|e| format!("`container`: {e}"))?;
+            Some(spec)
+        }
+    };
+    Ok(Runnable {
+        function: function_of(body)?,
+        container,
+    })
+}
+
+fn function_of(body: &FunctionBody) -> Result<Function, String> {
     use api::types::FunctionKind;
     match body.kind {
         FunctionKind::Builtin => {
@@ -171,7 +221,7 @@ impl Broker {
         for f in store.functions()? {
             let body: FunctionBody = serde_json::from_str(&f.spec)
                 .map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
-            let func = function_of(&body)
+            let func = runnable_of(&body)
                 .map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
             registry.functions.insert(f.id.clone(), (f, func));
         }
@@ -198,13 +248,7 @@ impl Broker {
                 .clone();
             hub.enqueue(
                 &t.endpoint_id,
-                Task {
-                    id: TaskId(t.id),
-                    function: func.clone(),
-                    args: t.args,
-                    attempt: 0,
-                    container: None,
-                },
+                func.task(TaskId(t.id), t.args),
                 Meta {
                     owner: t.owner,
                     batch: t.batch,
@@ -323,7 +367,7 @@ impl Broker {
         Ok(ids)
     }
 
-    pub fn function(&self, id: &str) -> Option<(FunctionRow, Function)> {
+    pub fn function(&self, id: &str) -> Option<(FunctionRow, Runnable)> {
         self.reg().functions.get(id).cloned()
     }
 
@@ -343,7 +387,7 @@ impl Broker {
         self.reg().endpoints.values().cloned().collect()
     }
 
-    pub async fn add_function(&self, row: FunctionRow, func: Function) -> Result<(), StoreError> {
+    pub async fn add_function(&self, row: FunctionRow, func: Runnable) -> Result<(), StoreError> {
         let r = row.clone();
         self.db(move |s| s.put_function(&r)).await?;
         self.reg_mut().functions.insert(row.id.clone(), (row, func));

@@ -18,6 +18,11 @@ pub enum BenchCmd {
     Throughput(ThroughputArgs),
     /// Round-trip latency of one task at a time.
     Latency(LatencyArgs),
+    /// Completion time, cold starts and container switches of functions spread over
+    /// container types, under one dispatch policy (the paper's routing experiment).
+    Routing(crate::routing::RoutingArgs),
+    /// Time from starting a worker in a container to the worker being ready.
+    ColdStart(crate::routing::ColdStartArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -365,7 +370,15 @@ fn function(name: &str) -> anyhow::Result<(Function, Vec<u8>)> {
 }
 
 fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
-    let args = StartArgs {
+    endpoint_with(c, |_| {})
+}
+
+/// A local endpoint for a benchmark, with `adjust` applied to its settings.
+pub(crate) fn endpoint_with(
+    c: &Common,
+    adjust: impl FnOnce(&mut StartArgs),
+) -> anyhow::Result<(LocalEndpoint, u64)> {
+    let mut args = StartArgs {
         name: None,
         dir: None,
         local: true,
@@ -382,7 +395,12 @@ fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
         heartbeat_threshold: Duration::from_secs(60),
         address_file: None,
         metrics: None,
+        cold_routing_interval: Duration::from_secs(1),
+        worker_max_idletime: Duration::ZERO,
+        container_runtimes: Vec::new(),
+        simulate_cold_start: Vec::new(),
     };
+    adjust(&mut args);
     let mut ep = start_local(&args)?;
     if let Some(nodes) = c.slurm_nodes {
         let dir = tempfile::tempdir()?;
@@ -392,6 +410,7 @@ fn endpoint(c: &Common) -> anyhow::Result<(LocalEndpoint, u64)> {
             endpoint_id: None,
             engine: Default::default(),
             provider: Default::default(),
+            containers: Default::default(),
         };
         cfg.engine.workers_per_node = Some(c.workers);
         cfg.engine.prefetch = c.prefetch;
@@ -434,7 +453,7 @@ fn cpu_seconds() -> f64 {
     }
 }
 
-fn shutdown(mut ep: LocalEndpoint) {
+pub(crate) fn shutdown(mut ep: LocalEndpoint) {
     let mut c = ep.interchange.local_client();
     let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);
     drop(c);
@@ -454,6 +473,8 @@ pub fn run(cmd: BenchCmd, json: bool) -> anyhow::Result<u8> {
     match cmd {
         BenchCmd::Throughput(a) => throughput(a, json),
         BenchCmd::Latency(a) => latency(a, json),
+        BenchCmd::Routing(a) => crate::routing::routing(a, json),
+        BenchCmd::ColdStart(a) => crate::routing::cold_start(a, json),
     }
 }
 

@@ -176,6 +176,10 @@ pub(crate) fn broker_wait(
 }
 
 fn broker_run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        a.function.container.is_none(),
+        "--container is for local endpoints; at a broker, register the function with --container"
+    );
     let api = crate::api::Api::from_profile()?;
     let name = a
         .function_flag
@@ -242,7 +246,7 @@ pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
         function,
         args,
         attempt: 0,
-        container: None,
+        container: a.function.container(),
     };
     let results = client::submit_and_wait(&mut door, vec![task], 1, a.timeout, &mut |_, _| {})?;
     let r = results.first().context("the endpoint returned no result")?;
@@ -308,6 +312,10 @@ fn read_args(a: &SubmitArgs) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        a.function.container.is_none(),
+        "--container is for local endpoints; at a broker, register the function with --container"
+    );
     let api = crate::api::Api::from_profile()?;
     let name = a
         .function_flag
@@ -406,7 +414,7 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
             function: function.clone(),
             args,
             attempt: 0,
-            container: None,
+            container: a.function.container(),
         })
         .collect();
     let mut door = TcpClient::connect(&a.endpoint)

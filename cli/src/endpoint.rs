@@ -15,7 +15,7 @@ pub enum EndpointCmd {
     Create(CreateArgs),
     /// Start an endpoint in the foreground until `fxr endpoint stop` or a signal: a configured
     /// one by NAME, or an ad-hoc local one with `--local`.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Drain and stop a running endpoint (by NAME, or a local one by `--endpoint HOST:PORT`).
     Stop(AddrArgs),
     /// List the endpoints you may use (from the broker).
@@ -85,9 +85,24 @@ pub struct StartArgs {
     /// Managers per block (simulation).
     #[arg(long, default_value_t = 1)]
     pub managers: u32,
-    /// random | round-robin | least-loaded
+    /// random | round-robin | least-loaded | warm | warm-hard
     #[arg(long, default_value = "least-loaded")]
     pub dispatch: Policy,
+    /// Under `warm`, how often one task may go where it forces a container switch.
+    #[arg(long, value_parser = crate::opts::duration, default_value = "1s")]
+    pub cold_routing_interval: Duration,
+    /// A worker idle this long is stopped, freeing its slot for another container type
+    /// (0s keeps idle workers).
+    #[arg(long, value_parser = crate::opts::duration, default_value = "2m")]
+    pub worker_max_idletime: Duration,
+    /// A container runtime's command template, NAME=TEMPLATE (repeatable); overrides the
+    /// built-in template of that name.
+    #[arg(long = "container-runtime", value_parser = runtime_arg)]
+    pub container_runtimes: Vec<(String, String)>,
+    /// Cold-start cost of simulated container workers: [RUNTIME=]SECONDS or [RUNTIME=]@FILE of
+    /// samples (repeatable).
+    #[arg(long = "simulate-cold-start")]
+    pub simulate_cold_start: Vec<String>,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
@@ -105,7 +120,7 @@ pub struct StartArgs {
 pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
     match cmd {
         EndpointCmd::Create(a) => create(a, json),
-        EndpointCmd::Start(a) => start(a, json),
+        EndpointCmd::Start(a) => start(*a, json),
         EndpointCmd::Stop(a) => stop(a),
         EndpointCmd::List => {
             let api = crate::api::Api::from_profile()?;
@@ -177,6 +192,7 @@ fn create(a: CreateArgs, json: bool) -> anyhow::Result<u8> {
         endpoint_id: Some(id.clone()),
         engine: Default::default(),
         provider: Default::default(),
+        containers: Default::default(),
     };
     cfg.engine.workers_per_node = a.workers_per_node;
     cfg.provider.init_blocks = a.blocks;
@@ -298,10 +314,15 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
             policy: a.dispatch,
             max_retries: a.max_retries,
             heartbeat_threshold: a.heartbeat_threshold,
+            cold_routing_interval: a.cold_routing_interval,
             ..DispatchConfig::default()
         },
         heartbeat_period: a.heartbeat_period,
         drain_timeout: Duration::from_secs(30),
+        workers: fxr_protocol::WorkerSettings {
+            runtimes: a.container_runtimes.clone(),
+            max_idle_ms: a.worker_max_idletime.as_millis() as u64,
+        },
     };
     let interchange = Interchange::start(config)?;
     let blocks = LocalBlocks::default();
@@ -330,6 +351,12 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
     }
     if let Some(s) = a.simulate_workers {
         pilot_cmd.push_str(&format!(" --simulate-workers {s}"));
+        for c in &a.simulate_cold_start {
+            pilot_cmd.push_str(&format!(
+                " --cold-start {}",
+                fxr_pilot::exec::shell_quote(c)
+            ));
+        }
     }
     let years = Duration::from_secs(10 * 365 * 24 * 3600);
     let cfg = fxr_interchange::scaling::ScalerConfig {
@@ -380,6 +407,15 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
     Ok(ep)
 }
 
+/// `NAME=TEMPLATE`.
+fn runtime_arg(s: &str) -> Result<(String, String), String> {
+    let (name, template) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=TEMPLATE"))?;
+    fxr_interchange::config::check_runtime(name, template)?;
+    Ok((name.to_string(), template.to_string()))
+}
+
 /// The pilot command line a block's job script runs: this executable, the interchange's manager
 /// address, and the endpoint secret in a private file written to `dir`.
 fn pilot_command(
@@ -422,6 +458,15 @@ fn from_config(
         simulate_workers: e.simulate_workers,
         managers: e.managers_per_block.max(1),
         dispatch: e.dispatch.parse().map_err(anyhow::Error::msg)?,
+        cold_routing_interval: parse_duration(&e.cold_routing_interval)
+            .map_err(anyhow::Error::msg)?,
+        worker_max_idletime: parse_duration(&e.worker_max_idletime).map_err(anyhow::Error::msg)?,
+        container_runtimes: cfg
+            .containers
+            .iter()
+            .map(|(name, c)| (name.clone(), c.command.clone()))
+            .collect(),
+        simulate_cold_start: e.simulate_cold_start.clone(),
         max_retries: e.max_retries,
         heartbeat_period: parse_duration(&e.heartbeat_period).map_err(anyhow::Error::msg)?,
         heartbeat_threshold: parse_duration(&e.heartbeat_threshold).map_err(anyhow::Error::msg)?,

@@ -41,7 +41,7 @@ pub fn login(a: LoginArgs, json: bool) -> anyhow::Result<u8> {
 #[derive(clap::Subcommand, Debug)]
 pub enum FunctionCmd {
     /// Register a function; prints its id.
-    Register(RegisterArgs),
+    Register(Box<RegisterArgs>),
     /// List the functions you may run.
     List,
     /// Delete a function you own.
@@ -72,6 +72,17 @@ pub struct RegisterArgs {
     /// Users who may run it (repeatable).
     #[arg(long = "share")]
     pub share: Vec<String>,
+    /// Run it in a container, RUNTIME:IMAGE (bwrap, podman, charliecloud, apptainer,
+    /// singularity, shifter, docker, or a runtime the endpoint configures).
+    #[arg(long, value_parser = fxr_protocol::ContainerSpec::parse)]
+    pub container: Option<fxr_protocol::ContainerSpec>,
+    /// An extra option for the container runtime's command line (repeatable).
+    #[arg(
+        long = "container-option",
+        requires = "container",
+        allow_hyphen_values = true
+    )]
+    pub container_options: Vec<String>,
 }
 
 pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
@@ -101,6 +112,11 @@ pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
                     body["cwd"] = c.clone().into();
                 }
             }
+            if let Some(c) = &a.container {
+                body["container"] = serde_json::json!({
+                    "runtime": c.runtime, "image": c.image, "options": a.container_options,
+                });
+            }
             let f: serde_json::Value = api.post("/v1/functions", &body)?;
             if json {
                 println!("{f}");
@@ -120,8 +136,16 @@ pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
                         .unwrap_or_else(|| {
                             format!("shell `{}`", f["command"].as_str().unwrap_or(""))
                         });
+                    let container = match f["container"].as_object() {
+                        Some(c) => format!(
+                            "  in {}:{}",
+                            c["runtime"].as_str().unwrap_or(""),
+                            c["image"].as_str().unwrap_or("")
+                        ),
+                        None => String::new(),
+                    };
                     println!(
-                        "{}  {:20} {:10} {}",
+                        "{}  {:20} {:10} {}{container}",
                         f["id"].as_str().unwrap_or(""),
                         f["name"].as_str().unwrap_or(""),
                         f["owner"].as_str().unwrap_or(""),

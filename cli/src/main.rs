@@ -4,11 +4,13 @@ mod api;
 mod bench;
 mod broker;
 mod client;
+mod container;
 mod endpoint;
 mod experiment;
 mod function;
 mod opts;
 mod pilot;
+mod routing;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -51,6 +53,9 @@ enum Command {
     /// Run the paper's experiments.
     #[command(subcommand)]
     Experiment(experiment::ExperimentCmd),
+    /// Container images that can host fxr workers.
+    #[command(subcommand)]
+    Container(container::ContainerCmd),
     /// (internal) A worker process, driven by its manager over stdin and stdout.
     #[command(hide = true)]
     Worker,
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         Command::Submit(a) => client::submit(a, json),
         Command::Bench(c) => bench::run(c, json),
         Command::Experiment(c) => experiment::run(c),
+        Command::Container(c) => container::run(c, json),
         Command::Worker => fxr_pilot::worker::worker_main()
             .map(|()| exit::OK)
             .map_err(Into::into),

@@ -27,9 +27,28 @@ pub struct FunctionArgs {
     /// Environment for a shell command, as NAME=VALUE (repeatable).
     #[arg(long = "env")]
     pub env: Vec<String>,
+    /// Run it in a container, RUNTIME:IMAGE (tasks to a local endpoint; a function registered
+    /// at a broker names its container at registration).
+    #[arg(long, value_parser = fxr_protocol::ContainerSpec::parse)]
+    pub container: Option<fxr_protocol::ContainerSpec>,
+    /// An extra option for the container runtime's command line (repeatable).
+    #[arg(
+        long = "container-option",
+        requires = "container",
+        allow_hyphen_values = true
+    )]
+    pub container_options: Vec<String>,
 }
 
 impl FunctionArgs {
+    /// The container tasks run in, with its options.
+    pub fn container(&self) -> Option<fxr_protocol::ContainerSpec> {
+        self.container.clone().map(|mut c| {
+            c.options = self.container_options.clone();
+            c
+        })
+    }
+
     pub fn function(&self) -> anyhow::Result<Function> {
         if let Some(cmd) = &self.shell {
             let env = self

@@ -2,6 +2,7 @@
 
 use crate::exit;
 use anyhow::Context;
+use fxr_pilot::pool::{ColdStart, Cost};
 use fxr_pilot::{Fleet, ManagerConfig, WorkerMode};
 use fxr_protocol::{BlockId, ManagerId};
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct PilotArgs {
     /// The launcher that started this block (srun, mpiexec, aprun); `mpi` tasks use it.
     #[arg(long)]
     pub launcher: Option<String>,
+    /// Cold-start cost of simulated container workers: [RUNTIME=]SECONDS, or [RUNTIME=]@FILE
+    /// with one sample in seconds per line (repeatable; without RUNTIME it is the default).
+    #[arg(long = "cold-start")]
+    pub cold_start: Vec<String>,
     /// Exit when the interchange has been unreachable this long.
     #[arg(long, value_parser = crate::opts::duration, default_value = "60s")]
     pub give_up_after: Duration,
@@ -51,11 +56,14 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
     };
     let exe = std::env::current_exe().context("cannot find this executable to start workers")?;
     let (mode, workers) = match a.simulate_workers {
-        Some(n) => (WorkerMode::Simulated, n),
-        None => (
-            WorkerMode::Processes {
-                command: vec![exe.to_string_lossy().into_owned(), "worker".into()],
+        Some(n) => (
+            WorkerMode::Simulated {
+                cold_start: cold_start(&a.cold_start)?,
             },
+            n,
+        ),
+        None => (
+            WorkerMode::Processes { exe },
             a.workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
             }),
@@ -117,4 +125,21 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
     fleet.wait()?;
     drop(placement);
     Ok(exit::OK)
+}
+
+/// `--cold-start` values as simulated cold-start costs.
+pub fn cold_start(values: &[String]) -> anyhow::Result<ColdStart> {
+    let mut cs = ColdStart::default();
+    for v in values {
+        let (runtime, cost) = match v.split_once('=') {
+            Some((r, c)) => (Some(r), c),
+            None => (None, v.as_str()),
+        };
+        let cost = Cost::parse(cost).map_err(|e| anyhow::anyhow!("--cold-start {v}: {e}"))?;
+        match runtime {
+            Some(r) => cs.per_runtime.push((r.to_string(), cost)),
+            None => cs.default = cost,
+        }
+    }
+    Ok(cs)
 }

@@ -21,7 +21,7 @@ fn registration(m: u64, prefetch: u32) -> Registration {
         memory_bytes: 0,
         workers: 64,
         prefetch,
-        containers: vec![String::new()],
+        containers: vec![],
         version: "bench".into(),
         secret: String::new(),
         simulated: true,
@@ -142,6 +142,7 @@ impl Endpoint {
                 ManagerMsg::Results {
                     results,
                     capacity: vec![],
+                    counters: Default::default(),
                 },
                 now,
                 &mut out,

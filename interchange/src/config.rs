@@ -20,6 +20,43 @@ pub struct EndpointConfig {
     pub engine: EngineConfig,
     #[serde(default)]
     pub provider: ProviderConfig,
+    /// Container runtimes by name: command templates that override or add to the built-in ones.
+    #[serde(default)]
+    pub containers: std::collections::BTreeMap<String, RuntimeConfig>,
+}
+
+/// `[containers.NAME]`: how to start a worker in this runtime.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Run by `/bin/sh -c "exec COMMAND"` with `{image}`, `{options}`, `{worker}` and
+    /// `{worker_dir}` filled in; it must end up running `/fxr/fxr worker` (or `{worker} worker`)
+    /// inside the container.
+    pub command: String,
+}
+
+/// Checks a runtime's name and template.
+pub fn check_runtime(name: &str, command: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "container runtime name `{name}` must be letters, digits, `-` or `_`"
+        ));
+    }
+    if !command.contains("{image}") {
+        return Err(format!(
+            "containers.{name}.command does not use `{{image}}`"
+        ));
+    }
+    if !command.contains("worker") {
+        return Err(format!(
+            "containers.{name}.command does not start the worker (`/fxr/fxr worker`)"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -40,6 +77,13 @@ pub struct EngineConfig {
     pub address: String,
     /// Where to serve Prometheus metrics (`HOST:PORT`); none when absent.
     pub metrics: Option<String>,
+    /// A worker idle this long is stopped, freeing its slot; `0s` keeps idle workers.
+    pub worker_max_idletime: String,
+    /// Under the `warm` dispatch policy, how often one task may force a container switch.
+    pub cold_routing_interval: String,
+    /// Cold-start costs of simulated container workers: `[RUNTIME=]SECONDS` or
+    /// `[RUNTIME=]@FILE` of samples.
+    pub simulate_cold_start: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +99,9 @@ impl Default for EngineConfig {
             managers_per_block: 1,
             address: "127.0.0.1".into(),
             metrics: None,
+            worker_max_idletime: "2m".into(),
+            cold_routing_interval: "1s".into(),
+            simulate_cold_start: Vec::new(),
         }
     }
 }
@@ -169,6 +216,13 @@ impl EndpointConfig {
             .map_err(|e| format!("engine.heartbeat_threshold: {e}"))?;
         parse_duration(&self.provider.max_idletime)
             .map_err(|e| format!("provider.max_idletime: {e}"))?;
+        parse_duration(&self.engine.worker_max_idletime)
+            .map_err(|e| format!("engine.worker_max_idletime: {e}"))?;
+        parse_duration(&self.engine.cold_routing_interval)
+            .map_err(|e| format!("engine.cold_routing_interval: {e}"))?;
+        for (name, rt) in &self.containers {
+            check_runtime(name, &rt.command)?;
+        }
         if !["local", "slurm", "pbs"].contains(&self.provider.kind.as_str()) {
             return Err(format!(
                 "provider.kind `{}` is not one of local, slurm, pbs",
@@ -211,5 +265,24 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("engine.dispatch"));
         let round: EndpointConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round.engine.dispatch, "fastest");
+    }
+
+    #[test]
+    fn container_runtimes_are_checked() {
+        let ok: EndpointConfig = toml::from_str(
+            "name = \"x\"\n[containers.apptainer]\ncommand = \"apptainer exec {image} /fxr/fxr worker\"\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        let bad: EndpointConfig =
+            toml::from_str("name = \"x\"\n[containers.mine]\ncommand = \"mine run\"\n").unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("containers.mine.command"));
+        let typo =
+            toml::from_str::<EndpointConfig>("name = \"x\"\n[containers.mine]\ncomand = \"x\"\n")
+                .unwrap_err();
+        assert!(typo.to_string().contains("comand"));
     }
 }

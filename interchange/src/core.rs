@@ -10,6 +10,7 @@ use crate::dispatch::{Dispatcher, Outbox};
 pub use crate::event::{ClientId, Event};
 use fxr_protocol::{
     ClientMsg, EndpointStatus, FrontMsg, InterchangeMsg, ManagerId, ManagerMsg, TaskId, TaskResult,
+    WorkerSettings,
 };
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -77,6 +78,7 @@ pub(crate) struct CoreSettings {
     pub heartbeat_period: Duration,
     pub heartbeat_threshold: Duration,
     pub drain_timeout: Duration,
+    pub workers: WorkerSettings,
 }
 
 pub(crate) struct Core<C: Comm> {
@@ -251,6 +253,7 @@ impl<C: Comm> Core<C> {
                         heartbeat_period_ms: self.settings.heartbeat_period.as_millis() as u64,
                         heartbeat_threshold_ms: self.settings.heartbeat_threshold.as_millis()
                             as u64,
+                        workers: self.settings.workers.clone(),
                     },
                 );
             }
@@ -472,6 +475,7 @@ mod tests {
                 heartbeat_period: Duration::from_secs(5),
                 heartbeat_threshold: Duration::from_secs(20),
                 drain_timeout: Duration::from_secs(30),
+                workers: WorkerSettings::default(),
             },
             Dispatcher::new(DispatchConfig::default()),
             Fake::default(),
@@ -490,7 +494,7 @@ mod tests {
             memory_bytes: 0,
             workers: 2,
             prefetch: 0,
-            containers: vec![String::new()],
+            containers: vec![],
             version: "test".into(),
             secret: secret.into(),
             simulated: true,
@@ -562,7 +566,11 @@ mod tests {
     fn a_message_before_registration_or_undecodable_closes_the_pipe() {
         let mut c = core();
         let now = Instant::now();
-        let hb = fxr_protocol::encode(&ManagerMsg::Heartbeat { capacity: vec![] }).unwrap();
+        let hb = fxr_protocol::encode(&ManagerMsg::Heartbeat {
+            capacity: vec![],
+            counters: Default::default(),
+        })
+        .unwrap();
         feed(
             &mut c,
             Event::FromPipe {

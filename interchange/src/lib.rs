@@ -39,6 +39,8 @@ pub struct InterchangeConfig {
     pub heartbeat_period: Duration,
     /// How long a shutdown waits for managers to drain.
     pub drain_timeout: Duration,
+    /// Container runtimes and idle retirement, passed to every manager.
+    pub workers: fxr_protocol::WorkerSettings,
 }
 
 impl Default for InterchangeConfig {
@@ -49,6 +51,7 @@ impl Default for InterchangeConfig {
             dispatch: DispatchConfig::default(),
             heartbeat_period: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            workers: fxr_protocol::WorkerSettings::default(),
         }
     }
 }
@@ -88,6 +91,7 @@ impl Interchange {
             heartbeat_period: config.heartbeat_period,
             heartbeat_threshold: config.dispatch.heartbeat_threshold,
             drain_timeout: config.drain_timeout,
+            workers: config.workers,
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let comm = crate::core::Links {

@@ -14,9 +14,12 @@ pub enum Event {
         generation: u64,
         msg: FromWorker,
     },
+    /// A worker ended (or could not start); `reason` is its exit status and the last lines it
+    /// or its container runtime wrote to stderr.
     WorkerGone {
         slot: usize,
         generation: u64,
+        reason: String,
     },
     /// SIGTERM: drain and exit.
     Terminate,

@@ -2,11 +2,14 @@
 //! tasks in [`worker`] processes (or simulated in-process workers), using [`exec`] to run each
 //! function.
 
+pub mod core;
 pub mod event;
 pub mod exec;
 pub mod link;
 pub mod manager;
+pub mod pool;
 pub mod rank;
+pub mod runtime;
 pub mod worker;
 
 pub use manager::{Manager, ManagerConfig, ManagerError, ManagerHandle, WorkerMode};

@@ -28,7 +28,8 @@ pub struct Registration {
     pub workers: u32,
     /// Tasks the manager queues beyond its workers; it accepts `workers + prefetch` at once.
     pub prefetch: u32,
-    /// Container types this manager can start workers in (always includes the bare node, `""`).
+    /// Container runtimes this manager can start workers in; empty means any the endpoint
+    /// configures (the bare node, `""`, always runs).
     pub containers: Vec<String>,
     /// Software version of the pilot.
     pub version: String,
@@ -41,14 +42,36 @@ pub struct Registration {
 /// Free capacity for one container type, as funcX managers advertise it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Capacity {
-    /// Container type (`""` for the bare node).
+    /// Container type ([`crate::ContainerSpec::key`], `""` for the bare node).
     pub container: String,
-    /// Tasks the manager will accept for this type now (idle workers plus prefetch room).
+    /// Workers of this type, started or starting.
+    pub total: u32,
+    /// Tasks the manager will accept now (idle workers plus prefetch room), of any type.
     pub free: u32,
     /// Idle workers already running in this container.
     pub warm: u32,
-    /// Worker slots not yet started, which can start in any container.
+    /// Worker slots not started, which can start in any container (the same in every entry).
     pub unused: u32,
+}
+
+/// What the endpoint tells every manager about starting and retiring workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkerSettings {
+    /// Command templates per runtime name, overriding or adding to the built-in ones.
+    pub runtimes: Vec<(String, String)>,
+    /// A worker idle this long is stopped, freeing its slot; 0 keeps idle workers.
+    pub max_idle_ms: u64,
+}
+
+/// What a manager has done with its workers since it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkerCounters {
+    /// Workers started in a container.
+    pub cold_starts: u64,
+    /// Idle workers stopped so that their slot could start another container type.
+    pub container_switches: u64,
+    /// Container workers that could not start.
+    pub container_errors: u64,
 }
 
 /// Manager → interchange.
@@ -58,6 +81,7 @@ pub enum ManagerMsg {
     /// Sent every heartbeat period, with the current capacity.
     Heartbeat {
         capacity: Vec<Capacity>,
+        counters: WorkerCounters,
     },
     /// Acknowledges a task batch, so the interchange may count it as delivered.
     Ack {
@@ -67,6 +91,7 @@ pub enum ManagerMsg {
     Results {
         results: Vec<TaskResult>,
         capacity: Vec<Capacity>,
+        counters: WorkerCounters,
     },
     /// Tasks the manager gives back unstarted (on drain or shutdown).
     Returned {
@@ -83,6 +108,8 @@ pub enum InterchangeMsg {
     Welcome {
         heartbeat_period_ms: u64,
         heartbeat_threshold_ms: u64,
+        /// How workers are started, per container runtime (`endpoint.toml`'s `[containers]`).
+        workers: WorkerSettings,
     },
     /// Registration refused; the manager should exit.
     Refused { reason: String },
@@ -155,6 +182,9 @@ pub struct ManagerStatus {
     pub in_flight: u32,
     pub draining: bool,
     pub simulated: bool,
+    /// Its last capacity report, per container type.
+    pub capacity: Vec<Capacity>,
+    pub counters: WorkerCounters,
 }
 
 /// Manager → worker.

@@ -91,8 +91,85 @@ pub struct Task {
     pub args: Vec<u8>,
     /// How many times this task has been started before (0 on the first run).
     pub attempt: u32,
-    /// The container type it must run in; `None` runs on the node's own environment.
-    pub container: Option<String>,
+    /// The container it must run in; `None` runs on the node's own environment.
+    pub container: Option<ContainerSpec>,
+}
+
+/// A container a function runs in: a runtime (`bwrap`, `podman`, `charliecloud`, `apptainer`,
+/// `singularity`, `shifter`, `docker`, or one a site names in `endpoint.toml`), an image in that
+/// runtime's terms (a root filesystem directory, an image name, a SIF file), and extra options
+/// for the runtime's command line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub runtime: String,
+    pub image: String,
+    pub options: Vec<String>,
+}
+
+impl ContainerSpec {
+    /// The container type: tasks of one type can share a warm worker. `RUNTIME:IMAGE`, followed by
+    /// the options when there are any.
+    pub fn key(&self) -> String {
+        let mut k = format!("{}:{}", self.runtime, self.image);
+        for o in &self.options {
+            k.push(' ');
+            k.push_str(o);
+        }
+        k
+    }
+
+    /// Parses `RUNTIME:IMAGE`, as the command line takes it.
+    pub fn parse(s: &str) -> Result<ContainerSpec, String> {
+        let (runtime, image) = s
+            .split_once(':')
+            .ok_or_else(|| format!("container `{s}` is not RUNTIME:IMAGE"))?;
+        let spec = ContainerSpec {
+            runtime: runtime.to_string(),
+            image: image.to_string(),
+            options: Vec::new(),
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Checks the parts: a runtime name of letters, digits, `-` and `_`; a non-empty image
+    /// without control characters; at most 64 options of at most 4 KiB each.
+    pub fn check(&self) -> Result<(), String> {
+        let r = &self.runtime;
+        if r.is_empty()
+            || r.len() > 64
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "container runtime `{r}` must be 1 to 64 letters, digits, `-` or `_`"
+            ));
+        }
+        if self.image.is_empty() || self.image.len() > 4096 {
+            return Err("container image must be 1 to 4096 bytes".into());
+        }
+        if self.image.chars().any(char::is_control) {
+            return Err("container image must not contain control characters".into());
+        }
+        if self.options.len() > 64 {
+            return Err(format!(
+                "{} container options; at most 64 are allowed",
+                self.options.len()
+            ));
+        }
+        if let Some(o) = self
+            .options
+            .iter()
+            .find(|o| o.len() > 4096 || o.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "container option `{}` is too long or has control characters",
+                o.chars().take(40).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why a task failed.
@@ -114,6 +191,8 @@ pub enum FailureKind {
     EndpointUnavailable,
     /// Its function was deleted before it finished.
     FunctionDeleted,
+    /// Its container could not start; the message carries the runtime's own words.
+    ContainerError,
 }
 
 impl FailureKind {
@@ -128,6 +207,7 @@ impl FailureKind {
             FailureKind::Rejected => "rejected",
             FailureKind::EndpointUnavailable => "endpoint_unavailable",
             FailureKind::FunctionDeleted => "function_deleted",
+            FailureKind::ContainerError => "container_error",
         }
     }
 }
@@ -181,6 +261,9 @@ impl Task {
     /// Approximate encoded size, for cutting batches before they exceed a frame.
     pub fn approx_size(&self) -> usize {
         32 + self.args.len()
+            + self.container.as_ref().map_or(0, |c| {
+                c.runtime.len() + c.image.len() + c.options.iter().map(String::len).sum::<usize>()
+            })
             + match &self.function {
                 Function::Builtin(_) => 1,
                 Function::Mpi(m) => m.shell.command.len() + 16,

@@ -23,7 +23,11 @@ fn sample_tasks() -> Vec<Task> {
             })),
             args: br#"{"x":"hi"}"#.to_vec(),
             attempt: 2,
-            container: Some("bwrap:debian".into()),
+            container: Some(ContainerSpec {
+                runtime: "bwrap".into(),
+                image: "/srv/images/debian".into(),
+                options: vec!["--setenv".into(), "A".into(), "b".into()],
+            }),
         },
     ]
 }
@@ -39,6 +43,7 @@ fn samples() -> Vec<Vec<u8>> {
     ];
     let cap = vec![Capacity {
         container: String::new(),
+        total: 2,
         free: 3,
         warm: 2,
         unused: 1,
@@ -62,11 +67,17 @@ fn samples() -> Vec<Vec<u8>> {
         }),
         ManagerMsg::Heartbeat {
             capacity: cap.clone(),
+            counters: WorkerCounters {
+                cold_starts: 3,
+                container_switches: 1,
+                container_errors: 0,
+            },
         },
         ManagerMsg::Ack { seq: 9 },
         ManagerMsg::Results {
             results: results.clone(),
             capacity: cap,
+            counters: WorkerCounters::default(),
         },
         ManagerMsg::Returned {
             tasks: vec![TaskId(4)],
@@ -82,6 +93,13 @@ fn samples() -> Vec<Vec<u8>> {
         InterchangeMsg::Welcome {
             heartbeat_period_ms: 5000,
             heartbeat_threshold_ms: 20000,
+            workers: WorkerSettings {
+                runtimes: vec![(
+                    "podman".into(),
+                    "podman run -i {image} /fxr/fxr worker".into(),
+                )],
+                max_idle_ms: 120_000,
+            },
         },
         InterchangeMsg::Refused {
             reason: "bad secret".into(),

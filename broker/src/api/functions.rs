@@ -2,7 +2,7 @@
 
 use super::types::{FunctionBody, FunctionInfo, Visibility};
 use super::{ApiError, ApiJson, Caller};
-use crate::{auth, function_of, Broker, FunctionRow};
+use crate::{auth, runnable_of, Broker, FunctionRow};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -54,7 +54,7 @@ pub async fn register(
             "`walltime_ms`, `env` and `cwd` are for shell and mpi functions",
         ));
     }
-    let func = function_of(&body).map_err(ApiError::bad)?;
+    let func = runnable_of(&body).map_err(ApiError::bad)?;
     let shared_with = broker.user_ids(&body.shared_with).await?;
     let row = FunctionRow {
         id: auth::new_id(),

@@ -18,7 +18,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fxr_protocol::{FailureKind, Task, TaskId, TaskResult, MAX_BODY};
+use fxr_protocol::{FailureKind, TaskId, TaskResult, MAX_BODY};
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -247,7 +247,9 @@ pub async fn submit(
         let mut hub = broker.hub();
         let mut per_ep: HashMap<String, u64> = HashMap::new();
         for (fid, func, candidates, policy, args) in plan {
-            let ep = hub.route(&candidates, policy).unwrap_or_default();
+            let ep = hub
+                .route(&candidates, policy, &func.kind())
+                .unwrap_or_default();
             *per_ep.entry(ep.clone()).or_default() += 1;
             routed.push((
                 NewTask {
@@ -283,13 +285,7 @@ pub async fn submit(
             touched.insert(t.endpoint_id.clone());
             hub.enqueue(
                 &t.endpoint_id,
-                Task {
-                    id: TaskId(*id),
-                    function: func,
-                    args: t.args,
-                    attempt: 0,
-                    container: None,
-                },
+                func.task(TaskId(*id), t.args),
                 Meta {
                     owner: user.id,
                     batch,

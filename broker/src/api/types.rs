@@ -102,6 +102,24 @@ pub struct FunctionBody {
     /// User names who may run it besides the owner.
     #[serde(default)]
     pub shared_with: Vec<String>,
+    /// The container it runs in; the endpoint's own environment when absent.
+    #[serde(default)]
+    pub container: Option<ContainerBody>,
+}
+
+/// A container for a function: a runtime the endpoint knows (`bwrap`, `podman`, `charliecloud`,
+/// `apptainer`, `singularity`, `shifter`, `docker`, or one the site configures), an image in
+/// that runtime's terms, and extra options for the runtime's command line.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerBody {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
+    pub runtime: String,
+    #[schema(min_length = 1, max_length = 4096)]
+    pub image: String,
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub options: Vec<String>,
 }
 
 /// A registered function: its id and owner, and what it was registered with.
@@ -121,6 +139,7 @@ pub struct FunctionInfo {
     pub ranks_per_node: Option<u32>,
     pub visibility: Visibility,
     pub shared_with: Vec<String>,
+    pub container: Option<ContainerBody>,
 }
 
 impl FunctionInfo {
@@ -140,6 +159,7 @@ impl FunctionInfo {
             ranks_per_node: b.ranks_per_node,
             visibility: b.visibility,
             shared_with: b.shared_with,
+            container: b.container,
         }
     }
 }

@@ -20,8 +20,8 @@ mod tests;
 pub use policy::{DispatchPolicy, Load, Lookup, Policy, View};
 
 use fxr_protocol::{
-    BlockId, Capacity, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus, Outcome,
-    Registration, Task, TaskId, TaskResult, MAX_BODY,
+    BlockId, Capacity, ContainerSpec, FailureKind, InterchangeMsg, ManagerId, ManagerMsg,
+    ManagerStatus, Outcome, Registration, Task, TaskId, TaskResult, WorkerCounters, MAX_BODY,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::{BTreeMap, VecDeque};
@@ -48,6 +48,8 @@ pub struct DispatchConfig {
     pub short_task_us: u64,
     /// A manager silent for this long is lost.
     pub heartbeat_threshold: Duration,
+    /// Under the `warm` policy, how often a task may go where it forces a container switch.
+    pub cold_routing_interval: Duration,
     pub seed: u64,
 }
 
@@ -63,6 +65,7 @@ impl Default for DispatchConfig {
             burst_prefetch: 1024,
             short_task_us: 1000,
             heartbeat_threshold: Duration::from_secs(20),
+            cold_routing_interval: Duration::from_secs(1),
             seed: 0x0f0e_0d0c,
         }
     }
@@ -118,6 +121,9 @@ struct Manager {
     last_seen: Instant,
     draining: bool,
     capacity: Vec<Capacity>,
+    counters: WorkerCounters,
+    /// Tasks in flight per container type.
+    held: HashMap<String, usize>,
     /// Order of registration, for round-robin.
     order: u64,
 }
@@ -143,9 +149,46 @@ impl Manager {
     fn can_take(&self, max_unacked: usize) -> bool {
         !self.draining && self.free() > 0 && self.unacked.len() < max_unacked
     }
+    /// Whether it may run `container`: the bare node always; a container when the manager
+    /// registered no list of runtimes (any), or lists the type or its runtime.
     fn runs(&self, container: &str) -> bool {
-        container.is_empty() || self.reg.containers.iter().any(|c| c == container)
+        let runtime = container.split(':').next().unwrap_or_default();
+        container.is_empty()
+            || self.reg.containers.is_empty()
+            || self
+                .reg
+                .containers
+                .iter()
+                .any(|c| c == container || c == runtime)
     }
+
+    fn view(&self, container: &str) -> View<'_> {
+        View {
+            runs: self.runs(container),
+            capacity: &self.capacity,
+            held: &self.held,
+            workers: self.reg.workers,
+        }
+    }
+
+    fn hold(&mut self, kind: &str, delta: isize) {
+        if delta > 0 {
+            *self.held.entry(kind.to_string()).or_default() += delta as usize;
+        } else if let Some(n) = self.held.get_mut(kind) {
+            *n = n.saturating_sub(delta.unsigned_abs());
+            if *n == 0 {
+                self.held.remove(kind);
+            }
+        }
+    }
+}
+
+/// The container type of a task (`""` for the bare node).
+fn kind_of(task: &Task) -> String {
+    task.container
+        .as_ref()
+        .map(ContainerSpec::key)
+        .unwrap_or_default()
 }
 
 /// Counters for status reports and experiments.
@@ -185,7 +228,9 @@ enum Sent {
 
 impl Dispatcher {
     pub fn new(config: DispatchConfig) -> Dispatcher {
-        let policy = config.policy.build(config.seed);
+        let policy = config
+            .policy
+            .build(config.seed, config.cold_routing_interval);
         Dispatcher {
             config,
             tasks: HashMap::default(),
@@ -219,6 +264,7 @@ impl Dispatcher {
                     limit: m.limit,
                 },
                 m.can_take(max_unacked),
+                &m.view(""),
             ),
             None => self.policy.remove(id),
         }
@@ -291,10 +337,7 @@ impl Dispatcher {
 
     fn enqueue(&mut self, task: Task, front: bool) {
         let id = task.id;
-        let queue = self
-            .queues
-            .entry(task.container.clone().unwrap_or_default())
-            .or_default();
+        let queue = self.queues.entry(kind_of(&task)).or_default();
         if front {
             queue.push_front(id);
         } else {
@@ -333,6 +376,8 @@ impl Dispatcher {
                 last_seen: now,
                 draining: false,
                 capacity: Vec::new(),
+                counters: WorkerCounters::default(),
+                held: HashMap::default(),
                 order: self.next_order,
             },
         );
@@ -352,12 +397,20 @@ impl Dispatcher {
         m.last_seen = now;
         match msg {
             ManagerMsg::Register(_) => {}
-            ManagerMsg::Heartbeat { capacity } => m.capacity = capacity,
+            ManagerMsg::Heartbeat { capacity, counters } => {
+                m.capacity = capacity;
+                m.counters = counters;
+            }
             ManagerMsg::Ack { seq } => {
                 m.unacked.remove(&seq);
             }
-            ManagerMsg::Results { results, capacity } => {
+            ManagerMsg::Results {
+                results,
+                capacity,
+                counters,
+            } => {
                 m.capacity = capacity;
+                m.counters = counters;
                 for r in results {
                     self.on_result(id, r, out);
                 }
@@ -369,6 +422,9 @@ impl Dispatcher {
                     .collect();
                 for t in back.into_iter().rev() {
                     if let Some(entry) = self.tasks.remove(&t) {
+                        if let Some(m) = self.managers.get_mut(&id) {
+                            m.hold(&kind_of(&entry.task), -1);
+                        }
                         self.enqueue(entry.task, true);
                     }
                 }
@@ -383,7 +439,11 @@ impl Dispatcher {
 
     fn on_result(&mut self, from: ManagerId, r: TaskResult, out: &mut Outbox) {
         if let Some(m) = self.managers.get_mut(&from) {
-            m.in_flight.remove(&r.id);
+            if m.in_flight.remove(&r.id) {
+                if let Some(e) = self.tasks.get(&r.id) {
+                    m.hold(&kind_of(&e.task), -1);
+                }
+            }
             m.observe(
                 r.run_us,
                 self.config.burst_prefetch,
@@ -418,7 +478,9 @@ impl Dispatcher {
             Place::Queued => self.queued -= 1,
             Place::InFlight(other) if other != from => {
                 if let Some(m) = self.managers.get_mut(&other) {
-                    m.in_flight.remove(&r.id);
+                    if m.in_flight.remove(&r.id) {
+                        m.hold(&kind_of(&entry.task), -1);
+                    }
                 }
                 self.touch(other);
             }
@@ -519,36 +581,70 @@ impl Dispatcher {
             .filter(|(_, q)| !q.is_empty())
             .map(|(c, _)| c.clone())
             .collect();
-        for container in containers {
+        // Warm work first, wherever it waits; then the rest. Within a pass, types take turns
+        // by the age of their oldest queued task (task ids grow with submission), so they share
+        // the managers in the order the tasks came rather than one type taking every slot.
+        for warm_only in [true, false] {
+            let mut active = containers.clone();
             let mut stale = 0;
-            while let Some(target) = self.pick(&container) {
-                match self.send_batch(target, &container, now, out) {
-                    Sent::Batch => {}
-                    Sent::QueueEmpty => break,
-                    Sent::NoRoom => {
-                        // Not expected (every change touches the index); repair and go on.
-                        self.touch(target);
-                        stale += 1;
-                        if stale > self.managers.len() {
-                            break;
+            while !active.is_empty() {
+                let Some((i, oldest)) = (0..active.len())
+                    .map(|i| (i, self.front(&active[i])))
+                    .min_by_key(|(_, f)| *f)
+                else {
+                    break;
+                };
+                if oldest == u64::MAX {
+                    // Every queue is empty: asking a policy would only spend its cold budget.
+                    break;
+                }
+                let keep = match self.pick(&active[i], now, warm_only) {
+                    None => false,
+                    Some((target, most)) => {
+                        match self.send_batch(target, &active[i], most, now, out) {
+                            Sent::Batch => true,
+                            Sent::QueueEmpty => false,
+                            Sent::NoRoom => {
+                                // Not expected (every change touches the index); repair, go on.
+                                self.touch(target);
+                                stale += 1;
+                                stale <= self.managers.len()
+                            }
                         }
                     }
+                };
+                if !keep {
+                    active.swap_remove(i);
                 }
             }
         }
     }
 
+    /// The id of the oldest task still queued for `container`, dropping stale ids on the way.
+    fn front(&mut self, container: &str) -> u64 {
+        let Some(q) = self.queues.get_mut(container) else {
+            return u64::MAX;
+        };
+        while let Some(id) = q.front() {
+            if matches!(self.tasks.get(id), Some(e) if matches!(e.place, Place::Queued)) {
+                return id.0;
+            }
+            q.pop_front();
+        }
+        u64::MAX
+    }
+
     /// The policy's choice among managers with room that run `container`: a lookup in its
     /// index, not a scan of every manager.
-    fn pick(&mut self, container: &str) -> Option<ManagerId> {
+    fn pick(
+        &mut self,
+        container: &str,
+        now: Instant,
+        warm_only: bool,
+    ) -> Option<(ManagerId, usize)> {
         let managers = &self.managers;
-        let view = |id: ManagerId| {
-            managers.get(&id).map(|m| View {
-                runs: m.runs(container),
-                capacity: &m.capacity,
-            })
-        };
-        self.policy.pick(container, &view)
+        let view = |id: ManagerId| managers.get(&id).map(|m| m.view(container));
+        self.policy.pick(container, &view, now, warm_only)
     }
 
     /// Sends one batch to `target`.
@@ -556,6 +652,7 @@ impl Dispatcher {
         &mut self,
         target: ManagerId,
         container: &str,
+        most: usize,
         now: Instant,
         out: &mut Outbox,
     ) -> Sent {
@@ -568,7 +665,7 @@ impl Dispatcher {
         if !m.can_take(self.config.max_unacked) {
             return Sent::NoRoom;
         }
-        let room = m.free().min(self.config.max_batch);
+        let room = m.free().min(self.config.max_batch).min(most.max(1));
         let mut batch = Vec::with_capacity(room.min(queue.len()));
         let mut ids = Vec::with_capacity(batch.capacity());
         let mut bytes = 0;
@@ -590,6 +687,7 @@ impl Dispatcher {
         if batch.is_empty() {
             return Sent::QueueEmpty;
         }
+        m.hold(container, batch.len() as isize);
         let seq = m.next_seq;
         m.next_seq += 1;
         m.unacked.insert(
@@ -642,6 +740,8 @@ impl Dispatcher {
                 in_flight: m.in_flight.len() as u32,
                 draining: m.draining,
                 simulated: m.reg.simulated,
+                capacity: m.capacity.clone(),
+                counters: m.counters,
             })
             .collect()
     }

@@ -14,7 +14,7 @@ fn reg(id: u64, workers: u32, prefetch: u32) -> Registration {
         memory_bytes: 0,
         workers,
         prefetch,
-        containers: vec![String::new()],
+        containers: vec![],
         version: "test".into(),
         secret: String::new(),
         simulated: true,
@@ -102,6 +102,7 @@ fn results_free_slots_and_leave_exactly_once() {
     let r = ManagerMsg::Results {
         results: vec![ok(TaskId(0)), ok(TaskId(0))],
         capacity: vec![],
+        counters: Default::default(),
     };
     d.on_message(ManagerId(1), r, now, &mut out);
     assert_eq!(out.results.len(), 1, "the duplicate result is dropped");
@@ -149,7 +150,10 @@ fn silent_manager_is_lost_at_the_threshold() {
     let t1 = t0 + Duration::from_secs(15);
     d.on_message(
         ManagerId(2),
-        ManagerMsg::Heartbeat { capacity: vec![] },
+        ManagerMsg::Heartbeat {
+            capacity: vec![],
+            counters: Default::default(),
+        },
         t1,
         &mut out,
     );
@@ -175,6 +179,7 @@ fn worker_lost_is_retried_within_the_budget() {
             "worker died",
         )],
         capacity: vec![],
+        counters: Default::default(),
     };
     let mut out = Outbox::default();
     d.on_message(ManagerId(1), lost(), now, &mut out);
@@ -300,13 +305,15 @@ fn containers_route_only_to_managers_that_run_them() {
     let now = Instant::now();
     let mut d = dispatcher(Policy::LeastLoaded);
     let mut out = Outbox::default();
-    d.register(reg(1, 4, 0), now, &mut out);
+    let mut r1 = reg(1, 4, 0);
+    r1.containers.push("podman".into());
+    d.register(r1, now, &mut out);
     let mut r2 = reg(2, 4, 0);
-    r2.containers.push("py".into());
+    r2.containers.push("bwrap".into());
     d.register(r2, now, &mut out);
     let mut ts = tasks(0..2);
     for t in &mut ts {
-        t.container = Some("py".into());
+        t.container = Some(spec("img"));
     }
     d.submit(ts, &mut out);
     d.dispatch(now, &mut out);
@@ -358,6 +365,7 @@ fn short_tasks_widen_a_managers_window_and_long_ones_narrow_it() {
     let r = ManagerMsg::Results {
         results: vec![ok(TaskId(0))],
         capacity: vec![],
+        counters: Default::default(),
     };
     d.on_message(ManagerId(1), r, now, &mut out);
     d.dispatch(now, &mut out);
@@ -370,6 +378,7 @@ fn short_tasks_widen_a_managers_window_and_long_ones_narrow_it() {
     let r = ManagerMsg::Results {
         results: (1..40).map(slow).collect(),
         capacity: vec![],
+        counters: Default::default(),
     };
     d.on_message(ManagerId(1), r, now, &mut out);
     let before = d.in_flight();
@@ -379,4 +388,136 @@ fn short_tasks_widen_a_managers_window_and_long_ones_narrow_it() {
         before,
         "long tasks: back to workers + prefetch, nothing more is sent"
     );
+}
+
+fn spec(image: &str) -> fxr_protocol::ContainerSpec {
+    fxr_protocol::ContainerSpec {
+        runtime: "bwrap".into(),
+        image: image.into(),
+        options: vec![],
+    }
+}
+
+fn typed(ids: std::ops::Range<u64>, image: &str) -> Vec<Task> {
+    let mut ts = tasks(ids);
+    for t in &mut ts {
+        t.container = Some(spec(image));
+    }
+    ts
+}
+
+/// A capacity report: `workers` of each named image, all idle.
+fn report(d: &mut Dispatcher, id: u64, kinds: &[(&str, u32)], unused: u32, now: Instant) {
+    let capacity = kinds
+        .iter()
+        .map(|(img, n)| fxr_protocol::Capacity {
+            container: spec(img).key(),
+            total: *n,
+            free: 4,
+            warm: *n,
+            unused,
+        })
+        .collect();
+    let mut out = Outbox::default();
+    d.on_message(
+        ManagerId(id),
+        ManagerMsg::Heartbeat {
+            capacity,
+            counters: Default::default(),
+        },
+        now,
+        &mut out,
+    );
+}
+
+fn warm_dispatcher(policy: Policy, interval: Duration) -> Dispatcher {
+    Dispatcher::new(DispatchConfig {
+        policy,
+        cold_routing_interval: interval,
+        ..DispatchConfig::default()
+    })
+}
+
+#[test]
+fn warm_sends_a_type_to_the_manager_with_its_warm_workers_and_no_more_than_it_has() {
+    let now = Instant::now();
+    let mut d = warm_dispatcher(Policy::Warm, Duration::from_secs(3600));
+    let mut out = Outbox::default();
+    for i in 1..=3 {
+        d.register(reg(i, 2, 2), now, &mut out);
+    }
+    report(&mut d, 1, &[("a", 2)], 0, now);
+    report(&mut d, 2, &[("b", 2)], 0, now);
+    report(&mut d, 3, &[("c", 1)], 1, now);
+    d.submit(typed(0..3, "b"), &mut out);
+    d.dispatch(now, &mut out);
+    let s = sent(&out);
+    // Two go to manager 2's two warm workers; the third to the unused slot of manager 3,
+    // never to manager 1, whose workers are all of another type.
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!((s[0].0, s[0].2.len()), (ManagerId(2), 2));
+    assert_eq!((s[1].0, s[1].2.len()), (ManagerId(3), 1));
+    // Type d: manager 1 has nothing in flight, so its idle workers may switch (two tasks, one
+    // per worker); beyond that, one task may go where it forces a switch, once per interval.
+    let mut out = Outbox::default();
+    d.submit(typed(10..14, "d"), &mut out);
+    d.dispatch(now, &mut out);
+    let s = sent(&out);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!((s[0].0, s[0].2.len()), (ManagerId(1), 2));
+    assert_eq!(s[1].2.len(), 1);
+    let mut out = Outbox::default();
+    d.dispatch(now + Duration::from_secs(1), &mut out);
+    assert!(sent(&out).is_empty(), "not again within the interval");
+    d.dispatch(now + Duration::from_secs(3600), &mut out);
+    assert_eq!(sent(&out).len(), 1);
+}
+
+#[test]
+fn warm_hard_never_forces_a_switch_but_an_idle_manager_takes_any_type() {
+    let now = Instant::now();
+    let mut d = warm_dispatcher(Policy::WarmHard, Duration::ZERO);
+    let mut out = Outbox::default();
+    d.register(reg(1, 1, 0), now, &mut out);
+    d.register(reg(2, 1, 0), now, &mut out);
+    report(&mut d, 1, &[("a", 1)], 0, now);
+    report(&mut d, 2, &[("b", 1)], 0, now);
+    d.submit(typed(0..1, "a"), &mut out);
+    d.submit(typed(1..2, "b"), &mut out);
+    d.dispatch(now, &mut out);
+    assert_eq!(sent(&out).len(), 2);
+    // Both managers busy with their own type: type c waits, even with a zero interval.
+    let mut out = Outbox::default();
+    d.submit(typed(2..3, "c"), &mut out);
+    d.dispatch(now, &mut out);
+    assert!(sent(&out).is_empty());
+    // Manager 1 finishes: with nothing in flight it may take c.
+    let mut out = Outbox::default();
+    let done = ManagerMsg::Results {
+        results: vec![ok(TaskId(0))],
+        capacity: vec![],
+        counters: Default::default(),
+    };
+    d.on_message(ManagerId(1), done, now, &mut out);
+    d.dispatch(now, &mut out);
+    let s = sent(&out);
+    assert_eq!((s.len(), s[0].0), (1, ManagerId(1)));
+}
+
+#[test]
+fn random_ignores_warmth() {
+    let now = Instant::now();
+    let mut d = warm_dispatcher(Policy::Random, Duration::ZERO);
+    let mut out = Outbox::default();
+    d.register(reg(1, 64, 0), now, &mut out);
+    d.register(reg(2, 64, 0), now, &mut out);
+    report(&mut d, 1, &[("a", 64)], 0, now);
+    let mut to = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let mut out = Outbox::default();
+        d.submit(typed(i..i + 1, "a"), &mut out);
+        d.dispatch(now, &mut out);
+        to.extend(sent(&out).iter().map(|s| s.0));
+    }
+    assert_eq!(to.len(), 2, "random sends type a to both managers");
 }

@@ -1,0 +1,299 @@
+//! Containers end to end: functions registered with a container run inside it, on real runtimes
+//! (bubblewrap, podman with runc, charliecloud), with images built here from this host's files
+//! and never pulled. A runtime that is missing skips its part, unless FXR_REQUIRE_CONTAINERS=1
+//! (set by CI) makes its absence a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::broker_world::{register, submit, wait_all, wait_connected, World};
+use support::{have, FXR};
+
+/// Whether `runtime` (whose executable is `tool`) can be tested here.
+fn runtime(runtime: &str, tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var("FXR_REQUIRE_CONTAINERS").is_err(),
+        "FXR_REQUIRE_CONTAINERS is set but `{tool}` ({runtime}) is not installed"
+    );
+    eprintln!("skipping {runtime}: `{tool}` is not installed");
+    false
+}
+
+/// An image built by `fxr container image`: a root filesystem, and its podman copy if asked
+/// for (removed from podman's store when dropped).
+struct Image {
+    dir: PathBuf,
+    podman: Option<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Image {
+    fn build(label: &str, podman: bool) -> Image {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rootfs");
+        let name = format!("localhost/fxr-test-{}-{label}", std::process::id());
+        let mut c = Command::new(FXR);
+        c.args(["container", "image"])
+            .arg(&dir)
+            .args(["--label", label]);
+        if podman {
+            c.args(["--podman", &name]);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(dir.join("etc/fxr-image").is_file());
+        Image {
+            dir,
+            podman: podman.then_some(name),
+            _tmp: tmp,
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if let Some(name) = &self.podman {
+            let _ = Command::new("podman").args(["rmi", "-f", name]).output();
+        }
+    }
+}
+
+fn stdout_of(t: &Value) -> String {
+    let r = &t["result"];
+    r["stdout"].as_str().unwrap_or_default().trim().to_string()
+}
+
+#[test]
+fn functions_registered_with_each_runtime_run_inside_its_container() {
+    let mut cases: Vec<(&str, Image, String)> = Vec::new();
+    if runtime("bwrap", "bwrap") {
+        let img = Image::build("made-for-bwrap", false);
+        let c = format!("bwrap:{}", img.path());
+        cases.push(("made-for-bwrap", img, c));
+    }
+    if runtime("podman", "podman") {
+        let img = Image::build("made-for-podman", true);
+        let c = format!("podman:{}", img.podman.clone().unwrap());
+        cases.push(("made-for-podman", img, c));
+    }
+    if runtime("charliecloud", "ch-run") {
+        let img = Image::build("made-for-charliecloud", false);
+        let c = format!("charliecloud:{}", img.path());
+        cases.push(("made-for-charliecloud", img, c));
+    }
+    if cases.is_empty() {
+        return;
+    }
+    let w = World::new();
+    let _broker = w.broker(&[]);
+    let token = w.user("alice");
+    let ep = w.create_endpoint("alice", &token, "site", 2);
+    let _endpoint = w.endpoint("alice", &token, "site");
+    wait_connected(&w.url, &token, &ep);
+    let mut tasks = Vec::new();
+    for (label, _, container) in &cases {
+        // Registered through the command line, as a user would.
+        let out = w
+            .fxr("alice", &token)
+            .args(["function", "register", "--name", label])
+            .args(["--shell", "cat /etc/fxr-image; echo type=$FXR_T"])
+            .args(["--container", container])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fid = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let (s, v) = support::broker_world::call(
+            "GET",
+            &format!("{}/v1/functions/{fid}", w.url),
+            Some(&token),
+            None,
+        );
+        assert_eq!(s, 200);
+        assert_eq!(
+            format!(
+                "{}:{}",
+                v["container"]["runtime"].as_str().unwrap(),
+                v["container"]["image"].as_str().unwrap()
+            ),
+            *container
+        );
+        tasks.push((label.to_string(), fid));
+    }
+    // The same command on the node itself: the host has no /etc/fxr-image.
+    let bare = register(
+        &w.url,
+        &token,
+        json!({"name": "bare", "kind": "shell", "command": "cat /etc/fxr-image"}),
+    );
+    let mut specs = Vec::new();
+    for (_, f) in &tasks {
+        for _ in 0..3 {
+            specs.push(json!({"function_id": f, "endpoint_id": ep}));
+        }
+    }
+    specs.push(json!({"function_id": bare, "endpoint_id": ep}));
+    let ids = submit(&w.url, &token, specs);
+    let results = wait_all(&w.url, &token, &ids, Duration::from_secs(180));
+    let by_id = |id: u64| results.iter().find(|t| t["id"] == id).unwrap();
+    for (i, (label, _)) in tasks.iter().enumerate() {
+        for k in 0..3 {
+            let t = by_id(ids[i * 3 + k]);
+            assert_eq!(t["state"], "succeeded", "{label}: {t}");
+            assert_eq!(stdout_of(t).lines().next(), Some(label.as_str()), "{t}");
+        }
+    }
+    let t = by_id(*ids.last().unwrap());
+    assert_ne!(
+        stdout_of(t).lines().next(),
+        Some(cases[0].0),
+        "the bare function does not see an image's files: {t}"
+    );
+}
+
+/// A local endpoint (`fxr endpoint start --local`), stopped when dropped.
+struct Local {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Local {
+    fn start() -> Local {
+        use std::io::BufRead;
+        let mut child = Command::new(FXR)
+            .args(["--output", "json", "endpoint", "start", "--local"])
+            .args(["--workers-per-node", "2"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let addr = v["endpoint"].as_str().unwrap().to_string();
+        Local { child, addr }
+    }
+
+    /// Runs one `echo` task in `container`; its result line.
+    fn run(&self, container: &str) -> Value {
+        let out = Command::new(FXR)
+            .args(["--output", "json", "run", "echo", "--endpoint", &self.addr])
+            .args(["--container", container, "--args", "{}", "--timeout", "60s"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        support::stop_child(&mut self.child, Duration::from_secs(20));
+    }
+}
+
+#[test]
+fn a_container_that_cannot_start_fails_with_container_error_and_the_runtimes_message() {
+    let mut cases = Vec::new();
+    if runtime("bwrap", "bwrap") {
+        cases.push((
+            "bwrap:/nonexistent/fxr-image".to_string(),
+            "/nonexistent/fxr-image",
+        ));
+    }
+    if runtime("podman", "podman") {
+        cases.push((
+            "podman:localhost/fxr-no-such-image".to_string(),
+            "image not known",
+        ));
+    }
+    if runtime("charliecloud", "ch-run") {
+        cases.push((
+            "charliecloud:/nonexistent/fxr-ch-image".to_string(),
+            "/nonexistent/fxr-ch-image",
+        ));
+    }
+    cases.push((
+        "rkt:some-image".to_string(),
+        "unknown container runtime `rkt`",
+    ));
+    let ep = Local::start();
+    for (container, needle) in cases {
+        let v = ep.run(&container);
+        assert_eq!(v["kind"], "container_error", "{container}: {v}");
+        let msg = v["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{container}: {msg}");
+    }
+}
+
+fn routing(image: &Path, policy: &str, types: usize, functions: usize) -> Value {
+    let out = Command::new(FXR)
+        .args(["--output", "json", "bench", "routing", "--mode", "real"])
+        .args(["--runtime", "bwrap", "--image"])
+        .arg(image)
+        .args(["--policy", policy, "--container-types", &types.to_string()])
+        .args(["--functions", &functions.to_string()])
+        .args(["--managers", "2", "--workers", "2", "--duration-ms", "30"])
+        .args(["--cold-routing-interval", "200ms"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn warm_routing_starts_fewer_containers_than_random_on_real_workers() {
+    if !runtime("bwrap", "bwrap") {
+        return;
+    }
+    let img = Image::build("routing", false);
+    let warm = routing(&img.dir, "warm", 4, 80);
+    let random = routing(&img.dir, "random", 4, 80);
+    for v in [&warm, &random] {
+        assert_eq!(v["failed"], 0, "{v}");
+        assert_eq!(v["mode"], "real");
+    }
+    let (w, r) = (
+        warm["cold_starts"].as_u64().unwrap(),
+        random["cold_starts"].as_u64().unwrap(),
+    );
+    assert!(w >= 4, "every type started at least once: {warm}");
+    assert!(w < r, "warm {w} cold starts, random {r}");
+}
+
+#[test]
+fn no_type_starves_when_types_outnumber_workers() {
+    if !runtime("bwrap", "bwrap") {
+        return;
+    }
+    let img = Image::build("starve", false);
+    for policy in ["warm", "warm-hard", "random"] {
+        let v = routing(&img.dir, policy, 8, 48);
+        assert_eq!(v["failed"], 0, "{policy}: {v}");
+        assert!(v["cold_starts"].as_u64().unwrap() >= 8, "{policy}: {v}");
+    }
+}

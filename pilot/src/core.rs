@@ -1,0 +1,880 @@
+//! The manager's rules, without I/O: events in, actions out, time passed in.
+//!
+//! The core owns the task queues (one per container type), the worker slots and what each
+//! holds, and decides which worker runs what, when a worker of which type starts, retires or is
+//! evicted, and what goes to the interchange. The loop in [`crate::manager`] feeds it the
+//! [`Event`]s its link, its [`crate::pool::WorkerPool`] and signals report, and carries out the
+//! [`Action`]s it returns. Every rule here is unit-tested without processes or sockets.
+//!
+//! Workers per container type, as funcX's manager keeps them:
+//! - a slot is empty, starting, idle or busy, and belongs to one type while it is not empty;
+//! - each type with demand (queued plus running tasks) gets a share of the slots in proportion
+//!   to that demand, and starts workers in empty slots up to its share (a **cold start**);
+//! - when no slot is empty and a type is under its share, an idle worker of a type over its share
+//!   (or with no demand) is stopped and its slot restarted in the wanted type (a **container
+//!   switch**); a type with no worker at all always gets at least one, so no type starves;
+//! - an idle worker past `max_idle` is stopped;
+//! - a container worker that dies before it is ready fails the queued tasks of its type with
+//!   `container_error` and the runtime's message, and its type waits an exponential backoff
+//!   (tasks of that type arriving meanwhile fail at once with the same message).
+//!
+//! Invariants (checked by `check_invariants` in the tests): a task id is in exactly one queue or
+//! one slot's `assigned`; only busy slots have assigned tasks; every idle slot is in its type's
+//! idle list and nothing else is; the count of workers per type equals the slots of that type.
+
+pub use crate::event::Event;
+use fxr_protocol::{
+    Capacity, ContainerSpec, FailureKind, FromWorker, InterchangeMsg, ManagerMsg, Registration,
+    Task, TaskId, TaskResult, WorkerCounters, WorkerSettings,
+};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// A worker's batching depth: tasks whose recent mean run time is under this go to a worker
+/// many at a time; longer ones one at a time, so no task waits behind a long one.
+const SHORT_TASK_US: f64 = 500.0;
+const MAX_WORKER_BATCH: usize = 64;
+const MAX_RESULT_BATCH: usize = 4096;
+const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
+/// How long a draining manager waits for the interchange to take its last messages.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// What the core wants done.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Send to the interchange.
+    Send(ManagerMsg),
+    /// Start a worker in `slot`, in `container` (the bare node when `None`).
+    Start {
+        slot: usize,
+        generation: u64,
+        container: Option<ContainerSpec>,
+    },
+    /// Give these tasks to the worker in `slot`.
+    Run {
+        slot: usize,
+        generation: u64,
+        tasks: Vec<Task>,
+    },
+    /// Stop the worker in `slot` (it is forgotten: a later report of its end is ignored).
+    Stop { slot: usize, generation: u64 },
+    /// How workers start, as the interchange said.
+    Configure(WorkerSettings),
+}
+
+/// Why the manager's loop should end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained, or the interchange closed the link after the drain.
+    Done,
+    Refused(String),
+    /// The interchange was silent this long.
+    Lost(Duration),
+}
+
+/// The core's settings.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// What the manager registers with (the secret included).
+    pub registration: Registration,
+    pub heartbeat_period: Duration,
+    pub give_up_after: Duration,
+    /// Start a worker on the bare node in every slot at once, so the first tasks find them
+    /// ready. Idle bare workers count as unused slots: a container type takes their slot
+    /// without it counting as a switch.
+    pub prestart: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Empty,
+    Starting,
+    Idle,
+    Busy,
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: SlotState,
+    generation: u64,
+    /// The type (a [`ContainerSpec::key`], `""` for the bare node) while not empty.
+    kind: String,
+    assigned: VecDeque<TaskId>,
+    /// When the worker started, or last became idle.
+    since: Instant,
+}
+
+/// Tasks and workers of one container type.
+#[derive(Debug)]
+struct Kind {
+    spec: Option<ContainerSpec>,
+    queue: VecDeque<Task>,
+    /// Tasks held by its workers.
+    running: usize,
+    /// Slots of this type (starting, idle or busy).
+    workers: usize,
+    starting: usize,
+    /// Idle slots, the most recently idle last.
+    idle: Vec<usize>,
+    /// Starts that died before ready (or soon after), in a row.
+    failures: u32,
+    blocked_until: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Kind {
+    fn new(spec: Option<ContainerSpec>) -> Kind {
+        Kind {
+            spec,
+            queue: VecDeque::new(),
+            running: 0,
+            workers: 0,
+            starting: 0,
+            idle: Vec::new(),
+            failures: 0,
+            blocked_until: None,
+            last_error: None,
+        }
+    }
+
+    fn demand(&self) -> usize {
+        self.queue.len() + self.running
+    }
+}
+
+/// The manager core. See the module documentation.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    settings: WorkerSettings,
+    connected: bool,
+    registered: bool,
+    last_heard: Instant,
+    heartbeat_period: Duration,
+    next_heartbeat: Instant,
+    kinds: BTreeMap<String, Kind>,
+    queued: usize,
+    known: HashSet<TaskId>,
+    /// Tasks handed to workers, kept so they can be re-queued if the worker dies.
+    inflight: HashMap<TaskId, Task>,
+    slots: Vec<Slot>,
+    empty: Vec<usize>,
+    results: Vec<TaskResult>,
+    acks: Vec<u64>,
+    ewma_us: f64,
+    seen_results: bool,
+    draining: bool,
+    drained_at: Option<Instant>,
+    counters: WorkerCounters,
+    prestarted: bool,
+}
+
+impl Core {
+    pub fn new(cfg: CoreConfig, now: Instant) -> Core {
+        let n = cfg.registration.workers as usize;
+        Core {
+            heartbeat_period: cfg.heartbeat_period,
+            next_heartbeat: now + cfg.heartbeat_period,
+            cfg,
+            settings: WorkerSettings::default(),
+            connected: false,
+            registered: false,
+            last_heard: now,
+            kinds: BTreeMap::new(),
+            queued: 0,
+            known: HashSet::new(),
+            inflight: HashMap::new(),
+            slots: (0..n)
+                .map(|_| Slot {
+                    state: SlotState::Empty,
+                    generation: 0,
+                    kind: String::new(),
+                    assigned: VecDeque::new(),
+                    since: now,
+                })
+                .collect(),
+            empty: (0..n).rev().collect(),
+            results: Vec::new(),
+            acks: Vec::new(),
+            ewma_us: 0.0,
+            seen_results: false,
+            draining: false,
+            drained_at: None,
+            counters: WorkerCounters::default(),
+            prestarted: false,
+        }
+    }
+
+    /// Cold starts, container switches and container errors so far.
+    pub fn counters(&self) -> WorkerCounters {
+        self.counters
+    }
+
+    /// Tasks held: queued here or at a worker.
+    pub fn held(&self) -> usize {
+        self.queued + self.inflight.len()
+    }
+
+    /// The earliest time [`Core::poll`] has something to do without a new event.
+    pub fn next_deadline(&self) -> Instant {
+        let mut d = self.next_heartbeat;
+        if self.settings.max_idle_ms > 0 {
+            let idle = Duration::from_millis(self.settings.max_idle_ms);
+            for k in self.kinds.values() {
+                if let Some(s) = k.idle.first() {
+                    d = d.min(self.slots[*s].since + idle);
+                }
+            }
+        }
+        for k in self.kinds.values() {
+            if let (Some(t), false) = (k.blocked_until, k.queue.is_empty()) {
+                d = d.min(t);
+            }
+        }
+        d
+    }
+
+    /// One event.
+    pub fn handle(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) -> Option<Exit> {
+        match ev {
+            Event::LinkUp => {
+                self.connected = true;
+                self.last_heard = now;
+                out.push(Action::Send(ManagerMsg::Register(
+                    self.cfg.registration.clone(),
+                )));
+            }
+            Event::LinkDown => {
+                self.connected = false;
+                self.registered = false;
+            }
+            Event::FromInterchange(msg) => {
+                self.last_heard = now;
+                return self.on_interchange(msg, out);
+            }
+            Event::Worker {
+                slot,
+                generation,
+                msg,
+            } => self.on_worker(slot, generation, msg, now),
+            Event::WorkerGone {
+                slot,
+                generation,
+                reason,
+            } => self.worker_gone(slot, generation, &reason, now),
+            Event::Terminate => self.start_drain(out),
+            Event::Wake => {}
+        }
+        None
+    }
+
+    /// Periodic and follow-up work after events: start, assign, retire, flush, heartbeat, and
+    /// the end of a drain.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<Action>) -> Option<Exit> {
+        self.unblock(now);
+        if self.cfg.prestart && !self.prestarted {
+            self.prestarted = true;
+            self.kinds
+                .entry(String::new())
+                .or_insert_with(|| Kind::new(None));
+            while let Some(slot) = self.empty.pop() {
+                self.start(slot, "", now, out);
+            }
+        }
+        if !self.draining {
+            self.rebalance(now, out);
+            self.assign(out);
+        }
+        self.retire_idle(now, out);
+        self.flush(out);
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.heartbeat_period;
+            if self.registered {
+                out.push(Action::Send(ManagerMsg::Heartbeat {
+                    capacity: self.capacity(),
+                    counters: self.counters,
+                }));
+            }
+            let silent = now.saturating_duration_since(self.last_heard);
+            if silent > self.cfg.give_up_after {
+                return Some(Exit::Lost(silent));
+            }
+        }
+        // Draining with the interchange gone: what is left cannot be delivered (the
+        // interchange has re-queued it), so there is nothing to wait for.
+        if self.draining && self.inflight.is_empty() && (self.results.is_empty() || !self.connected)
+        {
+            match self.drained_at {
+                None if self.connected => {
+                    self.drained_at = Some(now);
+                    out.push(Action::Send(ManagerMsg::Drained));
+                    self.next_heartbeat = self.next_heartbeat.min(now + DRAIN_GRACE);
+                }
+                None => return Some(Exit::Done),
+                Some(t) if now.saturating_duration_since(t) >= DRAIN_GRACE || !self.connected => {
+                    return Some(Exit::Done)
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    fn on_interchange(&mut self, msg: InterchangeMsg, out: &mut Vec<Action>) -> Option<Exit> {
+        match msg {
+            InterchangeMsg::Welcome {
+                heartbeat_period_ms,
+                workers,
+                ..
+            } => {
+                self.registered = true;
+                self.heartbeat_period = Duration::from_millis(heartbeat_period_ms.max(10));
+                self.settings = workers.clone();
+                out.push(Action::Configure(workers));
+            }
+            InterchangeMsg::Refused { reason } => return Some(Exit::Refused(reason)),
+            InterchangeMsg::Tasks { seq, tasks } => {
+                self.acks.push(seq);
+                for t in tasks {
+                    if self.draining {
+                        // Arrived after the drain began: give it straight back.
+                        out.push(Action::Send(ManagerMsg::Returned { tasks: vec![t.id] }));
+                    } else if self.known.insert(t.id) {
+                        self.enqueue(t, false);
+                    }
+                }
+            }
+            InterchangeMsg::Drain => self.start_drain(out),
+            InterchangeMsg::Heartbeat => {}
+            InterchangeMsg::Cancel { tasks } => {
+                let cancel: HashSet<TaskId> = tasks.into_iter().collect();
+                for k in self.kinds.values_mut() {
+                    let before = k.queue.len();
+                    let mut kept = VecDeque::with_capacity(before);
+                    for t in k.queue.drain(..) {
+                        if cancel.contains(&t.id) {
+                            self.known.remove(&t.id);
+                            self.results.push(TaskResult::failure(
+                                t.id,
+                                FailureKind::Cancelled,
+                                "cancelled while queued",
+                            ));
+                        } else {
+                            kept.push_back(t);
+                        }
+                    }
+                    self.queued -= before - kept.len();
+                    k.queue = kept;
+                }
+            }
+        }
+        None
+    }
+
+    fn enqueue(&mut self, t: Task, front: bool) {
+        let key = t
+            .container
+            .as_ref()
+            .map(ContainerSpec::key)
+            .unwrap_or_default();
+        let kind = self
+            .kinds
+            .entry(key)
+            .or_insert_with(|| Kind::new(t.container.clone()));
+        if front {
+            kind.queue.push_front(t);
+        } else {
+            kind.queue.push_back(t);
+        }
+        self.queued += 1;
+    }
+
+    fn start_drain(&mut self, out: &mut Vec<Action>) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        let mut back = Vec::new();
+        for k in self.kinds.values_mut() {
+            back.extend(k.queue.drain(..).map(|t| t.id));
+        }
+        self.queued = 0;
+        for id in &back {
+            self.known.remove(id);
+        }
+        if !back.is_empty() && self.connected {
+            out.push(Action::Send(ManagerMsg::Returned { tasks: back }));
+        }
+    }
+
+    /// Per type: workers, idle workers; and the manager's room and empty slots.
+    pub fn capacity(&self) -> Vec<Capacity> {
+        let slots =
+            self.cfg.registration.workers as usize + self.cfg.registration.prefetch as usize;
+        let free = slots.saturating_sub(self.held()) as u32;
+        let unused = (self.empty.len() + self.spare_bare()) as u32;
+        let mut caps: Vec<Capacity> = self
+            .kinds
+            .iter()
+            .filter(|(key, k)| key.is_empty() || k.workers > 0 || !k.queue.is_empty())
+            .map(|(key, k)| Capacity {
+                container: key.clone(),
+                total: k.workers as u32,
+                free,
+                warm: k.idle.len() as u32,
+                unused,
+            })
+            .collect();
+        if !self.kinds.contains_key("") {
+            caps.insert(
+                0,
+                Capacity {
+                    container: String::new(),
+                    total: 0,
+                    free,
+                    warm: 0,
+                    unused,
+                },
+            );
+        }
+        caps
+    }
+
+    /// Idle bare-node workers with no bare-node task waiting: as good as unused slots.
+    fn spare_bare(&self) -> usize {
+        self.kinds
+            .get("")
+            .filter(|k| k.queue.is_empty())
+            .map_or(0, |k| k.idle.len())
+    }
+
+    fn unblock(&mut self, now: Instant) {
+        for k in self.kinds.values_mut() {
+            if k.blocked_until.is_some_and(|t| t <= now) {
+                k.blocked_until = None;
+            }
+        }
+        // Tasks of a type whose container cannot start fail at once, with its message.
+        let mut failed = Vec::new();
+        for k in self.kinds.values_mut() {
+            if k.blocked_until.is_none() || k.spec.is_none() {
+                continue;
+            }
+            let msg = k.last_error.clone().unwrap_or_default();
+            for t in k.queue.drain(..) {
+                failed.push(TaskResult::failure(
+                    t.id,
+                    FailureKind::ContainerError,
+                    msg.clone(),
+                ));
+            }
+        }
+        for r in failed {
+            self.queued -= 1;
+            self.known.remove(&r.id);
+            self.results.push(r);
+        }
+    }
+
+    /// Each type's share of the slots, in proportion to its demand (at least one slot for every
+    /// type with demand, so none starves).
+    fn shares(&self) -> HashMap<&str, usize> {
+        let n = self.slots.len();
+        let total: usize = self.kinds.values().map(Kind::demand).sum();
+        let mut shares = HashMap::new();
+        if total == 0 {
+            return shares;
+        }
+        for (key, k) in &self.kinds {
+            let d = k.demand();
+            if d > 0 {
+                shares.insert(key.as_str(), (n * d).div_ceil(total).max(1));
+            }
+        }
+        shares
+    }
+
+    /// Starts workers for types under their share: in empty slots first, then by evicting an
+    /// idle worker of a type over its share or without demand.
+    fn rebalance(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.queued == 0 {
+            return;
+        }
+        let shares = self.shares();
+        let shares: HashMap<String, usize> = shares
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let wanting: Vec<String> = self
+            .kinds
+            .iter()
+            .filter(|(_, k)| k.blocked_until.is_none() && k.queue.len() > k.starting + k.idle.len())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in wanting {
+            let share = shares.get(&key).copied().unwrap_or(1);
+            loop {
+                let k = &self.kinds[&key];
+                if k.queue.len() <= k.starting + k.idle.len() || k.workers >= share {
+                    break;
+                }
+                let spare = (key.as_str() != "" && self.spare_bare() > 0)
+                    .then(|| self.kinds[""].idle.first().copied())
+                    .flatten();
+                let slot = match self.empty.pop() {
+                    Some(s) => s,
+                    None if spare.is_some() => {
+                        let s = spare.unwrap_or_default();
+                        self.free_slot(s, out);
+                        self.empty.retain(|e| *e != s);
+                        s
+                    }
+                    None => match self.victim(&key, &shares) {
+                        Some(s) => {
+                            tracing::debug!(slot = s, kind = %key, "container switch");
+                            self.counters.container_switches += 1;
+                            self.free_slot(s, out);
+                            self.empty.retain(|e| *e != s);
+                            s
+                        }
+                        None => break,
+                    },
+                };
+                self.start(slot, &key, now, out);
+            }
+        }
+    }
+
+    /// An idle worker to evict for `wanted`: of a type without demand, or over its share; the
+    /// one idle longest.
+    fn victim(&self, wanted: &str, shares: &HashMap<String, usize>) -> Option<usize> {
+        self.kinds
+            .iter()
+            .filter(|(key, k)| {
+                key.as_str() != wanted
+                    && !k.idle.is_empty()
+                    && (k.demand() == 0 || k.workers > shares.get(*key).copied().unwrap_or(0))
+            })
+            .filter_map(|(_, k)| k.idle.first().copied())
+            .min_by_key(|s| self.slots[*s].since)
+    }
+
+    fn start(&mut self, slot: usize, key: &str, now: Instant, out: &mut Vec<Action>) {
+        let Some(k) = self.kinds.get_mut(key) else {
+            return;
+        };
+        k.workers += 1;
+        k.starting += 1;
+        if k.spec.is_some() {
+            self.counters.cold_starts += 1;
+        }
+        tracing::debug!(slot, kind = key, "starting a worker");
+        let s = &mut self.slots[slot];
+        s.generation += 1;
+        s.state = SlotState::Starting;
+        s.kind = key.to_string();
+        s.since = now;
+        out.push(Action::Start {
+            slot,
+            generation: s.generation,
+            container: k.spec.clone(),
+        });
+    }
+
+    /// Stops the worker in an idle or starting slot and makes the slot empty.
+    fn free_slot(&mut self, slot: usize, out: &mut Vec<Action>) {
+        let s = &mut self.slots[slot];
+        let state = s.state;
+        if state == SlotState::Empty {
+            return;
+        }
+        out.push(Action::Stop {
+            slot,
+            generation: s.generation,
+        });
+        s.generation += 1;
+        s.state = SlotState::Empty;
+        let key = std::mem::take(&mut s.kind);
+        if let Some(k) = self.kinds.get_mut(&key) {
+            k.workers -= 1;
+            match state {
+                SlotState::Idle => k.idle.retain(|i| *i != slot),
+                SlotState::Starting => k.starting -= 1,
+                _ => {}
+            }
+        }
+        self.empty.push(slot);
+    }
+
+    /// Gives queued tasks to idle workers of their type.
+    fn assign(&mut self, out: &mut Vec<Action>) {
+        if self.queued == 0 {
+            return;
+        }
+        let short = self.seen_results && self.ewma_us < SHORT_TASK_US;
+        for k in self.kinds.values_mut() {
+            while !k.queue.is_empty() {
+                let Some(slot) = k.idle.pop() else { break };
+                let per_worker = if short {
+                    k.queue
+                        .len()
+                        .div_ceil(k.idle.len() + 1)
+                        .clamp(1, MAX_WORKER_BATCH)
+                } else {
+                    1
+                };
+                let n = per_worker.min(k.queue.len());
+                let tasks: Vec<Task> = k.queue.drain(..n).collect();
+                self.queued -= n;
+                k.running += n;
+                let s = &mut self.slots[slot];
+                s.state = SlotState::Busy;
+                for t in &tasks {
+                    s.assigned.push_back(t.id);
+                    self.inflight.insert(t.id, t.clone());
+                }
+                out.push(Action::Run {
+                    slot,
+                    generation: s.generation,
+                    tasks,
+                });
+            }
+        }
+    }
+
+    fn retire_idle(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let draining = self.draining;
+        if self.settings.max_idle_ms == 0 && !draining {
+            return;
+        }
+        let idle = Duration::from_millis(self.settings.max_idle_ms);
+        let due: Vec<usize> = self
+            .kinds
+            .values()
+            .flat_map(|k| k.idle.iter().copied())
+            .filter(|s| {
+                self.settings.max_idle_ms > 0
+                    && now.saturating_duration_since(self.slots[*s].since) >= idle
+            })
+            .collect();
+        for s in due {
+            self.free_slot(s, out);
+        }
+    }
+
+    fn on_worker(&mut self, slot: usize, generation: u64, msg: FromWorker, now: Instant) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.generation != generation || s.state == SlotState::Empty {
+            return;
+        }
+        match msg {
+            FromWorker::Ready { .. } => {
+                if s.state == SlotState::Starting {
+                    s.state = SlotState::Idle;
+                    s.since = now;
+                    if let Some(k) = self.kinds.get_mut(&s.kind) {
+                        k.starting -= 1;
+                        k.idle.push(slot);
+                        k.failures = 0;
+                    }
+                }
+            }
+            FromWorker::Results { results } => {
+                for r in results {
+                    let s = &mut self.slots[slot];
+                    let pos = if s.assigned.front() == Some(&r.id) {
+                        Some(0)
+                    } else {
+                        s.assigned.iter().position(|t| *t == r.id)
+                    };
+                    let Some(pos) = pos else { continue };
+                    s.assigned.remove(pos);
+                    if let Some(k) = self.kinds.get_mut(&s.kind) {
+                        k.running -= 1;
+                        if s.assigned.is_empty() && s.state == SlotState::Busy {
+                            s.state = SlotState::Idle;
+                            s.since = now;
+                            k.idle.push(slot);
+                        }
+                    }
+                    self.finish(r);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, r: TaskResult) {
+        self.known.remove(&r.id);
+        self.inflight.remove(&r.id);
+        self.ewma_us = if self.seen_results {
+            0.9 * self.ewma_us + 0.1 * r.run_us as f64
+        } else {
+            r.run_us as f64
+        };
+        self.seen_results = true;
+        self.results.push(r);
+    }
+
+    fn worker_gone(&mut self, slot: usize, generation: u64, reason: &str, now: Instant) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.generation != generation || s.state == SlotState::Empty {
+            return;
+        }
+        let state = s.state;
+        let lived = now.saturating_duration_since(s.since);
+        let key = std::mem::take(&mut s.kind);
+        let mut assigned = std::mem::take(&mut s.assigned);
+        s.state = SlotState::Empty;
+        s.generation += 1;
+        self.empty.push(slot);
+        let Some(k) = self.kinds.get_mut(&key) else {
+            return;
+        };
+        k.workers -= 1;
+        k.running -= assigned.len();
+        match state {
+            SlotState::Starting => k.starting -= 1,
+            SlotState::Idle => k.idle.retain(|i| *i != slot),
+            _ => {}
+        }
+        let failed_start = state == SlotState::Starting;
+        if failed_start || lived < Duration::from_secs(1) {
+            k.failures += 1;
+            k.blocked_until = Some(now + backoff(k.failures));
+        }
+        if failed_start {
+            let what = match &k.spec {
+                Some(spec) => format!("container {} did not start: {}", spec.key(), reason.trim()),
+                None => format!("worker did not start: {}", reason.trim()),
+            };
+            tracing::warn!(slot, kind = %key, "{what}");
+            if k.spec.is_some() {
+                self.counters.container_errors += 1;
+            }
+            k.last_error = Some(what);
+        } else {
+            tracing::warn!(slot, kind = %key, reason, "worker exited");
+        }
+        // The first was running; the rest never started and go back to the queue.
+        let running = assigned.pop_front();
+        for id in assigned.into_iter().rev() {
+            if let Some(task) = self.inflight.remove(&id) {
+                self.enqueue(task, true);
+            }
+        }
+        if let Some(id) = running {
+            let msg = match &self.kinds[&key].last_error {
+                Some(e) if failed_start => e.clone(),
+                _ => format!("worker {slot} died while running it: {}", reason.trim()),
+            };
+            self.inflight.remove(&id);
+            self.known.remove(&id);
+            self.results
+                .push(TaskResult::failure(id, FailureKind::WorkerLost, msg));
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<Action>) {
+        if !self.connected {
+            return;
+        }
+        for seq in self.acks.drain(..) {
+            out.push(Action::Send(ManagerMsg::Ack { seq }));
+        }
+        while !self.results.is_empty() {
+            let n = self.results.len().min(MAX_RESULT_BATCH);
+            let mut bytes = 0;
+            let mut cut = 0;
+            while cut < n && (cut == 0 || bytes < MAX_RESULT_BYTES) {
+                bytes += self.results[cut].approx_size();
+                cut += 1;
+            }
+            let rest = self.results.split_off(cut);
+            let results = std::mem::replace(&mut self.results, rest);
+            out.push(Action::Send(ManagerMsg::Results {
+                results,
+                capacity: self.capacity(),
+                counters: self.counters,
+            }));
+        }
+    }
+
+    /// Slots with a worker that must be stopped when the manager exits.
+    pub fn live_slots(&self) -> Vec<(usize, u64)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state != SlotState::Empty)
+            .map(|(i, s)| (i, s.generation))
+            .collect()
+    }
+
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let mut seen = HashSet::new();
+        let mut queued = 0;
+        for (key, k) in &self.kinds {
+            for t in &k.queue {
+                assert!(seen.insert(t.id), "task {:?} twice", t.id);
+                queued += 1;
+            }
+            let slots: Vec<&Slot> = self
+                .slots
+                .iter()
+                .filter(|s| &s.kind == key && s.state != SlotState::Empty)
+                .collect();
+            assert_eq!(k.workers, slots.len(), "workers of `{key}`");
+            assert_eq!(
+                k.starting,
+                slots
+                    .iter()
+                    .filter(|s| s.state == SlotState::Starting)
+                    .count()
+            );
+            assert_eq!(
+                k.idle.len(),
+                slots.iter().filter(|s| s.state == SlotState::Idle).count()
+            );
+            assert_eq!(
+                k.running,
+                slots.iter().map(|s| s.assigned.len()).sum::<usize>()
+            );
+        }
+        assert_eq!(queued, self.queued);
+        for (i, s) in self.slots.iter().enumerate() {
+            assert_eq!(
+                s.state == SlotState::Empty,
+                self.empty.contains(&i),
+                "slot {i}"
+            );
+            assert_eq!(
+                s.state == SlotState::Busy,
+                !s.assigned.is_empty(),
+                "slot {i}"
+            );
+            for t in &s.assigned {
+                assert!(seen.insert(*t), "task {t:?} twice");
+                assert!(self.inflight.contains_key(t));
+            }
+        }
+        assert_eq!(
+            self.inflight.len(),
+            self.slots.iter().map(|s| s.assigned.len()).sum::<usize>()
+        );
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(100u64 << failures.min(7)).min(Duration::from_secs(10))
+    }
+}
+
+#[cfg(test)]
+mod tests;
