@@ -53,9 +53,31 @@ pub struct RoutingArgs {
     /// Under `warm`, how often one task may force a container switch.
     #[arg(long, value_parser = crate::opts::duration, default_value = "1s")]
     pub cold_routing_interval: Duration,
+    /// Simulated mode: run time-scaled, every duration (task, cold start, cold routing
+    /// interval) divided by this; `seconds` is scaled back, `wall_seconds` is what passed.
+    #[arg(long, default_value_t = 1)]
+    pub time_scale: u32,
     /// Give up after this long.
     #[arg(long, value_parser = crate::opts::duration, default_value = "30m")]
     pub timeout: Duration,
+}
+
+/// A cold-start cost divided by `scale`: a number of seconds, or `@FILE` of samples (written
+/// scaled to a file in `dir`).
+fn scaled_cost(cost: &str, scale: f64, dir: &std::path::Path) -> anyhow::Result<String> {
+    use fxr_pilot::pool::Cost;
+    if scale == 1.0 {
+        return Ok(cost.to_string());
+    }
+    match Cost::parse(cost).map_err(anyhow::Error::msg)? {
+        Cost::Fixed(d) => Ok(format!("{}", d.as_secs_f64() / scale)),
+        Cost::Samples(s) => {
+            let path = dir.join("cold-start-samples");
+            let text: String = s.iter().map(|d| format!("{}\n", d.as_secs_f64() / scale)).collect();
+            std::fs::write(&path, text)?;
+            Ok(format!("@{}", path.display()))
+        }
+    }
 }
 
 /// An option that makes container type `k` distinct without changing the image.
@@ -83,6 +105,17 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
         a.managers > 0 && a.workers > 0,
         "--managers and --workers must be at least 1"
     );
+    anyhow::ensure!(
+        a.time_scale >= 1 && (a.time_scale == 1 || !real),
+        "--time-scale is for simulated mode, and at least 1"
+    );
+    let scale = f64::from(a.time_scale);
+    anyhow::ensure!(
+        a.duration_ms % u64::from(a.time_scale) == 0,
+        "--duration-ms must be a multiple of --time-scale"
+    );
+    let scratch = tempfile::tempdir()?;
+    let cold_start = scaled_cost(&a.cold_start, scale, scratch.path())?;
     let image = match (&a.image, real) {
         (Some(i), _) => i.clone(),
         (None, false) => "routing".into(),
@@ -100,17 +133,17 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
     };
     let (ep, workers) = endpoint_with(&common, |s| {
         s.dispatch = a.policy;
-        s.cold_routing_interval = a.cold_routing_interval;
+        s.cold_routing_interval = a.cold_routing_interval.div_f64(scale);
         s.worker_max_idletime = Duration::ZERO;
         s.heartbeat_period = Duration::from_secs(1);
         if !real {
-            s.simulate_cold_start = vec![a.cold_start.clone()];
+            s.simulate_cold_start = vec![cold_start.clone()];
         }
     })?;
     let mut door = ep.interchange.local_client();
     let outcome = (|| -> anyhow::Result<serde_json::Value> {
         client::wait_for_workers(&mut door, workers, Duration::from_secs(120))?;
-        let args = format!("{{\"ms\":{}}}", a.duration_ms).into_bytes();
+        let args = format!("{{\"ms\":{}}}", a.duration_ms / u64::from(a.time_scale)).into_bytes();
         let tasks: Vec<Task> = (0..a.functions)
             .map(|i| Task {
                 id: TaskId(i as u64),
@@ -133,7 +166,7 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
             .collect();
         let start = Instant::now();
         let results = client::submit_and_wait(&mut door, tasks, 10_000, a.timeout, &mut |_, _| {})?;
-        let secs = start.elapsed().as_secs_f64();
+        let wall = start.elapsed().as_secs_f64();
         let failed: Vec<_> = results.iter().filter(|r| !r.is_success()).collect();
         if let Some(r) = failed.first() {
             eprintln!(
@@ -148,7 +181,9 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
             status.managers.iter().map(|m| f(&m.counters)).sum()
         };
         Ok(serde_json::json!({
-            "seconds": secs,
+            "seconds": wall * scale,
+            "wall_seconds": wall,
+            "time_scale": a.time_scale,
             "cold_starts": sum(|c| c.cold_starts),
             "container_switches": sum(|c| c.container_switches),
             "container_errors": sum(|c| c.container_errors),

@@ -29,6 +29,25 @@ pub struct Definition {
     /// (for example: the broker's share of a round trip = through the broker − without it).
     #[serde(default)]
     pub stages: Vec<Stage>,
+    /// Series set against a baseline, point by point, in the summary.
+    #[serde(default)]
+    pub comparisons: Vec<Comparison>,
+    /// Markdown appended to the summary: what the figures mean and where they differ from the
+    /// paper's.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// `series` against `baseline`: the change of completion time (and of cold starts) at each
+/// point, and the paper's own figure for the same comparison when it has one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Comparison {
+    pub name: String,
+    pub series: String,
+    pub baseline: String,
+    #[serde(default)]
+    pub paper: Option<String>,
 }
 
 /// One stage: `series` minus `minus`, point by point, for the latency percentiles.
@@ -61,8 +80,10 @@ pub struct Sweep {
     pub values: Vec<u64>,
     /// The values used with `--quick`.
     pub quick_values: Vec<u64>,
-    /// `throughput` or `latency` (an `fxr bench`), or `parsl` (the Parsl HTEX anchor,
-    /// `scripts/anchors.py ARGS`, run with `requires = "parsl"`).
+    /// `throughput`, `latency` or `routing` (an `fxr bench`), or `parsl` (the Parsl HTEX
+    /// anchor, `scripts/anchors.py ARGS`, run with `requires = "parsl"`). In `routing` args,
+    /// `{image}` is a worker image directory and `{podman_image}` its podman copy, built for
+    /// the run by `fxr container image`.
     pub bench: String,
     pub args: Vec<String>,
     #[serde(default)]
@@ -78,6 +99,8 @@ pub struct Sweep {
     /// `slurm`: the sweep runs on a Slurm cluster that the harness starts on this machine
     /// (`scripts/slurm-cluster.sh`), and is skipped, with a note, where Slurm is not installed.
     /// `parsl`: the sweep needs Parsl in `target/anchors-venv` (`make experiment-anchors`).
+    /// `bwrap`, `podman`, `charliecloud`: the sweep needs that container runtime, and is
+    /// skipped, with a note, without it.
     #[serde(default)]
     pub requires: Option<String>,
 }
@@ -106,11 +129,11 @@ impl Definition {
             message: e.to_string(),
         })?;
         for s in &d.sweeps {
-            if !["throughput", "latency", "parsl"].contains(&s.bench.as_str()) {
+            if !["throughput", "latency", "routing", "parsl"].contains(&s.bench.as_str()) {
                 return Err(DefError::Invalid {
                     path: p,
                     message: format!(
-                        "sweep `{}`: bench must be throughput, latency or parsl",
+                        "sweep `{}`: bench must be throughput, latency, routing or parsl",
                         s.series
                     ),
                 });

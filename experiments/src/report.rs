@@ -29,6 +29,8 @@ pub const COLUMNS: &[&str] = &[
     "ideal_s",
     "efficiency",
     "broker_cpu_us_per_task",
+    "cold_starts",
+    "container_switches",
 ];
 
 /// One run of one point.
@@ -67,8 +69,10 @@ impl Row {
             put("p50_ms", f("parsl_htex_p50_ms"));
             put("p99_ms", f("parsl_htex_p99_ms"));
         }
-        put("tasks", f("tasks"));
+        put("tasks", f("tasks").or(f("functions")));
         put("workers", f("workers"));
+        put("cold_starts", f("cold_starts"));
+        put("container_switches", f("container_switches"));
         put("seconds", f("seconds"));
         put("tasks_per_s", f("tasks_per_s"));
         for k in [
@@ -229,7 +233,16 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
     s.push_str(&format!("**The paper:** {}\n\n", def.paper));
     s.push_str("Medians over repetitions; every row says whether its workers were real processes or simulated (real manager code and protocol over real sockets, built-in functions run in-process). Raw data: `raw.csv`; plot: `plot.svg`; machine: `SETUP.md`.\n\n");
     let latency = rows.iter().any(|r| r.bench == "latency");
-    let cols: &[&str] = if latency {
+    let routing = rows.iter().any(|r| r.bench == "routing");
+    let cols: &[&str] = if routing {
+        &[
+            "tasks",
+            "workers",
+            "seconds",
+            "cold_starts",
+            "container_switches",
+        ]
+    } else if latency {
         &[
             "workers", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "first_ms",
         ]
@@ -312,6 +325,17 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
             }
         }
     }
+    if !def.comparisons.is_empty() {
+        s.push_str(&comparisons(def, rows));
+    }
+    if let Some(n) = &def.notes {
+        s.push('\n');
+        s.push_str(n.trim());
+        s.push('\n');
+    }
+    if routing {
+        return std::fs::write(dir.join("summary.md"), s);
+    }
     let anchors = dir.parent().map(|p| p.join("anchors/anchors.json"));
     match anchors.and_then(|a| std::fs::read_to_string(a).ok()) {
         Some(text) => {
@@ -325,6 +349,44 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
         None => s.push_str("\nAnchors: not measured in this run (`make experiment-anchors` installs Parsl in a virtual environment and measures it here). Figures measured earlier on a machine of this size: Parsl HTEX ≈ 1,170 no-op tasks/s (p50 1.6 ms, p99 2.7 ms), Ray ≈ 2,400/s, Dask ≈ 520/s, HyperQueue ≈ 900 process tasks/s.\n"),
     }
     std::fs::write(dir.join("summary.md"), s)
+}
+
+/// The comparisons section: each series against its baseline at every point both have.
+fn comparisons(def: &Definition, rows: &[Row]) -> String {
+    let m = medians(rows);
+    let find = |series: &str, value: u64| {
+        m.iter()
+            .find(|r| r.series == series.replace(',', ";") && r.value == value)
+    };
+    let var = rows.first().map_or("value", |r| r.var.as_str());
+    let mut s = String::from("\n## Comparisons\n\nChange of the median completion time against the baseline at each point (negative: faster), and the cold starts of each.\n\n");
+    s.push_str(&format!(
+        "| comparison | {var} | baseline s | s | change | baseline cold starts | cold starts | paper |\n|---|---|---|---|---|---|---|---|\n"
+    ));
+    let mut values: Vec<u64> = m.iter().map(|r| r.value).collect();
+    values.sort_unstable();
+    values.dedup();
+    for c in &def.comparisons {
+        for v in &values {
+            let (Some(a), Some(b)) = (find(&c.series, *v), find(&c.baseline, *v)) else {
+                continue;
+            };
+            let (Some(sa), Some(sb)) = (a.get("seconds"), b.get("seconds")) else {
+                continue;
+            };
+            s.push_str(&format!(
+                "| {} | {v} | {} | {} | {:+.0}% | {} | {} | {} |\n",
+                c.name,
+                fmt(Some(sb)),
+                fmt(Some(sa)),
+                100.0 * (sa - sb) / sb.max(1e-9),
+                fmt(b.get("cold_starts")),
+                fmt(a.get("cold_starts")),
+                c.paper.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    s
 }
 
 pub fn write_setup(dir: &Path, opts: &RunOptions) -> std::io::Result<()> {

@@ -96,6 +96,45 @@ impl Drop for Cluster {
     }
 }
 
+/// Worker images for the routing sweeps, built by `fxr container image`; the podman copy is
+/// removed from podman's store when dropped.
+struct Images {
+    dir: PathBuf,
+    podman: Option<String>,
+}
+
+impl Images {
+    fn build(fxr: &Path, podman: bool) -> Result<Images, String> {
+        let dir = std::env::temp_dir().join(format!("fxr-experiment-image-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let name = format!("localhost/fxr-experiment-{}", std::process::id());
+        let mut c = Command::new(fxr);
+        c.args(["container", "image"])
+            .arg(&dir)
+            .args(["--label", "fxr-experiment"]);
+        if podman {
+            c.args(["--podman", &name]);
+        }
+        let out = c.output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Images {
+            dir,
+            podman: podman.then_some(name),
+        })
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        if let Some(n) = &self.podman {
+            let _ = Command::new("podman").args(["rmi", "-f", n]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn have(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -110,7 +149,27 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
     let mut skipped = Vec::new();
     let mut points = Vec::new();
     let venv_python = opts.scripts.join("../target/anchors-venv/bin/python");
+    let uses = |p: &str| def.sweeps.iter().any(|s| s.args.iter().any(|a| a.contains(p)));
+    let mut images = None;
+    if uses("{image}") || uses("{podman_image}") {
+        let podman = uses("{podman_image}") && have("podman");
+        eprintln!("building a worker image for the container sweeps");
+        images = Some(Images::build(&opts.fxr, podman).map_err(|e| RunError::Point {
+            point: "worker image".into(),
+            message: e,
+        })?);
+    }
     for s in &def.sweeps {
+        let tool = match s.requires.as_deref() {
+            Some("charliecloud") => Some("ch-run"),
+            Some(r @ ("bwrap" | "podman")) => Some(r),
+            _ => None,
+        };
+        if let Some(tool) = tool.filter(|t| !have(t)) {
+            eprintln!("skipping `{}`: `{tool}` is not installed", s.series);
+            skipped.push(format!("{}: skipped, `{tool}` is not installed here", s.series));
+            continue;
+        }
         if s.requires.as_deref() == Some("parsl") {
             let ok = Command::new(&venv_python)
                 .args(["-c", "import parsl"])
@@ -169,7 +228,14 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
     let started = Instant::now();
     let mut rows = Vec::with_capacity(total);
     for (i, (s, v, rep)) in points.into_iter().enumerate() {
-        let args = expand(s, v, opts.quick);
+        let mut args = expand(s, v, opts.quick);
+        if let Some(img) = &images {
+            for a in &mut args {
+                *a = a
+                    .replace("{image}", &img.dir.to_string_lossy())
+                    .replace("{podman_image}", img.podman.as_deref().unwrap_or(""));
+            }
+        }
         let label = format!("{} {}={v} rep {}", s.series, s.var, rep + 1);
         eprintln!(
             "[{}/{total}] {} ({:.0} s elapsed)",
@@ -235,6 +301,7 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
         rows.push(Row::from_bench(def, s, v, rep, &json));
     }
     drop(cluster);
+    drop(images);
     report::write_csv(&dir.join("raw.csv"), &rows)?;
     report::write_all(def, &dir, &rows, opts)?;
     if !skipped.is_empty() {
