@@ -813,4 +813,57 @@ mod tests {
         assert!(hub.compact());
         assert!(hub.live.capacity() < 10_000);
     }
+
+    #[test]
+    fn warm_routing_prefers_the_endpoint_with_idle_workers_of_the_type() {
+        let mut hub = Hub::new(Limits::default());
+        let mut kicks = Vec::new();
+        for e in ["a", "b", "c"] {
+            let (tx, rx) = unbounded_channel();
+            let (kick, k) = oneshot::channel();
+            hub.connect(e, tx, kick);
+            kicks.push((rx, k));
+        }
+        let status = |kind: &str, warm: u32| fxr_protocol::EndpointStatus {
+            managers: vec![fxr_protocol::ManagerStatus {
+                manager_id: fxr_protocol::ManagerId(1),
+                block_id: fxr_protocol::BlockId("b".into()),
+                hostname: "h".into(),
+                workers: 4,
+                in_flight: 0,
+                draining: false,
+                simulated: false,
+                capacity: vec![fxr_protocol::Capacity {
+                    container: kind.into(),
+                    total: warm,
+                    free: 4,
+                    warm,
+                    unused: 0,
+                }],
+                counters: Default::default(),
+            }],
+            ..Default::default()
+        };
+        hub.set_status("a", status("podman:x", 1));
+        hub.set_status("b", status("podman:x", 3));
+        hub.set_status("c", status("podman:y", 4));
+        let eps: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        for _ in 0..10 {
+            assert_eq!(
+                hub.route(&eps, Policy::Warm, "podman:x").as_deref(),
+                Some("b")
+            );
+            assert_eq!(
+                hub.route(&eps, Policy::Warm, "podman:y").as_deref(),
+                Some("c")
+            );
+        }
+        // No endpoint has the type warm: the least loaded one.
+        hub.enqueue("a", task(1, 1), meta(1));
+        hub.enqueue("c", task(2, 1), meta(1));
+        assert_eq!(
+            hub.route(&eps, Policy::Warm, "bwrap:z").as_deref(),
+            Some("b")
+        );
+    }
 }

@@ -157,16 +157,17 @@ fn function_of(body: &FunctionBody) -> Result<Function, String> {
     use api::types::FunctionKind;
     match body.kind {
         FunctionKind::Builtin => {
-            let name = body
-                .builtin
-                .as_deref()
-                .ok_or("a builtin function needs `builtin` (noop, sleep, spin, echo, fail)")?;
+            let name = body.builtin.as_deref().ok_or(
+                "a builtin function needs `builtin` (noop, sleep, spin, echo, fail, put, get)",
+            )?;
             if body.command.is_some() {
                 return Err("`command` is for shell functions".into());
             }
             Builtin::from_name(name)
                 .map(Function::Builtin)
-                .ok_or_else(|| format!("unknown builtin `{name}` (noop, sleep, spin, echo, fail)"))
+                .ok_or_else(|| {
+                    format!("unknown builtin `{name}` (noop, sleep, spin, echo, fail, put, get)")
+                })
         }
         FunctionKind::Mpi => {
             let mut shell = body.clone();

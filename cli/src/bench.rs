@@ -23,6 +23,9 @@ pub enum BenchCmd {
     Routing(crate::routing::RoutingArgs),
     /// Time from starting a worker in a container to the worker being ready.
     ColdStart(crate::routing::ColdStartArgs),
+    /// Moving one object from a producer to a consumer: the node's store, another node's store,
+    /// a file system, or Redis.
+    Data(crate::databench::DataArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -399,6 +402,8 @@ pub(crate) fn endpoint_with(
         worker_max_idletime: Duration::ZERO,
         container_runtimes: Vec::new(),
         simulate_cold_start: Vec::new(),
+        store_dir: None,
+        store_capacity: 1 << 30,
     };
     adjust(&mut args);
     let mut ep = start_local(&args)?;
@@ -475,6 +480,7 @@ pub fn run(cmd: BenchCmd, json: bool) -> anyhow::Result<u8> {
         BenchCmd::Latency(a) => latency(a, json),
         BenchCmd::Routing(a) => crate::routing::routing(a, json),
         BenchCmd::ColdStart(a) => crate::routing::cold_start(a, json),
+        BenchCmd::Data(a) => crate::databench::data(a, json),
     }
 }
 

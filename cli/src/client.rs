@@ -37,7 +37,8 @@ pub struct SubmitArgs {
     /// endpoint's front door HOST:PORT.
     #[arg(long)]
     pub endpoint: String,
-    /// random | round-robin | least-loaded, for several endpoints.
+    /// random | round-robin | least-loaded | warm (the endpoint with idle workers of the
+    /// function's container type), for several endpoints.
     #[arg(long, default_value = "random")]
     pub policy: String,
     /// One JSON argument object per line; one task per line.

@@ -103,6 +103,13 @@ pub struct StartArgs {
     /// samples (repeatable).
     #[arg(long = "simulate-cold-start")]
     pub simulate_cold_start: Vec<String>,
+    /// The node's object store (default: /dev/shm/fxr-NAME, or /dev/shm/fxr-local-PID for an
+    /// ad-hoc endpoint); removed when the endpoint stops.
+    #[arg(long)]
+    pub store_dir: Option<std::path::PathBuf>,
+    /// The object store's capacity in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub store_capacity: u64,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
@@ -253,9 +260,20 @@ fn local_status(addr: &str, json: bool) -> anyhow::Result<u8> {
             .managers
             .iter()
             .map(|m| {
+                let containers: Vec<_> = m
+                    .capacity
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({"container": c.container, "total": c.total,
+                            "warm": c.warm, "free": c.free, "unused": c.unused})
+                    })
+                    .collect();
                 serde_json::json!({"manager_id": m.manager_id.to_string(), "block_id": m.block_id.0,
                     "hostname": m.hostname, "workers": m.workers, "in_flight": m.in_flight,
-                    "draining": m.draining, "simulated": m.simulated})
+                    "draining": m.draining, "simulated": m.simulated, "containers": containers,
+                    "cold_starts": m.counters.cold_starts,
+                    "container_switches": m.counters.container_switches,
+                    "container_errors": m.counters.container_errors})
             })
             .collect();
         println!(
@@ -282,6 +300,21 @@ fn local_status(addr: &str, json: bool) -> anyhow::Result<u8> {
                 m.in_flight,
                 if m.draining { " draining" } else { "" }
             );
+            for c in m.capacity.iter().filter(|c| c.total > 0) {
+                let name = if c.container.is_empty() {
+                    "(node)"
+                } else {
+                    c.container.as_str()
+                };
+                println!("    {name}: {} workers, {} idle", c.total, c.warm);
+            }
+            let k = m.counters;
+            if k.cold_starts + k.container_switches + k.container_errors > 0 {
+                println!(
+                    "    cold starts {}, container switches {}, container errors {}",
+                    k.cold_starts, k.container_switches, k.container_errors
+                );
+            }
         }
     }
     Ok(exit::OK)
@@ -299,6 +332,36 @@ pub struct LocalEndpoint {
     pub batch: Option<fxr_interchange::scaling::Scaler>,
     /// Directories of block scripts and secret files, removed with the endpoint.
     pub scratch: Vec<tempfile::TempDir>,
+    /// This node's object store, removed with the endpoint.
+    pub store: Option<StoreDir>,
+}
+
+/// An object store directory, removed when dropped (the endpoint stops).
+#[derive(Debug)]
+pub struct StoreDir(pub std::path::PathBuf);
+
+impl Drop for StoreDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the object store");
+            }
+        }
+    }
+}
+
+/// The store directory of an endpoint called `name` (`None`: an ad-hoc one).
+pub fn default_store_dir(name: Option<&str>) -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    match name {
+        Some(n) => base.join(format!("fxr-{n}")),
+        None => base.join(format!("fxr-local-{}", std::process::id())),
+    }
 }
 
 /// Starts the interchange and the pilots of a local endpoint. Blocks are started by a scaling
@@ -333,7 +396,13 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         secret: secret.clone(),
         batch: None,
         scratch: Vec::new(),
+        store: None,
     };
+    let store_dir = a
+        .store_dir
+        .clone()
+        .unwrap_or_else(|| default_store_dir(a.name.as_deref()));
+    ep.store = Some(StoreDir(store_dir.clone()));
     if a.blocks == 0 {
         return Ok(ep);
     }
@@ -345,7 +414,12 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         ep.interchange.manager_port(),
         a.prefetch,
     )?;
-    pilot_cmd.push_str(&format!(" --managers {}", a.managers));
+    pilot_cmd.push_str(&format!(
+        " --managers {} --store {} --store-capacity {}",
+        a.managers,
+        fxr_pilot::exec::shell_quote(&store_dir.to_string_lossy()),
+        a.store_capacity
+    ));
     if let Some(w) = a.workers_per_node {
         pilot_cmd.push_str(&format!(" --workers {w}"));
     }
@@ -467,6 +541,8 @@ fn from_config(
             .map(|(name, c)| (name.clone(), c.command.clone()))
             .collect(),
         simulate_cold_start: e.simulate_cold_start.clone(),
+        store_dir: e.store_dir.clone().map(std::path::PathBuf::from),
+        store_capacity: e.store_capacity,
         max_retries: e.max_retries,
         heartbeat_period: parse_duration(&e.heartbeat_period).map_err(anyhow::Error::msg)?,
         heartbeat_threshold: parse_duration(&e.heartbeat_threshold).map_err(anyhow::Error::msg)?,
@@ -601,6 +677,15 @@ pub fn start_scaler(
         cfg.engine.prefetch,
     )?;
     pilot_cmd.push_str(&format!(" --workers {workers} --launcher {}", p.launcher));
+    let store = cfg.engine.store_dir.clone().map_or_else(
+        || default_store_dir(Some(&cfg.name)),
+        std::path::PathBuf::from,
+    );
+    pilot_cmd.push_str(&format!(
+        " --store {} --store-capacity {}",
+        fxr_pilot::exec::shell_quote(&store.to_string_lossy()),
+        cfg.engine.store_capacity
+    ));
     if p.launcher != "single-node" {
         pilot_cmd.push_str(" --mpi");
     }

@@ -5,6 +5,8 @@ mod bench;
 mod broker;
 mod client;
 mod container;
+mod data;
+mod databench;
 mod endpoint;
 mod experiment;
 mod function;
@@ -56,6 +58,8 @@ enum Command {
     /// Container images that can host fxr workers.
     #[command(subcommand)]
     Container(container::ContainerCmd),
+    /// The node's object store: put, get, ls, rm (inside a task, or with --store DIR).
+    Data(data::DataArgs),
     /// (internal) A worker process, driven by its manager over stdin and stdout.
     #[command(hide = true)]
     Worker,
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => bench::run(c, json),
         Command::Experiment(c) => experiment::run(c),
         Command::Container(c) => container::run(c, json),
+        Command::Data(a) => data::run(a, json),
         Command::Worker => fxr_pilot::worker::worker_main()
             .map(|()| exit::OK)
             .map_err(Into::into),

@@ -40,6 +40,17 @@ pub struct PilotArgs {
     /// with one sample in seconds per line (repeatable; without RUNTIME it is the default).
     #[arg(long = "cold-start")]
     pub cold_start: Vec<String>,
+    /// The node's object store: a directory on a memory file system, shared by the managers
+    /// and workers of this node (none when absent).
+    #[arg(long)]
+    pub store: Option<std::path::PathBuf>,
+    /// The store's capacity in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub store_capacity: u64,
+    /// Where the node's data service listens for peers (default: loopback when the
+    /// interchange is on this machine, all interfaces otherwise).
+    #[arg(long)]
+    pub data_listen: Option<String>,
     /// Exit when the interchange has been unreachable this long.
     #[arg(long, value_parser = crate::opts::duration, default_value = "60s")]
     pub give_up_after: Duration,
@@ -106,6 +117,20 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
             mode: mode.clone(),
             heartbeat_period: Duration::from_secs(5),
             give_up_after: a.give_up_after,
+            store: a.store.as_ref().map(|root| fxr_pilot::StoreConfig {
+                root: root.clone(),
+                capacity: a.store_capacity,
+                listen: a.data_listen.clone().unwrap_or_else(|| {
+                    let local =
+                        a.interchange.contains("127.0.0.1") || a.interchange.contains("localhost");
+                    if local {
+                        "tcp://127.0.0.1:0"
+                    } else {
+                        "tcp://0.0.0.0:0"
+                    }
+                    .to_string()
+                }),
+            }),
         })
         .collect();
     let fleet = Fleet::start(configs)?;

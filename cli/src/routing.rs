@@ -73,7 +73,10 @@ fn scaled_cost(cost: &str, scale: f64, dir: &std::path::Path) -> anyhow::Result<
         Cost::Fixed(d) => Ok(format!("{}", d.as_secs_f64() / scale)),
         Cost::Samples(s) => {
             let path = dir.join("cold-start-samples");
-            let text: String = s.iter().map(|d| format!("{}\n", d.as_secs_f64() / scale)).collect();
+            let text: String = s
+                .iter()
+                .map(|d| format!("{}\n", d.as_secs_f64() / scale))
+                .collect();
             std::fs::write(&path, text)?;
             Ok(format!("@{}", path.display()))
         }
@@ -111,7 +114,7 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
     );
     let scale = f64::from(a.time_scale);
     anyhow::ensure!(
-        a.duration_ms % u64::from(a.time_scale) == 0,
+        a.duration_ms.is_multiple_of(u64::from(a.time_scale)),
         "--duration-ms must be a multiple of --time-scale"
     );
     let scratch = tempfile::tempdir()?;

@@ -71,7 +71,10 @@ fn quick_experiments_write_complete_results() {
                         .unwrap_or_else(|_| panic!("{name}: {h} = `{c}` is not a number"));
                     // Counts of events may be zero; measurements may not.
                     let zero_ok = *h == "container_switches";
-                    assert!(x.is_finite() && (x > 0.0 || zero_ok && x == 0.0), "{name}: {h} = {x}");
+                    assert!(
+                        x.is_finite() && (x > 0.0 || zero_ok && x == 0.0),
+                        "{name}: {h} = {x}"
+                    );
                 }
             }
             let col = |n: &str| r[header.iter().position(|h| *h == n).unwrap()];

@@ -149,15 +149,21 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
     let mut skipped = Vec::new();
     let mut points = Vec::new();
     let venv_python = opts.scripts.join("../target/anchors-venv/bin/python");
-    let uses = |p: &str| def.sweeps.iter().any(|s| s.args.iter().any(|a| a.contains(p)));
+    let uses = |p: &str| {
+        def.sweeps
+            .iter()
+            .any(|s| s.args.iter().any(|a| a.contains(p)))
+    };
     let mut images = None;
     if uses("{image}") || uses("{podman_image}") {
         let podman = uses("{podman_image}") && have("podman");
         eprintln!("building a worker image for the container sweeps");
-        images = Some(Images::build(&opts.fxr, podman).map_err(|e| RunError::Point {
-            point: "worker image".into(),
-            message: e,
-        })?);
+        images = Some(
+            Images::build(&opts.fxr, podman).map_err(|e| RunError::Point {
+                point: "worker image".into(),
+                message: e,
+            })?,
+        );
     }
     for s in &def.sweeps {
         let tool = match s.requires.as_deref() {
@@ -167,7 +173,10 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
         };
         if let Some(tool) = tool.filter(|t| !have(t)) {
             eprintln!("skipping `{}`: `{tool}` is not installed", s.series);
-            skipped.push(format!("{}: skipped, `{tool}` is not installed here", s.series));
+            skipped.push(format!(
+                "{}: skipped, `{tool}` is not installed here",
+                s.series
+            ));
             continue;
         }
         if s.requires.as_deref() == Some("parsl") {
@@ -299,6 +308,8 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
                 message: format!("unreadable output: {e}"),
             })?;
         rows.push(Row::from_bench(def, s, v, rep, &json));
+        // Kept as they come, so a run stopped half way keeps what it measured.
+        report::write_csv(&dir.join("raw.csv"), &rows)?;
     }
     drop(cluster);
     drop(images);

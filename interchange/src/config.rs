@@ -84,6 +84,10 @@ pub struct EngineConfig {
     /// Cold-start costs of simulated container workers: `[RUNTIME=]SECONDS` or
     /// `[RUNTIME=]@FILE` of samples.
     pub simulate_cold_start: Vec<String>,
+    /// Each node's object store directory (default `/dev/shm/fxr-NAME`).
+    pub store_dir: Option<String>,
+    /// Each node's object store capacity in bytes.
+    pub store_capacity: u64,
 }
 
 impl Default for EngineConfig {
@@ -102,6 +106,8 @@ impl Default for EngineConfig {
             worker_max_idletime: "2m".into(),
             cold_routing_interval: "1s".into(),
             simulate_cold_start: Vec::new(),
+            store_dir: None,
+            store_capacity: 1 << 30,
         }
     }
 }

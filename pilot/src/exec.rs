@@ -70,6 +70,14 @@ pub fn run_builtin(b: Builtin, args: &[u8]) -> Outcome {
                 .unwrap_or_else(|| "the fail builtin failed, as asked".to_string());
             fail(FailureKind::FunctionError, msg)
         }
+        Builtin::Put => match crate::store::put(args) {
+            Ok(v) => Outcome::Success(v),
+            Err(e) => fail(FailureKind::FunctionError, e),
+        },
+        Builtin::Get => match crate::store::get(args) {
+            Ok(v) => Outcome::Success(v),
+            Err(e) => fail(FailureKind::FunctionError, e),
+        },
         Builtin::Sleep | Builtin::Spin => match millis_arg(args) {
             Err(e) => fail(FailureKind::FunctionError, e),
             Ok(ms) => {

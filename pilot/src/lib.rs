@@ -3,16 +3,19 @@
 //! function.
 
 pub mod core;
+pub mod data;
 pub mod event;
 pub mod exec;
 pub mod link;
 pub mod manager;
+pub mod node;
 pub mod pool;
 pub mod rank;
 pub mod runtime;
+pub mod store;
 pub mod worker;
 
-pub use manager::{Manager, ManagerConfig, ManagerError, ManagerHandle, WorkerMode};
+pub use manager::{Manager, ManagerConfig, ManagerError, ManagerHandle, StoreConfig, WorkerMode};
 
 /// Several managers running in this process, one thread each. Used for simulated scaling runs,
 /// where one process stands in for many nodes.

@@ -10,6 +10,7 @@
 use crate::core::{Action, Core, CoreConfig, Exit};
 pub use crate::event::Event;
 use crate::link::{Link, LinkError};
+use crate::node::{hostname, memory_bytes};
 use crate::pool::{ColdStart, ProcessPool, SimPool, WorkerPool};
 use fxr_protocol::{BlockId, ManagerId, Registration};
 use std::path::PathBuf;
@@ -42,6 +43,17 @@ pub struct ManagerConfig {
     pub heartbeat_period: Duration,
     /// Exit when the interchange has been unreachable this long.
     pub give_up_after: Duration,
+    /// The node's object store, shared with the workers, and its data service.
+    pub store: Option<StoreConfig>,
+}
+
+/// Where the node's object store lives and how peers reach it.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub root: PathBuf,
+    pub capacity: u64,
+    /// Where the data service listens (`tcp://HOST:0` for any port).
+    pub listen: String,
 }
 
 /// Why a manager stopped with an error.
@@ -53,6 +65,8 @@ pub enum ManagerError {
     Refused(String),
     #[error("the interchange was unreachable for {0:?}")]
     InterchangeLost(Duration),
+    #[error("the node's object store: {0}")]
+    Store(String),
 }
 
 /// A handle to ask a running manager to drain and exit.
@@ -86,9 +100,46 @@ impl Manager {
     /// Runs until drained, refused, or the interchange is gone for too long.
     pub fn run(self) -> Result<(), ManagerError> {
         let Manager { cfg, tx, rx } = self;
+        // The store and its data service first, so workers find them from their first task.
+        let mut env = Vec::new();
+        let _service = match &cfg.store {
+            None => None,
+            Some(sc) => {
+                let limits = fxr_datastore::Limits {
+                    capacity: sc.capacity,
+                    ttl: None,
+                };
+                let store = fxr_datastore::Store::open(&sc.root, limits)
+                    .map_err(|e| ManagerError::Store(e.to_string()))?;
+                let svc = crate::data::DataService::start(store, cfg.secret.clone(), &sc.listen)
+                    .map_err(ManagerError::Store)?;
+                env.push((
+                    "FXR_STORE".to_string(),
+                    sc.root.to_string_lossy().into_owned(),
+                ));
+                env.push(("FXR_STORE_CAPACITY".to_string(), sc.capacity.to_string()));
+                env.push(("FXR_DATA_NODE".to_string(), svc.url().to_string()));
+                env.push(("FXR_SECRET".to_string(), cfg.secret.clone()));
+                // `fxr data ...` inside a shell task finds this executable first.
+                if let WorkerMode::Processes { exe } = &cfg.mode {
+                    if let Some(dir) = exe.parent() {
+                        let path = std::env::var_os("PATH").unwrap_or_default();
+                        let mut dirs = vec![dir.to_path_buf()];
+                        dirs.extend(std::env::split_paths(&path));
+                        if let Ok(p) = std::env::join_paths(dirs) {
+                            env.push(("PATH".to_string(), p.to_string_lossy().into_owned()));
+                        }
+                    }
+                }
+                tracing::info!(store = %sc.root.display(), service = svc.url(), "object store ready");
+                Some(svc)
+            }
+        };
         let mut link = Link::dial(&cfg.interchange, tx.clone())?;
         let mut pool: Box<dyn WorkerPool> = match &cfg.mode {
-            WorkerMode::Processes { exe } => Box::new(ProcessPool::new(exe.clone(), tx.clone())),
+            WorkerMode::Processes { exe } => {
+                Box::new(ProcessPool::new(exe.clone(), tx.clone()).with_env(env))
+            }
             WorkerMode::Simulated { cold_start } => {
                 Box::new(SimPool::new(cold_start.clone(), cfg.manager_id.0))
             }
@@ -188,23 +239,4 @@ fn registration(cfg: &ManagerConfig) -> Registration {
         secret: cfg.secret.clone(),
         simulated: matches!(cfg.mode, WorkerMode::Simulated { .. }),
     }
-}
-
-/// This node's name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

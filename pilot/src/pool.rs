@@ -67,6 +67,8 @@ pub struct ProcessPool {
     procs: HashMap<usize, Proc>,
     /// Children not yet reaped, by pid, shared with the threads that reap them.
     live: Arc<Mutex<HashSet<u32>>>,
+    /// Environment for workers on the node (the object store's).
+    env: Vec<(String, String)>,
 }
 
 impl ProcessPool {
@@ -78,7 +80,14 @@ impl ProcessPool {
             runtimes: Vec::new(),
             procs: HashMap::new(),
             live: Arc::default(),
+            env: Vec::new(),
         }
+    }
+
+    /// Workers on the node get these environment variables.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> ProcessPool {
+        self.env = env;
+        self
     }
 
     fn command(&self, container: Option<&ContainerSpec>) -> Result<Command, String> {
@@ -86,6 +95,7 @@ impl ProcessPool {
             None => {
                 let mut c = Command::new(&self.exe);
                 c.arg("worker");
+                c.envs(self.env.iter().map(|(k, v)| (k, v)));
                 c
             }
             Some(spec) => {

@@ -69,7 +69,7 @@ pub fn with_mpi() -> Placement {
     let rank = world.rank() as u32;
     let size = world.size() as u32;
     let mut name = [0u8; 64];
-    let host = crate::manager::hostname();
+    let host = crate::node::hostname();
     let n = host.len().min(63);
     name[..n].copy_from_slice(&host.as_bytes()[..n]);
     let root = world.process_at_rank(0);

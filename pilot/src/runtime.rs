@@ -9,6 +9,7 @@
 //! | `{options}` | the function's extra options, each quoted, separated by spaces |
 //! | `{worker}` | the path of this `fxr` executable, to bind-mount into the container |
 //! | `{worker_dir}` | the directory holding it |
+//! | `{worker_name}` | its file name, for runtimes that bind the directory |
 //!
 //! Inside the container the worker is `/fxr/fxr worker`, so an image needs an (empty) `/fxr`
 //! directory and the shared libraries the executable links (`fxr container image` builds such
@@ -37,7 +38,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "charliecloud",
         "env USER=\"${USER:-$(id -un)}\" ch-run --no-passwd -b {worker_dir}:/fxr {options} {image} \
-         -- /fxr/fxr worker",
+         -- /fxr/{worker_name} worker",
     ),
     (
         "apptainer",
@@ -49,7 +50,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     (
         "shifter",
-        "shifter --image={image} --volume={worker_dir}:/fxr {options} /fxr/fxr worker",
+        "shifter --image={image} --volume={worker_dir}:/fxr {options} /fxr/{worker_name} worker",
     ),
     (
         "docker",
@@ -89,6 +90,9 @@ pub fn command(
     let dir = worker
         .parent()
         .map_or_else(|| ".".into(), |d| d.to_string_lossy());
+    let name = worker
+        .file_name()
+        .map_or_else(|| "fxr".into(), |n| n.to_string_lossy());
     let options: Vec<String> = spec.options.iter().map(|o| shell_quote(o)).collect();
     Ok(fill(
         t,
@@ -97,6 +101,7 @@ pub fn command(
             ("options", options.join(" ")),
             ("worker", shell_quote(&worker_s)),
             ("worker_dir", shell_quote(&dir)),
+            ("worker_name", shell_quote(&name)),
         ],
     ))
 }

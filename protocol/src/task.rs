@@ -40,6 +40,13 @@ pub enum Builtin {
     Echo,
     /// Fails with a `function_error` whose message is `{"message": "..."}` or a fixed text.
     Fail,
+    /// Stores `{"key", "value"}` (a string) or `{"key", "size"}` (that many bytes) in the node's
+    /// object store; returns the object's reference `{key, node, size, checksum}`.
+    Put,
+    /// Reads `{"key"}` or `{"ref": {key, node, size, checksum}}` from the node's store, fetching
+    /// it from its node first when it is elsewhere, and checks it; returns `{key, size,
+    /// checksum}` (and `value`, the text, with `"text": true`).
+    Get,
 }
 
 impl Builtin {
@@ -51,6 +58,8 @@ impl Builtin {
             "spin" => Builtin::Spin,
             "echo" => Builtin::Echo,
             "fail" => Builtin::Fail,
+            "put" => Builtin::Put,
+            "get" => Builtin::Get,
             _ => return None,
         })
     }
@@ -63,6 +72,8 @@ impl Builtin {
             Builtin::Spin => "spin",
             Builtin::Echo => "echo",
             Builtin::Fail => "fail",
+            Builtin::Put => "put",
+            Builtin::Get => "get",
         }
     }
 }

@@ -1,0 +1,307 @@
+//! `fxr bench data`: moving one object from a producer to a consumer, by each path the
+//! data-transfer experiment compares.
+//!
+//! - `store`: the node's object store (memory-mapped files on /dev/shm): put, then get and read
+//!   every byte in place;
+//! - `store-remote`: put into one node's store, fetched by another node's store through the
+//!   first node's data service (nng over loopback, 4 MiB chunks, checksum checked), then read;
+//! - `fs`: a file on a disk file system, written and fsync'd, its pages dropped from the cache
+//!   (as a reader on another node would not have them), then read back;
+//! - `redis`: `SET` and `GET` on a `redis-server` this command starts on loopback.
+
+use crate::exit;
+use anyhow::{bail, Context};
+use fxr_datastore::remote::DataRef;
+use fxr_datastore::{Limits, Store};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Object size in bytes.
+    #[arg(long)]
+    pub size: u64,
+    /// store | store-remote | fs | redis
+    #[arg(long)]
+    pub via: String,
+    /// Transfers to time; the medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Directory for `fs` (default: a temporary directory under /var/tmp, on disk).
+    #[arg(long)]
+    pub fs_dir: Option<std::path::PathBuf>,
+}
+
+const MAX_SIZE: u64 = 4 << 30;
+
+/// One transfer's write and read times, in seconds.
+type Sample = (f64, f64);
+
+fn payload(size: u64) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+/// Reads every byte (so the time includes touching the data), returning a sum to keep it.
+fn touch(b: &[u8]) -> u64 {
+    b.iter().step_by(64).map(|x| u64::from(*x)).sum::<u64>() + b.len() as u64
+}
+
+fn shm_dir(tag: &str) -> anyhow::Result<tempfile::TempDir> {
+    let base = crate::endpoint::default_store_dir(None);
+    let parent = base.parent().unwrap_or(std::path::Path::new("/tmp"));
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("fxr-bench-{tag}-"))
+        .tempdir_in(parent)?)
+}
+
+fn limits(size: u64) -> Limits {
+    Limits {
+        capacity: size.saturating_mul(2).max(1 << 20),
+        ttl: None,
+    }
+}
+
+fn via_store(data: &[u8], repeat: usize) -> anyhow::Result<Vec<Sample>> {
+    let dir = shm_dir("store")?;
+    let store = Store::open(dir.path(), limits(data.len() as u64))?;
+    let mut out = Vec::new();
+    for i in 0..repeat {
+        let key = format!("obj{i}");
+        let t0 = Instant::now();
+        store.put(&key, data)?;
+        let w = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let obj = store.get(&key)?;
+        std::hint::black_box(touch(obj.bytes()));
+        let r = t1.elapsed().as_secs_f64();
+        drop(obj);
+        store.delete(&key)?;
+        out.push((w, r));
+    }
+    Ok(out)
+}
+
+fn via_store_remote(data: &[u8], repeat: usize) -> anyhow::Result<Vec<Sample>> {
+    let (da, db) = (shm_dir("far")?, shm_dir("near")?);
+    let far = Store::open(da.path(), limits(data.len() as u64))?;
+    let near = Store::open(db.path(), limits(data.len() as u64))?;
+    let secret = fxr_broker::auth::new_secret();
+    let svc = fxr_pilot::data::DataService::start(far.clone(), secret.clone(), "tcp://127.0.0.1:0")
+        .map_err(anyhow::Error::msg)?;
+    let mut out = Vec::new();
+    for i in 0..repeat {
+        let key = format!("obj{i}");
+        let t0 = Instant::now();
+        let m = far.put(&key, data)?;
+        let w = t0.elapsed().as_secs_f64();
+        let r = DataRef {
+            key: key.clone(),
+            node: svc.url().to_string(),
+            size: m.size,
+            checksum: m.checksum,
+        };
+        let t1 = Instant::now();
+        fxr_pilot::data::fetch(&near, &r, &secret)?;
+        let obj = near.get(&key)?;
+        std::hint::black_box(touch(obj.bytes()));
+        let rd = t1.elapsed().as_secs_f64();
+        drop(obj);
+        far.delete(&key)?;
+        near.delete(&key)?;
+        out.push((w, rd));
+    }
+    Ok(out)
+}
+
+fn via_fs(
+    data: &[u8],
+    repeat: usize,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<Sample>> {
+    use std::os::fd::AsRawFd;
+    let tmp = match dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?,
+    };
+    let mut out = Vec::new();
+    for i in 0..repeat {
+        let path = tmp.path().join(format!("obj{i}"));
+        let t0 = Instant::now();
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        let w = t0.elapsed().as_secs_f64();
+        // SAFETY: posix_fadvise on a descriptor we own: drop the file's cached pages, as a
+        // reader on another node would not have them.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        drop(f);
+        let t1 = Instant::now();
+        let mut buf = Vec::with_capacity(data.len());
+        std::fs::File::open(&path)?.read_to_end(&mut buf)?;
+        std::hint::black_box(touch(&buf));
+        let r = t1.elapsed().as_secs_f64();
+        std::fs::remove_file(&path)?;
+        out.push((w, r));
+    }
+    Ok(out)
+}
+
+/// A redis-server on loopback, stopped (by its pid) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(max: u64) -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let bulk = (max + (1 << 20)).max(512 << 20);
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--protected-mode", "yes"])
+            .args(["--proto-max-bulk-len", &bulk.to_string()])
+            .args(["--client-query-buffer-limit", &bulk.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (Debian package redis-server)")?;
+        let r = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start listening");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A RESP command.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b"\r\n");
+    }
+    v
+}
+
+/// Reads one reply: a simple string or error line, or a bulk string's bytes.
+fn reply(r: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<u8>> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    match line.as_bytes().first() {
+        Some(b'+') => Ok(line.trim_end().as_bytes()[1..].to_vec()),
+        Some(b'-') => bail!("redis: {}", line.trim_end()),
+        Some(b'$') => {
+            let n: i64 = line[1..].trim().parse().context("redis: bad bulk length")?;
+            if n < 0 {
+                bail!("redis: no such key");
+            }
+            let mut buf = vec![0u8; n as usize + 2];
+            r.read_exact(&mut buf)?;
+            buf.truncate(n as usize);
+            Ok(buf)
+        }
+        Some(b':') => Ok(Vec::new()),
+        _ => bail!("redis: unexpected reply `{}`", line.trim_end()),
+    }
+}
+
+fn via_redis(data: &[u8], repeat: usize) -> anyhow::Result<Vec<Sample>> {
+    let server = Redis::start(data.len() as u64)?;
+    let connect = || -> anyhow::Result<(TcpStream, BufReader<TcpStream>)> {
+        let s = TcpStream::connect(("127.0.0.1", server.port))?;
+        s.set_nodelay(true)?;
+        let r = BufReader::with_capacity(1 << 20, s.try_clone()?);
+        Ok((s, r))
+    };
+    // A producer and a consumer, each with its own connection, as two workers would be.
+    let (mut pw, mut pr) = connect()?;
+    let (mut cw, mut cr) = connect()?;
+    let mut out = Vec::new();
+    for i in 0..repeat {
+        let key = format!("obj{i}");
+        let t0 = Instant::now();
+        pw.write_all(&resp(&[b"SET", key.as_bytes(), data]))?;
+        reply(&mut pr)?;
+        let w = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        cw.write_all(&resp(&[b"GET", key.as_bytes()]))?;
+        let got = reply(&mut cr)?;
+        std::hint::black_box(touch(&got));
+        let r = t1.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            got.len() == data.len(),
+            "redis returned {} bytes",
+            got.len()
+        );
+        pw.write_all(&resp(&[b"DEL", key.as_bytes()]))?;
+        reply(&mut pr)?;
+        out.push((w, r));
+    }
+    Ok(out)
+}
+
+pub fn data(a: DataArgs, json: bool) -> anyhow::Result<u8> {
+    anyhow::ensure!(
+        a.size > 0 && a.size <= MAX_SIZE,
+        "--size must be 1 to {MAX_SIZE} bytes"
+    );
+    anyhow::ensure!((1..=100).contains(&a.repeat), "--repeat must be 1 to 100");
+    let data = payload(a.size);
+    let samples = match a.via.as_str() {
+        "store" => via_store(&data, a.repeat)?,
+        "store-remote" => via_store_remote(&data, a.repeat)?,
+        "fs" => via_fs(&data, a.repeat, a.fs_dir.as_deref())?,
+        "redis" => via_redis(&data, a.repeat)?,
+        v => bail!("--via `{v}` is not one of store, store-remote, fs, redis"),
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let write_s = median(samples.iter().map(|s| s.0).collect());
+    let read_s = median(samples.iter().map(|s| s.1).collect());
+    let total = median(samples.iter().map(|s| s.0 + s.1).collect());
+    let mb = a.size as f64 / 1e6;
+    let v = serde_json::json!({
+        "size": a.size, "via": a.via, "repeat": a.repeat,
+        "write_s": write_s, "read_s": read_s, "seconds": total,
+        "mb_per_s": mb / total.max(1e-12),
+        "write_mb_per_s": mb / write_s.max(1e-12), "read_mb_per_s": mb / read_s.max(1e-12),
+    });
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "{} bytes via {}: write {:.6} s, read {:.6} s, {:.1} MB/s (median of {})",
+            a.size,
+            a.via,
+            write_s,
+            read_s,
+            mb / total.max(1e-12),
+            a.repeat
+        );
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,195 @@
+//! Fetching objects from another node's store, in chunks, without the transport.
+//!
+//! The peer answers [`Request`]s with [`serve`]; a fetcher calls [`fetch`] with a function that
+//! carries one request to the peer and brings its reply back (nng in the pilot, a plain call in
+//! the tests). At most one chunk is in memory at a time: chunks are written straight into a
+//! draft object, and the object is published only when its checksum matches the reference.
+
+use crate::{check_key, Meta, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+
+/// Bytes per chunk.
+pub const CHUNK: u64 = 4 * 1024 * 1024;
+
+/// Where an object lives: passed in task arguments and results instead of the data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataRef {
+    pub key: String,
+    /// The address of the data service of the node that holds it (`tcp://HOST:PORT`).
+    pub node: String,
+    pub size: u64,
+    pub checksum: u32,
+}
+
+/// A fetcher's question.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The endpoint's secret: only members of the endpoint may read its data.
+    pub secret: String,
+    pub key: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The peer's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Chunk {
+        size: u64,
+        checksum: u32,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    Error(String),
+}
+
+/// Answers one request from `store`, if `secret` matches.
+pub fn serve(store: &Store, secret: &str, req: &Request) -> Reply {
+    if !constant_time_eq(req.secret.as_bytes(), secret.as_bytes()) {
+        return Reply::Error("wrong endpoint secret".into());
+    }
+    let obj = match store.get(&req.key) {
+        Ok(o) => o,
+        Err(e) => return Reply::Error(e.to_string()),
+    };
+    let data = obj.bytes();
+    let start = req.offset.min(data.len() as u64) as usize;
+    let end = (req.offset.saturating_add(req.len.min(CHUNK))).min(data.len() as u64) as usize;
+    Reply::Chunk {
+        size: obj.meta().size,
+        checksum: obj.meta().checksum,
+        offset: start as u64,
+        bytes: data[start..end].to_vec(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads an object chunk by chunk through `call`.
+struct ChunkReader<'a> {
+    r: &'a DataRef,
+    secret: &'a str,
+    call: &'a mut dyn FnMut(&Request) -> Result<Reply, String>,
+    offset: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    error: Option<String>,
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            if self.offset >= self.r.size {
+                return Ok(0);
+            }
+            let req = Request {
+                secret: self.secret.to_string(),
+                key: self.r.key.clone(),
+                offset: self.offset,
+                len: CHUNK.min(self.r.size - self.offset),
+            };
+            let fail = |e: String, slot: &mut Option<String>| {
+                *slot = Some(e.clone());
+                std::io::Error::other(e)
+            };
+            match (self.call)(&req) {
+                Ok(Reply::Chunk {
+                    size,
+                    checksum,
+                    offset,
+                    bytes,
+                }) => {
+                    if size != self.r.size || checksum != self.r.checksum {
+                        return Err(fail(
+                            format!(
+                                "{} changed at {}: now {size} bytes, checksum {checksum:08x}",
+                                self.r.key, self.r.node
+                            ),
+                            &mut self.error,
+                        ));
+                    }
+                    if offset != self.offset || bytes.is_empty() {
+                        return Err(fail(
+                            format!("{} sent a chunk out of order", self.r.node),
+                            &mut self.error,
+                        ));
+                    }
+                    self.offset += bytes.len() as u64;
+                    self.buf = bytes;
+                    self.pos = 0;
+                }
+                Ok(Reply::Error(e)) => {
+                    return Err(fail(format!("{}: {e}", self.r.node), &mut self.error))
+                }
+                Err(e) => return Err(fail(format!("{}: {e}", self.r.node), &mut self.error)),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Fetches the object `r` names into `store` (under its own key) unless an identical copy is
+/// there already; fails, publishing nothing, if the data does not match the reference's
+/// checksum.
+pub fn fetch(
+    store: &Store,
+    r: &DataRef,
+    secret: &str,
+    call: &mut dyn FnMut(&Request) -> Result<Reply, String>,
+) -> Result<Meta, StoreError> {
+    check_key(&r.key)?;
+    if let Ok(local) = store.get(&r.key) {
+        if local.meta().size == r.size && local.meta().checksum == r.checksum {
+            return Ok(local.meta().clone());
+        }
+    }
+    let mut reader = ChunkReader {
+        r,
+        secret,
+        call,
+        offset: 0,
+        buf: Vec::new(),
+        pos: 0,
+        error: None,
+    };
+    let staged = format!("fetching/{}", r.key);
+    let staged = if staged.len() <= crate::MAX_KEY {
+        staged
+    } else {
+        r.key.clone()
+    };
+    let meta = store.put_from(&staged, r.size, &mut reader, false);
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(match reader.error {
+                Some(why) => StoreError::Remote {
+                    key: r.key.clone(),
+                    why,
+                },
+                None => e,
+            })
+        }
+    };
+    if meta.checksum != r.checksum {
+        let _ = store.delete(&staged);
+        return Err(StoreError::Corrupt {
+            key: r.key.clone(),
+            why: format!(
+                "fetched from {}: checksum {:08x} does not match the reference's {:08x}",
+                r.node, meta.checksum, r.checksum
+            ),
+        });
+    }
+    if staged != r.key {
+        store.rename(&staged, &r.key)?;
+    }
+    store.get(&r.key).map(|o| o.meta().clone())
+}
