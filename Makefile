@@ -13,7 +13,7 @@ DEBS := cmake clang libclang-dev pkg-config python3 python3-venv slurmctld slurm
 FEATURES = $$(command -v mpicc >/dev/null 2>&1 && echo --features fxr-cli/mpi)
 
 .PHONY: all deps pydeps build demo test lint bench clean experiments experiment-anchors
-EXPERIMENTS := scaling latency throughput routing
+EXPERIMENTS := scaling latency throughput routing data
 VENV := target/anchors-venv
 
 all: build

@@ -158,7 +158,7 @@ fn function_of(body: &FunctionBody) -> Result<Function, String> {
     match body.kind {
         FunctionKind::Builtin => {
             let name = body.builtin.as_deref().ok_or(
-                "a builtin function needs `builtin` (noop, sleep, spin, echo, fail, put, get)",
+                "a builtin function needs `builtin` (noop, sleep, spin, echo, fail, put, get, map, reduce)",
             )?;
             if body.command.is_some() {
                 return Err("`command` is for shell functions".into());
@@ -166,7 +166,7 @@ fn function_of(body: &FunctionBody) -> Result<Function, String> {
             Builtin::from_name(name)
                 .map(Function::Builtin)
                 .ok_or_else(|| {
-                    format!("unknown builtin `{name}` (noop, sleep, spin, echo, fail, put, get)")
+                    format!("unknown builtin `{name}` (noop, sleep, spin, echo, fail, put, get, map, reduce)")
                 })
         }
         FunctionKind::Mpi => {

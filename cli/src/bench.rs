@@ -26,6 +26,9 @@ pub enum BenchCmd {
     /// Moving one object from a producer to a consumer: the node's store, another node's store,
     /// a file system, or Redis.
     Data(crate::databench::DataArgs),
+    /// The paper's MapReduce workloads (Sort, WordCount), with the intermediate data through
+    /// the node's store, a file system, or Redis; time per phase.
+    Mapreduce(crate::databench::MapReduceArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -481,6 +484,7 @@ pub fn run(cmd: BenchCmd, json: bool) -> anyhow::Result<u8> {
         BenchCmd::Routing(a) => crate::routing::routing(a, json),
         BenchCmd::ColdStart(a) => crate::routing::cold_start(a, json),
         BenchCmd::Data(a) => crate::databench::data(a, json),
+        BenchCmd::Mapreduce(a) => crate::databench::mapreduce(a, json),
     }
 }
 

@@ -305,3 +305,221 @@ pub fn data(a: DataArgs, json: bool) -> anyhow::Result<u8> {
     }
     Ok(exit::OK)
 }
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MapReduceArgs {
+    /// sort | wordcount
+    #[arg(long, default_value = "wordcount")]
+    pub workload: String,
+    /// store | fs | redis: where the intermediate data goes.
+    #[arg(long)]
+    pub via: String,
+    #[arg(long, default_value_t = 8)]
+    pub mappers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub reducers: usize,
+    /// Input size in MiB (split evenly among the mappers).
+    #[arg(long, default_value_t = 64)]
+    pub input_mib: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+}
+
+/// Deterministic input text: words from a vocabulary with a skewed distribution (WordCount), or
+/// 100-byte records with a 10-byte key (Sort).
+fn input_split(workload: &str, bytes: u64, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = Vec::with_capacity(bytes as usize + 128);
+    while (out.len() as u64) < bytes {
+        if workload == "sort" {
+            for _ in 0..10 {
+                out.push(b'!' + rng.u8(0..94));
+            }
+            out.push(b' ');
+            out.extend(std::iter::repeat_n(b'x', 88));
+            out.push(b'\n');
+        } else {
+            // Zipf-like: small word ids are far more frequent.
+            let id = (rng.f64().powi(3) * 50_000.0) as u32;
+            out.extend_from_slice(format!("w{id} ").as_bytes());
+            if rng.u8(..) < 16 {
+                out.push(b'\n');
+            }
+        }
+    }
+    out
+}
+
+pub fn mapreduce(a: MapReduceArgs, json: bool) -> anyhow::Result<u8> {
+    use fxr_protocol::{Builtin, Function, Outcome, Task, TaskId};
+    anyhow::ensure!(
+        ["sort", "wordcount"].contains(&a.workload.as_str()),
+        "--workload must be sort or wordcount"
+    );
+    anyhow::ensure!(
+        ["store", "fs", "redis"].contains(&a.via.as_str()),
+        "--via must be store, fs or redis"
+    );
+    anyhow::ensure!(
+        (1..=1024).contains(&a.mappers) && (1..=1024).contains(&a.reducers),
+        "--mappers and --reducers must be 1 to 1024"
+    );
+    anyhow::ensure!(
+        (1..=8192).contains(&a.input_mib),
+        "--input-mib must be 1 to 8192"
+    );
+    let dir = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
+    let job = "job";
+    std::fs::create_dir_all(dir.path().join(job))?;
+    let per = (a.input_mib << 20) / a.mappers as u64;
+    let mut words = 0u64;
+    let mut records = 0u64;
+    for i in 0..a.mappers {
+        let split = input_split(&a.workload, per, i as u64 + 1);
+        words += split
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .count() as u64;
+        records += split.iter().filter(|b| **b == b'\n').count() as u64;
+        let p = dir.path().join(job).join(format!("input-{i}"));
+        let mut f = std::fs::File::create(&p)?;
+        f.write_all(&split)?;
+        f.sync_all()?;
+    }
+    let redis = if a.via == "redis" {
+        Some(Redis::start(4 << 30)?)
+    } else {
+        None
+    };
+    let common = crate::bench::Common {
+        workers: a.workers,
+        simulate_workers: None,
+        managers: 1,
+        blocks: 1,
+        function: "noop".into(),
+        prefetch: 0,
+        via_broker: false,
+        slurm_nodes: None,
+    };
+    let store = shm_dir("mapreduce")?;
+    let (ep, workers) = crate::bench::endpoint_with(&common, |s| {
+        s.store_dir = Some(store.path().join("store"));
+        s.store_capacity = 16 << 30;
+    })?;
+    let mut door = ep.interchange.local_client();
+    let outcome = (|| -> anyhow::Result<serde_json::Value> {
+        fxr_interchange::client::wait_for_workers(&mut door, workers, Duration::from_secs(60))?;
+        let base = serde_json::json!({
+            "workload": a.workload, "via": a.via, "dir": dir.path(), "job": job,
+            "redis": redis.as_ref().map(|r| format!("127.0.0.1:{}", r.port)).unwrap_or_default(),
+            "mappers": a.mappers, "reducers": a.reducers,
+        });
+        let step = |b: Builtin, which: &str, n: usize, id0: u64| -> Vec<Task> {
+            (0..n)
+                .map(|i| {
+                    let mut v = base.clone();
+                    v[which] = i.into();
+                    Task {
+                        id: TaskId(id0 + i as u64),
+                        function: Function::Builtin(b),
+                        args: v.to_string().into_bytes(),
+                        attempt: 0,
+                        container: None,
+                    }
+                })
+                .collect()
+        };
+        let mut phases: std::collections::BTreeMap<String, f64> = Default::default();
+        let mut run = |tasks: Vec<Task>| -> anyhow::Result<f64> {
+            let t = Instant::now();
+            let results = fxr_interchange::client::submit_and_wait(
+                &mut door,
+                tasks,
+                1000,
+                Duration::from_secs(3600),
+                &mut |_, _| {},
+            )?;
+            let secs = t.elapsed().as_secs_f64();
+            for r in results {
+                match r.outcome {
+                    Outcome::Success(v) => {
+                        let v: serde_json::Value = serde_json::from_slice(&v)?;
+                        for (k, x) in v.as_object().into_iter().flatten() {
+                            *phases.entry(k.clone()).or_default() += x.as_f64().unwrap_or(0.0);
+                        }
+                    }
+                    Outcome::Failure { message, .. } => bail!("a step failed: {message}"),
+                }
+            }
+            Ok(secs)
+        };
+        let map_s = run(step(Builtin::Map, "mapper", a.mappers, 0))?;
+        let reduce_s = run(step(Builtin::Reduce, "reducer", a.reducers, 1_000_000))?;
+        // The outputs must be the whole answer: every word counted, every record sorted.
+        let mut counted = 0u64;
+        let mut sorted = 0u64;
+        for r in 0..a.reducers {
+            let out = std::fs::read(dir.path().join(job).join(format!("output-{r}")))?;
+            let lines: Vec<&[u8]> = out
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            if a.workload == "wordcount" {
+                for l in &lines {
+                    let c = l.rsplit(|b| *b == b'\t').next().unwrap_or_default();
+                    counted += std::str::from_utf8(c)?.parse::<u64>()?;
+                }
+            } else {
+                anyhow::ensure!(
+                    lines.windows(2).all(|w| w[0] <= w[1]),
+                    "reducer {r}'s output is not sorted"
+                );
+                sorted += lines.len() as u64;
+            }
+        }
+        if a.workload == "wordcount" {
+            anyhow::ensure!(counted == words, "counted {counted} words of {words}");
+        } else {
+            anyhow::ensure!(sorted == records, "sorted {sorted} records of {records}");
+        }
+        let mut v = serde_json::json!({
+            "workload": a.workload, "via": a.via, "mappers": a.mappers, "reducers": a.reducers,
+            "input_bytes": a.input_mib << 20, "workers": workers,
+            "seconds": map_s + reduce_s, "map_stage_s": map_s, "reduce_stage_s": reduce_s,
+        });
+        for k in [
+            "input_read",
+            "map",
+            "intermediate_write",
+            "intermediate_read",
+            "reduce",
+            "output_write",
+        ] {
+            v[format!("{k}_s")] = phases.get(k).copied().unwrap_or(0.0).into();
+        }
+        v["intermediate_bytes"] = phases
+            .get("intermediate_bytes")
+            .copied()
+            .unwrap_or(0.0)
+            .into();
+        Ok(v)
+    })();
+    drop(door);
+    crate::bench::shutdown(ep);
+    drop(redis);
+    let v = outcome?;
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "{} via {}: {:.3} s (map stage {:.3} s, reduce stage {:.3} s); task-seconds: input read {:.3}, map {:.3}, intermediate write {:.3}, intermediate read {:.3}, reduce {:.3}, output write {:.3}",
+            a.workload, a.via, v["seconds"].as_f64().unwrap_or(0.0),
+            v["map_stage_s"].as_f64().unwrap_or(0.0), v["reduce_stage_s"].as_f64().unwrap_or(0.0),
+            v["input_read_s"].as_f64().unwrap_or(0.0), v["map_s"].as_f64().unwrap_or(0.0),
+            v["intermediate_write_s"].as_f64().unwrap_or(0.0), v["intermediate_read_s"].as_f64().unwrap_or(0.0),
+            v["reduce_s"].as_f64().unwrap_or(0.0), v["output_write_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(exit::OK)
+}

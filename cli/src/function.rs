@@ -54,7 +54,7 @@ pub struct RegisterArgs {
     pub name: String,
     #[arg(long, default_value = "")]
     pub description: String,
-    /// A builtin: noop, sleep, spin, echo, fail, put, get.
+    /// A builtin: noop, sleep, spin, echo, fail, put, get, map, reduce.
     #[arg(long, conflicts_with = "shell", required_unless_present = "shell")]
     pub builtin: Option<String>,
     /// A shell command template.

@@ -12,7 +12,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 /// What to run: a builtin by name, or a shell command.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FunctionArgs {
-    /// A builtin function: noop, sleep, spin, echo, fail, put, get.
+    /// A builtin function: noop, sleep, spin, echo, fail, put, get, map, reduce.
     #[arg(conflicts_with = "shell")]
     pub function: Option<String>,
     /// A shell command template instead of a builtin; `{name}` is filled from the arguments.
@@ -70,7 +70,7 @@ impl FunctionArgs {
         match &self.function {
             Some(name) => match Builtin::from_name(name) {
                 Some(b) => Ok(Function::Builtin(b)),
-                None => bail!("unknown function `{name}` (builtins: noop, sleep, spin, echo, fail, put, get; or use --shell)"),
+                None => bail!("unknown function `{name}` (builtins: noop, sleep, spin, echo, fail, put, get, map, reduce; or use --shell)"),
             },
             None => bail!("name a builtin function or give --shell COMMAND"),
         }

@@ -32,6 +32,7 @@ fn quick_points(def: &Path) -> usize {
             Some("slurm") => have("sbatch") && have("slurmctld") && have("slurmd"),
             Some("parsl") => have_parsl(),
             Some("charliecloud") => have("ch-run"),
+            Some("redis") => have("redis-server"),
             Some(tool @ ("bwrap" | "podman")) => have(tool),
             _ => true,
         })
@@ -43,7 +44,14 @@ fn quick_points(def: &Path) -> usize {
 fn quick_experiments_write_complete_results() {
     let defs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
     let out = tempfile::tempdir().unwrap();
-    for name in ["latency", "throughput", "scaling", "broker", "routing"] {
+    for name in [
+        "latency",
+        "throughput",
+        "scaling",
+        "broker",
+        "routing",
+        "data",
+    ] {
         let status = Command::new(FXR)
             .args(["experiment", "run", name, "--quick", "--defs"])
             .arg(&defs)
@@ -80,6 +88,10 @@ fn quick_experiments_write_complete_results() {
             let col = |n: &str| r[header.iter().position(|h| *h == n).unwrap()];
             if name == "latency" {
                 assert!(!col("p50_ms").is_empty() && !col("p99_ms").is_empty());
+            } else if name == "data" && col("bench") == "mapreduce" {
+                assert!(!col("seconds").is_empty() && !col("intermediate_read_s").is_empty());
+            } else if name == "data" {
+                assert!(!col("mb_per_s").is_empty() && !col("read_s").is_empty());
             } else if name == "routing" {
                 assert!(!col("seconds").is_empty() && !col("cold_starts").is_empty());
                 assert!(!col("container_switches").is_empty());
@@ -104,6 +116,12 @@ fn quick_experiments_write_complete_results() {
         );
         let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
         assert!(summary.contains("**The paper:**"));
+        if name == "data" {
+            assert!(
+                summary.contains("store vs fs") && summary.contains("## MapReduce phases"),
+                "the data summary sets the store against the file system, and has the phases"
+            );
+        }
         if name == "routing" {
             assert!(
                 summary.contains("## Comparisons") && summary.contains("vs random"),

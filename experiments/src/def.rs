@@ -80,7 +80,7 @@ pub struct Sweep {
     pub values: Vec<u64>,
     /// The values used with `--quick`.
     pub quick_values: Vec<u64>,
-    /// `throughput`, `latency` or `routing` (an `fxr bench`), or `parsl` (the Parsl HTEX
+    /// `throughput`, `latency`, `routing`, `data` or `mapreduce` (an `fxr bench`), or `parsl` (the Parsl HTEX
     /// anchor, `scripts/anchors.py ARGS`, run with `requires = "parsl"`). In `routing` args,
     /// `{image}` is a worker image directory and `{podman_image}` its podman copy, built for
     /// the run by `fxr container image`.
@@ -99,7 +99,7 @@ pub struct Sweep {
     /// `slurm`: the sweep runs on a Slurm cluster that the harness starts on this machine
     /// (`scripts/slurm-cluster.sh`), and is skipped, with a note, where Slurm is not installed.
     /// `parsl`: the sweep needs Parsl in `target/anchors-venv` (`make experiment-anchors`).
-    /// `bwrap`, `podman`, `charliecloud`: the sweep needs that container runtime, and is
+    /// `bwrap`, `podman`, `charliecloud`, `redis`: the sweep needs that program, and is
     /// skipped, with a note, without it.
     #[serde(default)]
     pub requires: Option<String>,
@@ -129,11 +129,20 @@ impl Definition {
             message: e.to_string(),
         })?;
         for s in &d.sweeps {
-            if !["throughput", "latency", "routing", "parsl"].contains(&s.bench.as_str()) {
+            if ![
+                "throughput",
+                "latency",
+                "routing",
+                "data",
+                "mapreduce",
+                "parsl",
+            ]
+            .contains(&s.bench.as_str())
+            {
                 return Err(DefError::Invalid {
                     path: p,
                     message: format!(
-                        "sweep `{}`: bench must be throughput, latency, routing or parsl",
+                        "sweep `{}`: bench must be throughput, latency, routing, data, mapreduce or parsl",
                         s.series
                     ),
                 });

@@ -31,6 +31,25 @@ pub const COLUMNS: &[&str] = &[
     "broker_cpu_us_per_task",
     "cold_starts",
     "container_switches",
+    "write_s",
+    "read_s",
+    "mb_per_s",
+    "input_read_s",
+    "map_s",
+    "intermediate_write_s",
+    "intermediate_read_s",
+    "reduce_s",
+    "output_write_s",
+];
+
+/// The phases of a MapReduce row, in task-seconds.
+const PHASES: &[&str] = &[
+    "input_read_s",
+    "map_s",
+    "intermediate_write_s",
+    "intermediate_read_s",
+    "reduce_s",
+    "output_write_s",
 ];
 
 /// One run of one point.
@@ -72,6 +91,12 @@ impl Row {
         put("tasks", f("tasks").or(f("functions")));
         put("workers", f("workers"));
         put("cold_starts", f("cold_starts"));
+        put("write_s", f("write_s"));
+        put("read_s", f("read_s"));
+        put("mb_per_s", f("mb_per_s"));
+        for k in PHASES {
+            put(k, f(k));
+        }
         put("container_switches", f("container_switches"));
         put("seconds", f("seconds"));
         put("tasks_per_s", f("tasks_per_s"));
@@ -223,7 +248,9 @@ fn fmt(x: Option<f64>) -> String {
         None => "".into(),
         Some(x) if x >= 100.0 => format!("{x:.0}"),
         Some(x) if x >= 1.0 => format!("{x:.2}"),
-        Some(x) => format!("{x:.3}"),
+        Some(x) if x >= 0.01 || x == 0.0 => format!("{x:.3}"),
+        // Small figures keep three significant digits (6.1e-5 rather than 0.000).
+        Some(x) => format!("{x:.2e}"),
     }
 }
 
@@ -234,7 +261,21 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
     s.push_str("Medians over repetitions; every row says whether its workers were real processes or simulated (real manager code and protocol over real sockets, built-in functions run in-process). Raw data: `raw.csv`; plot: `plot.svg`; machine: `SETUP.md`.\n\n");
     let latency = rows.iter().any(|r| r.bench == "latency");
     let routing = rows.iter().any(|r| r.bench == "routing");
-    let cols: &[&str] = if routing {
+    let data = rows.iter().any(|r| r.bench == "data");
+    let mapreduce: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.bench == "mapreduce")
+        .cloned()
+        .collect();
+    let others: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.bench != "mapreduce")
+        .cloned()
+        .collect();
+    let rows = &others[..];
+    let cols: &[&str] = if data {
+        &["write_s", "read_s", "seconds", "mb_per_s"]
+    } else if routing {
         &[
             "tasks",
             "workers",
@@ -286,6 +327,25 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
             cells.join(" | ")
         ));
     }
+    if !mapreduce.is_empty() {
+        s.push_str("\n## MapReduce phases\n\nWall time of the map and reduce stages together (`seconds`), and each phase summed over its tasks (task-seconds). Inputs and outputs are files in every case; only the intermediate data takes the path named.\n\n");
+        s.push_str(&format!(
+            "| series | {} | seconds | {} |\n|---|---|---|{}\n",
+            mapreduce[0].var,
+            PHASES.join(" | "),
+            "---|".repeat(PHASES.len())
+        ));
+        for m in medians(&mapreduce) {
+            let cells: Vec<String> = PHASES.iter().map(|c| fmt(m.get(c))).collect();
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                m.series,
+                m.value,
+                fmt(m.get("seconds")),
+                cells.join(" | ")
+            ));
+        }
+    }
     if !def.stages.is_empty() {
         let m = medians(rows);
         // Series names are stored with `,` as `;` (the CSV has no quoting).
@@ -326,14 +386,15 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
         }
     }
     if !def.comparisons.is_empty() {
-        s.push_str(&comparisons(def, rows));
+        let all: Vec<Row> = others.iter().chain(&mapreduce).cloned().collect();
+        s.push_str(&comparisons(def, &all));
     }
     if let Some(n) = &def.notes {
         s.push('\n');
         s.push_str(n.trim());
         s.push('\n');
     }
-    if routing {
+    if routing || data {
         return std::fs::write(dir.join("summary.md"), s);
     }
     let anchors = dir.parent().map(|p| p.join("anchors/anchors.json"));
@@ -359,9 +420,9 @@ fn comparisons(def: &Definition, rows: &[Row]) -> String {
             .find(|r| r.series == series.replace(',', ";") && r.value == value)
     };
     let var = rows.first().map_or("value", |r| r.var.as_str());
-    let mut s = String::from("\n## Comparisons\n\nChange of the median completion time against the baseline at each point (negative: faster), and the cold starts of each.\n\n");
+    let mut s = String::from("\n## Comparisons\n\nChange of the median time against the baseline at each point (negative: faster), the speed-up (baseline time / time), and the cold starts of each where there are any.\n\n");
     s.push_str(&format!(
-        "| comparison | {var} | baseline s | s | change | baseline cold starts | cold starts | paper |\n|---|---|---|---|---|---|---|---|\n"
+        "| comparison | {var} | baseline s | s | change | speed-up | baseline cold starts | cold starts | paper |\n|---|---|---|---|---|---|---|---|---|\n"
     ));
     let mut values: Vec<u64> = m.iter().map(|r| r.value).collect();
     values.sort_unstable();
@@ -375,11 +436,12 @@ fn comparisons(def: &Definition, rows: &[Row]) -> String {
                 continue;
             };
             s.push_str(&format!(
-                "| {} | {v} | {} | {} | {:+.0}% | {} | {} | {} |\n",
+                "| {} | {v} | {} | {} | {:+.0}% | {:.2}× | {} | {} | {} |\n",
                 c.name,
                 fmt(Some(sb)),
                 fmt(Some(sa)),
                 100.0 * (sa - sb) / sb.max(1e-9),
+                sb / sa.max(1e-12),
                 fmt(b.get("cold_starts")),
                 fmt(a.get("cold_starts")),
                 c.paper.as_deref().unwrap_or("")

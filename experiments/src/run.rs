@@ -168,6 +168,7 @@ pub fn run(def: &Definition, opts: &RunOptions) -> Result<PathBuf, RunError> {
     for s in &def.sweeps {
         let tool = match s.requires.as_deref() {
             Some("charliecloud") => Some("ch-run"),
+            Some("redis") => Some("redis-server"),
             Some(r @ ("bwrap" | "podman")) => Some(r),
             _ => None,
         };

@@ -78,6 +78,14 @@ pub fn run_builtin(b: Builtin, args: &[u8]) -> Outcome {
             Ok(v) => Outcome::Success(v),
             Err(e) => fail(FailureKind::FunctionError, e),
         },
+        Builtin::Map => match crate::mapreduce::map(args) {
+            Ok(v) => Outcome::Success(v),
+            Err(e) => fail(FailureKind::FunctionError, e),
+        },
+        Builtin::Reduce => match crate::mapreduce::reduce(args) {
+            Ok(v) => Outcome::Success(v),
+            Err(e) => fail(FailureKind::FunctionError, e),
+        },
         Builtin::Sleep | Builtin::Spin => match millis_arg(args) {
             Err(e) => fail(FailureKind::FunctionError, e),
             Ok(ms) => {

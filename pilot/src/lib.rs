@@ -8,6 +8,7 @@ pub mod event;
 pub mod exec;
 pub mod link;
 pub mod manager;
+pub mod mapreduce;
 pub mod node;
 pub mod pool;
 pub mod rank;

@@ -13,7 +13,7 @@ const MAX_GENERATED: u64 = 4 << 30;
 /// Most bytes a `get` returns as text.
 const MAX_TEXT: u64 = 1 << 20;
 
-fn open() -> Result<Store, String> {
+pub(crate) fn open() -> Result<Store, String> {
     let root = std::env::var_os("FXR_STORE")
         .ok_or("this worker has no object store (the manager was started without one)")?;
     let capacity = std::env::var("FXR_STORE_CAPACITY")

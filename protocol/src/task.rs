@@ -47,6 +47,10 @@ pub enum Builtin {
     /// it from its node first when it is elsewhere, and checks it; returns `{key, size,
     /// checksum}` (and `value`, the text, with `"text": true`).
     Get,
+    /// A map step of the Sort or WordCount workload (see `fxr bench mapreduce`).
+    Map,
+    /// A reduce step of the Sort or WordCount workload.
+    Reduce,
 }
 
 impl Builtin {
@@ -60,6 +64,8 @@ impl Builtin {
             "fail" => Builtin::Fail,
             "put" => Builtin::Put,
             "get" => Builtin::Get,
+            "map" => Builtin::Map,
+            "reduce" => Builtin::Reduce,
             _ => return None,
         })
     }
@@ -74,6 +80,8 @@ impl Builtin {
             Builtin::Fail => "fail",
             Builtin::Put => "put",
             Builtin::Get => "get",
+            Builtin::Map => "map",
+            Builtin::Reduce => "reduce",
         }
     }
 }

@@ -76,7 +76,7 @@ pub struct FunctionBody {
     #[schema(max_length = 4096)]
     pub description: String,
     pub kind: FunctionKind,
-    /// For `builtin`: noop, sleep, spin, echo, fail, put, get.
+    /// For `builtin`: noop, sleep, spin, echo, fail, put, get, map, reduce.
     #[serde(default)]
     pub builtin: Option<String>,
     /// For `shell`: the command template; `{name}` is filled from the task's arguments.

@@ -173,7 +173,13 @@ impl Manager {
 
     fn hold(&mut self, kind: &str, delta: isize) {
         if delta > 0 {
-            *self.held.entry(kind.to_string()).or_default() += delta as usize;
+            // Look up before inserting: `entry` would allocate the key on every batch.
+            match self.held.get_mut(kind) {
+                Some(n) => *n += delta as usize,
+                None => {
+                    self.held.insert(kind.to_string(), delta as usize);
+                }
+            }
         } else if let Some(n) = self.held.get_mut(kind) {
             *n = n.saturating_sub(delta.unsigned_abs());
             if *n == 0 {
@@ -584,7 +590,12 @@ impl Dispatcher {
         // Warm work first, wherever it waits; then the rest. Within a pass, types take turns
         // by the age of their oldest queued task (task ids grow with submission), so they share
         // the managers in the order the tasks came rather than one type taking every slot.
-        for warm_only in [true, false] {
+        let passes: &[bool] = if self.policy.knows_warmth() {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        for &warm_only in passes {
             let mut active = containers.clone();
             let mut stale = 0;
             while !active.is_empty() {

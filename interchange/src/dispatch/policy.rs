@@ -87,6 +87,10 @@ pub trait DispatchPolicy: std::fmt::Debug + Send {
     fn update(&mut self, id: ManagerId, load: Load, ready: bool, view: &View<'_>);
     /// A manager is gone.
     fn remove(&mut self, id: ManagerId);
+    /// Whether it answers `warm_only` picks (the dispatcher skips that pass otherwise).
+    fn knows_warmth(&self) -> bool {
+        false
+    }
     /// The manager for the next batch of tasks of `container`, among the ready ones for which
     /// `view` says `runs`, and the most tasks the batch may hold. The dispatcher asks twice:
     /// first with `warm_only` (a policy that knows warm workers answers only with those), then
@@ -405,6 +409,10 @@ impl Warm {
 }
 
 impl DispatchPolicy for Warm {
+    fn knows_warmth(&self) -> bool {
+        true
+    }
+
     fn update(&mut self, id: ManagerId, _load: Load, ready: bool, view: &View<'_>) {
         self.leave_sets(id);
         // Which types it has workers of counts whether or not it has room now.
