@@ -178,7 +178,7 @@ pub(crate) fn broker_wait(
 
 fn broker_run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
     anyhow::ensure!(
-        a.function.container.is_none(),
+        a.function.container.container.is_none(),
         "--container is for local endpoints; at a broker, register the function with --container"
     );
     let api = crate::api::Api::from_profile()?;
@@ -314,7 +314,7 @@ fn read_args(a: &SubmitArgs) -> anyhow::Result<Vec<Vec<u8>>> {
 
 fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
     anyhow::ensure!(
-        a.function.container.is_none(),
+        a.function.container.container.is_none(),
         "--container is for local endpoints; at a broker, register the function with --container"
     );
     let api = crate::api::Api::from_profile()?;

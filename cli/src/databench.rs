@@ -13,7 +13,7 @@ use crate::exit;
 use anyhow::{bail, Context};
 use fxr_datastore::remote::DataRef;
 use fxr_datastore::{Limits, Store};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -194,60 +194,21 @@ impl Drop for Redis {
     }
 }
 
-/// A RESP command.
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut v = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        v.extend_from_slice(a);
-        v.extend_from_slice(b"\r\n");
-    }
-    v
-}
-
-/// Reads one reply: a simple string or error line, or a bulk string's bytes.
-fn reply(r: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<u8>> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    match line.as_bytes().first() {
-        Some(b'+') => Ok(line.trim_end().as_bytes()[1..].to_vec()),
-        Some(b'-') => bail!("redis: {}", line.trim_end()),
-        Some(b'$') => {
-            let n: i64 = line[1..].trim().parse().context("redis: bad bulk length")?;
-            if n < 0 {
-                bail!("redis: no such key");
-            }
-            let mut buf = vec![0u8; n as usize + 2];
-            r.read_exact(&mut buf)?;
-            buf.truncate(n as usize);
-            Ok(buf)
-        }
-        Some(b':') => Ok(Vec::new()),
-        _ => bail!("redis: unexpected reply `{}`", line.trim_end()),
-    }
-}
-
 fn via_redis(data: &[u8], repeat: usize) -> anyhow::Result<Vec<Sample>> {
+    use fxr_pilot::mapreduce::Redis as Client;
     let server = Redis::start(data.len() as u64)?;
-    let connect = || -> anyhow::Result<(TcpStream, BufReader<TcpStream>)> {
-        let s = TcpStream::connect(("127.0.0.1", server.port))?;
-        s.set_nodelay(true)?;
-        let r = BufReader::with_capacity(1 << 20, s.try_clone()?);
-        Ok((s, r))
-    };
+    let addr = format!("127.0.0.1:{}", server.port);
     // A producer and a consumer, each with its own connection, as two workers would be.
-    let (mut pw, mut pr) = connect()?;
-    let (mut cw, mut cr) = connect()?;
+    let mut producer = Client::connect(&addr).map_err(anyhow::Error::msg)?;
+    let mut consumer = Client::connect(&addr).map_err(anyhow::Error::msg)?;
     let mut out = Vec::new();
     for i in 0..repeat {
         let key = format!("obj{i}");
         let t0 = Instant::now();
-        pw.write_all(&resp(&[b"SET", key.as_bytes(), data]))?;
-        reply(&mut pr)?;
+        producer.set(&key, data).map_err(anyhow::Error::msg)?;
         let w = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        cw.write_all(&resp(&[b"GET", key.as_bytes()]))?;
-        let got = reply(&mut cr)?;
+        let got = consumer.get(&key).map_err(anyhow::Error::msg)?;
         std::hint::black_box(touch(&got));
         let r = t1.elapsed().as_secs_f64();
         anyhow::ensure!(
@@ -255,8 +216,7 @@ fn via_redis(data: &[u8], repeat: usize) -> anyhow::Result<Vec<Sample>> {
             "redis returned {} bytes",
             got.len()
         );
-        pw.write_all(&resp(&[b"DEL", key.as_bytes()]))?;
-        reply(&mut pr)?;
+        producer.set(&key, b"").map_err(anyhow::Error::msg)?;
         out.push((w, r));
     }
     Ok(out)

@@ -72,17 +72,8 @@ pub struct RegisterArgs {
     /// Users who may run it (repeatable).
     #[arg(long = "share")]
     pub share: Vec<String>,
-    /// Run it in a container, RUNTIME:IMAGE (bwrap, podman, charliecloud, apptainer,
-    /// singularity, shifter, docker, or a runtime the endpoint configures).
-    #[arg(long, value_parser = fxr_protocol::ContainerSpec::parse)]
-    pub container: Option<fxr_protocol::ContainerSpec>,
-    /// An extra option for the container runtime's command line (repeatable).
-    #[arg(
-        long = "container-option",
-        requires = "container",
-        allow_hyphen_values = true
-    )]
-    pub container_options: Vec<String>,
+    #[command(flatten)]
+    pub container: crate::opts::ContainerArgs,
 }
 
 pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
@@ -112,9 +103,9 @@ pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
                     body["cwd"] = c.clone().into();
                 }
             }
-            if let Some(c) = &a.container {
+            if let Some(c) = a.container.spec() {
                 body["container"] = serde_json::json!({
-                    "runtime": c.runtime, "image": c.image, "options": a.container_options,
+                    "runtime": c.runtime, "image": c.image, "options": c.options,
                 });
             }
             let f: serde_json::Value = api.post("/v1/functions", &body)?;

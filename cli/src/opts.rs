@@ -27,8 +27,17 @@ pub struct FunctionArgs {
     /// Environment for a shell command, as NAME=VALUE (repeatable).
     #[arg(long = "env")]
     pub env: Vec<String>,
-    /// Run it in a container, RUNTIME:IMAGE (tasks to a local endpoint; a function registered
-    /// at a broker names its container at registration).
+    /// The container (tasks to a local endpoint; a function registered at a broker names its
+    /// container at registration).
+    #[command(flatten)]
+    pub container: ContainerArgs,
+}
+
+/// `--container RUNTIME:IMAGE` and its runtime options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ContainerArgs {
+    /// Run it in a container, RUNTIME:IMAGE (bwrap, podman, charliecloud, apptainer,
+    /// singularity, shifter, docker, or a runtime the endpoint configures).
     #[arg(long, value_parser = fxr_protocol::ContainerSpec::parse)]
     pub container: Option<fxr_protocol::ContainerSpec>,
     /// An extra option for the container runtime's command line (repeatable).
@@ -40,13 +49,20 @@ pub struct FunctionArgs {
     pub container_options: Vec<String>,
 }
 
-impl FunctionArgs {
-    /// The container tasks run in, with its options.
-    pub fn container(&self) -> Option<fxr_protocol::ContainerSpec> {
+impl ContainerArgs {
+    /// The container with its options, if one was named.
+    pub fn spec(&self) -> Option<fxr_protocol::ContainerSpec> {
         self.container.clone().map(|mut c| {
             c.options = self.container_options.clone();
             c
         })
+    }
+}
+
+impl FunctionArgs {
+    /// The container tasks run in, with its options.
+    pub fn container(&self) -> Option<fxr_protocol::ContainerSpec> {
+        self.container.spec()
     }
 
     pub fn function(&self) -> anyhow::Result<Function> {

@@ -178,10 +178,15 @@ struct Local {
 
 impl Local {
     fn start() -> Local {
+        Local::start_with_env(&[])
+    }
+
+    fn start_with_env(env: &[(&str, &str)]) -> Local {
         use std::io::BufRead;
         let mut child = Command::new(FXR)
             .args(["--output", "json", "endpoint", "start", "--local"])
             .args(["--workers-per-node", "2"])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -296,4 +301,49 @@ fn no_type_starves_when_types_outnumber_workers() {
         assert_eq!(v["failed"], 0, "{policy}: {v}");
         assert!(v["cold_starts"].as_u64().unwrap() >= 8, "{policy}: {v}");
     }
+}
+
+#[test]
+fn the_apptainer_template_runs_through_a_stand_in_with_apptainers_command_line() {
+    // Apptainer has no Debian package: `scripts/apptainer-standin.sh`, installed as `apptainer`
+    // on the endpoint's PATH, takes the command line fxr's template produces and runs it with
+    // bubblewrap.
+    if !runtime("apptainer (stand-in over bwrap)", "bwrap") {
+        return;
+    }
+    let bin = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/apptainer-standin.sh");
+    std::os::unix::fs::symlink(&script, bin.path().join("apptainer")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let img = Image::build("made-for-apptainer", false);
+    let ep = Local::start_with_env(&[("PATH", path.as_str())]);
+    let out = Command::new(FXR)
+        .args([
+            "--output",
+            "json",
+            "run",
+            "--endpoint",
+            &ep.addr,
+            "--timeout",
+            "60s",
+        ])
+        .args(["--shell", "cat /etc/fxr-image"])
+        .args(["--container", &format!("apptainer:{}", img.path())])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(stdout_of(&v), "made-for-apptainer", "{v}");
+    let v = ep.run("apptainer:/nonexistent/image.sif");
+    assert_eq!(v["kind"], "container_error", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not open image"),
+        "{v}"
+    );
 }

@@ -35,6 +35,14 @@ fn fail(kind: FailureKind, message: impl Into<String>) -> Outcome {
     }
 }
 
+/// A built-in's JSON value, or its error as a `function_error`.
+fn json_outcome(r: Result<Vec<u8>, String>) -> Outcome {
+    match r {
+        Ok(v) => Outcome::Success(v),
+        Err(e) => fail(FailureKind::FunctionError, e),
+    }
+}
+
 /// Reads `{"ms": N}` (a missing argument means 0).
 pub fn millis_arg(args: &[u8]) -> Result<u64, String> {
     if args.is_empty() {
@@ -70,22 +78,10 @@ pub fn run_builtin(b: Builtin, args: &[u8]) -> Outcome {
                 .unwrap_or_else(|| "the fail builtin failed, as asked".to_string());
             fail(FailureKind::FunctionError, msg)
         }
-        Builtin::Put => match crate::store::put(args) {
-            Ok(v) => Outcome::Success(v),
-            Err(e) => fail(FailureKind::FunctionError, e),
-        },
-        Builtin::Get => match crate::store::get(args) {
-            Ok(v) => Outcome::Success(v),
-            Err(e) => fail(FailureKind::FunctionError, e),
-        },
-        Builtin::Map => match crate::mapreduce::map(args) {
-            Ok(v) => Outcome::Success(v),
-            Err(e) => fail(FailureKind::FunctionError, e),
-        },
-        Builtin::Reduce => match crate::mapreduce::reduce(args) {
-            Ok(v) => Outcome::Success(v),
-            Err(e) => fail(FailureKind::FunctionError, e),
-        },
+        Builtin::Put => json_outcome(crate::store::put(args)),
+        Builtin::Get => json_outcome(crate::store::get(args)),
+        Builtin::Map => json_outcome(crate::mapreduce::map(args)),
+        Builtin::Reduce => json_outcome(crate::mapreduce::reduce(args)),
         Builtin::Sleep | Builtin::Spin => match millis_arg(args) {
             Err(e) => fail(FailureKind::FunctionError, e),
             Ok(ms) => {

@@ -53,7 +53,7 @@ fn the_manager_core_does_no_io() {
             "std::fs",
             "std::thread",
             "Instant::now",
-            "nng",
+            "nng::",
             "crate::link",
             "crate::pool",
         ] {
