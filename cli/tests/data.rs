@@ -122,3 +122,53 @@ fn tasks_share_the_nodes_store_and_the_store_goes_when_the_endpoint_stops() {
         "the store is removed when the endpoint stops"
     );
 }
+
+#[test]
+fn the_store_survives_a_killed_manager_and_its_replacement_reads_it() {
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let store = base.join(format!("fxr-test-store-restart-{}", std::process::id()));
+    let mut child = Command::new(FXR)
+        .args([
+            "--output", "json", "endpoint", "start", "--local", "--blocks", "1",
+        ])
+        .args([
+            "--workers-per-node",
+            "1",
+            "--heartbeat-threshold",
+            "3s",
+            "--store-dir",
+        ])
+        .arg(&store)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let addr = v["endpoint"].as_str().unwrap().to_string();
+    let pilot = v["pilot_pids"][0].as_u64().unwrap() as i32;
+    let r = run(
+        &addr,
+        &["put", "--args", r#"{"key": "kept", "value": "still here"}"#],
+    );
+    assert_eq!(r["status"], "succeeded", "{r}");
+    // SAFETY: killing the pilot of the endpoint this test started.
+    unsafe { libc::kill(pilot, libc::SIGKILL) };
+    // The scaling loop starts a new block; its manager opens the same store and finds the object.
+    let r = run(
+        &addr,
+        &["get", "--args", r#"{"key": "kept", "text": true}"#],
+    );
+    assert_eq!(r["result"]["value"], "still here", "{r}");
+    // SAFETY: signalling the endpoint this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), Some(0));
+    assert!(!store.exists());
+}
