@@ -407,6 +407,7 @@ pub(crate) fn endpoint_with(
         simulate_cold_start: Vec::new(),
         store_dir: None,
         store_capacity: 1 << 30,
+        store_ttl: None,
     };
     adjust(&mut args);
     let mut ep = start_local(&args)?;

@@ -110,6 +110,10 @@ pub struct StartArgs {
     /// The object store's capacity in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     pub store_capacity: u64,
+    /// Objects older than this are removed from each node's store (kept until evicted when
+    /// absent).
+    #[arg(long, value_parser = crate::opts::duration)]
+    pub store_ttl: Option<Duration>,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
@@ -420,6 +424,9 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         fxr_pilot::exec::shell_quote(&store_dir.to_string_lossy()),
         a.store_capacity
     ));
+    if let Some(t) = a.store_ttl {
+        pilot_cmd.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
+    }
     if let Some(w) = a.workers_per_node {
         pilot_cmd.push_str(&format!(" --workers {w}"));
     }
@@ -543,6 +550,12 @@ fn from_config(
         simulate_cold_start: e.simulate_cold_start.clone(),
         store_dir: e.store_dir.clone().map(std::path::PathBuf::from),
         store_capacity: e.store_capacity,
+        store_ttl: e
+            .store_ttl
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
         max_retries: e.max_retries,
         heartbeat_period: parse_duration(&e.heartbeat_period).map_err(anyhow::Error::msg)?,
         heartbeat_threshold: parse_duration(&e.heartbeat_threshold).map_err(anyhow::Error::msg)?,
@@ -686,6 +699,10 @@ pub fn start_scaler(
         fxr_pilot::exec::shell_quote(&store.to_string_lossy()),
         cfg.engine.store_capacity
     ));
+    if let Some(t) = &cfg.engine.store_ttl {
+        let t = fxr_interchange::config::parse_duration(t).map_err(anyhow::Error::msg)?;
+        pilot_cmd.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
+    }
     if p.launcher != "single-node" {
         pilot_cmd.push_str(" --mpi");
     }

@@ -47,6 +47,9 @@ pub struct PilotArgs {
     /// The store's capacity in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     pub store_capacity: u64,
+    /// Objects older than this are removed from the store (kept until evicted when absent).
+    #[arg(long, value_parser = crate::opts::duration)]
+    pub store_ttl: Option<Duration>,
     /// Where the node's data service listens for peers (default: loopback when the
     /// interchange is on this machine, all interfaces otherwise).
     #[arg(long)]
@@ -120,6 +123,7 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
             store: a.store.as_ref().map(|root| fxr_pilot::StoreConfig {
                 root: root.clone(),
                 capacity: a.store_capacity,
+                ttl: a.store_ttl,
                 listen: a.data_listen.clone().unwrap_or_else(|| {
                     let local =
                         a.interchange.contains("127.0.0.1") || a.interchange.contains("localhost");

@@ -88,6 +88,8 @@ pub struct EngineConfig {
     pub store_dir: Option<String>,
     /// Each node's object store capacity in bytes.
     pub store_capacity: u64,
+    /// Objects older than this are removed from each node's store (`"1h"`); none when absent.
+    pub store_ttl: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -108,6 +110,7 @@ impl Default for EngineConfig {
             simulate_cold_start: Vec::new(),
             store_dir: None,
             store_capacity: 1 << 30,
+            store_ttl: None,
         }
     }
 }
@@ -226,6 +229,9 @@ impl EndpointConfig {
             .map_err(|e| format!("engine.worker_max_idletime: {e}"))?;
         parse_duration(&self.engine.cold_routing_interval)
             .map_err(|e| format!("engine.cold_routing_interval: {e}"))?;
+        if let Some(t) = &self.engine.store_ttl {
+            parse_duration(t).map_err(|e| format!("engine.store_ttl: {e}"))?;
+        }
         for (name, rt) in &self.containers {
             check_runtime(name, &rt.command)?;
         }
@@ -271,6 +277,9 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("engine.dispatch"));
         let round: EndpointConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round.engine.dispatch, "fastest");
+        let c: EndpointConfig =
+            toml::from_str("name = \"x\"\n[engine]\nstore_ttl = \"soon\"\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("engine.store_ttl"));
     }
 
     #[test]

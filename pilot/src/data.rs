@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Largest request accepted (a key and a secret).
 const MAX_REQUEST: usize = 64 * 1024;
+/// How often the service sweeps objects past their TTL.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// A running data service; stopped when dropped.
 #[derive(Debug)]
@@ -55,7 +57,15 @@ impl DataService {
         let thread = std::thread::Builder::new()
             .name("data-service".into())
             .spawn(move || {
+                // The service also sweeps the store of objects past their TTL, now and then.
+                let mut swept = std::time::Instant::now();
                 while !stop2.load(Ordering::Relaxed) {
+                    if store.limits().ttl.is_some() && swept.elapsed() >= SWEEP_EVERY {
+                        swept = std::time::Instant::now();
+                        if let Err(e) = store.sweep() {
+                            tracing::warn!(error = %e, "cannot sweep the object store");
+                        }
+                    }
                     let msg = match s2.recv() {
                         Ok(m) => m,
                         Err(nng::Error::TimedOut) => continue,

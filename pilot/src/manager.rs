@@ -52,6 +52,8 @@ pub struct ManagerConfig {
 pub struct StoreConfig {
     pub root: PathBuf,
     pub capacity: u64,
+    /// Objects older than this are removed; kept until evicted when `None`.
+    pub ttl: Option<Duration>,
     /// Where the data service listens (`tcp://HOST:0` for any port).
     pub listen: String,
 }
@@ -107,7 +109,7 @@ impl Manager {
             Some(sc) => {
                 let limits = fxr_datastore::Limits {
                     capacity: sc.capacity,
-                    ttl: None,
+                    ttl: sc.ttl,
                 };
                 let store = fxr_datastore::Store::open(&sc.root, limits)
                     .map_err(|e| ManagerError::Store(e.to_string()))?;
