@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::broker_world::{register, submit, wait_all, wait_connected, World};
-use support::{have, FXR};
+use support::{have, LocalEndpoint, FXR};
 
 /// Whether `runtime` (whose executable is `tool`) can be tested here.
 fn runtime(runtime: &str, tool: &str) -> bool {
@@ -170,51 +170,14 @@ fn functions_registered_with_each_runtime_run_inside_its_container() {
     );
 }
 
-/// A local endpoint (`fxr endpoint start --local`), stopped when dropped.
-struct Local {
-    child: std::process::Child,
-    addr: String,
+/// A local endpoint with 2 workers, and `env` for it and its pilots.
+fn local(env: &[(&str, &str)]) -> LocalEndpoint {
+    LocalEndpoint::start(&["--workers-per-node", "2"], env)
 }
 
-impl Local {
-    fn start() -> Local {
-        Local::start_with_env(&[])
-    }
-
-    fn start_with_env(env: &[(&str, &str)]) -> Local {
-        use std::io::BufRead;
-        let mut child = Command::new(FXR)
-            .args(["--output", "json", "endpoint", "start", "--local"])
-            .args(["--workers-per-node", "2"])
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap();
-        let addr = v["endpoint"].as_str().unwrap().to_string();
-        Local { child, addr }
-    }
-
-    /// Runs one `echo` task in `container`; its result line.
-    fn run(&self, container: &str) -> Value {
-        let out = Command::new(FXR)
-            .args(["--output", "json", "run", "echo", "--endpoint", &self.addr])
-            .args(["--container", container, "--args", "{}", "--timeout", "60s"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        support::stop_child(&mut self.child, Duration::from_secs(20));
-    }
+/// Runs one `echo` task in `container` on `ep`; its result line.
+fn echo_in(ep: &LocalEndpoint, container: &str) -> Value {
+    ep.run(&["echo", "--container", container, "--args", "{}"])
 }
 
 #[test]
@@ -242,9 +205,9 @@ fn a_container_that_cannot_start_fails_with_container_error_and_the_runtimes_mes
         "rkt:some-image".to_string(),
         "unknown container runtime `rkt`",
     ));
-    let ep = Local::start();
+    let ep = local(&[]);
     for (container, needle) in cases {
-        let v = ep.run(&container);
+        let v = echo_in(&ep, &container);
         assert_eq!(v["kind"], "container_error", "{container}: {v}");
         let msg = v["message"].as_str().unwrap_or_default();
         assert!(msg.contains(needle), "{container}: {msg}");
@@ -320,24 +283,11 @@ fn the_apptainer_template_runs_through_a_stand_in_with_apptainers_command_line()
         std::env::var("PATH").unwrap_or_default()
     );
     let img = Image::build("made-for-apptainer", false);
-    let ep = Local::start_with_env(&[("PATH", path.as_str())]);
-    let out = Command::new(FXR)
-        .args([
-            "--output",
-            "json",
-            "run",
-            "--endpoint",
-            &ep.addr,
-            "--timeout",
-            "60s",
-        ])
-        .args(["--shell", "cat /etc/fxr-image"])
-        .args(["--container", &format!("apptainer:{}", img.path())])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let ep = local(&[("PATH", path.as_str())]);
+    let container = format!("apptainer:{}", img.path());
+    let v = ep.run(&["--shell", "cat /etc/fxr-image", "--container", &container]);
     assert_eq!(stdout_of(&v), "made-for-apptainer", "{v}");
-    let v = ep.run("apptainer:/nonexistent/image.sif");
+    let v = echo_in(&ep, "apptainer:/nonexistent/image.sif");
     assert_eq!(v["kind"], "container_error", "{v}");
     assert!(
         v["message"]

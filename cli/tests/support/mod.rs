@@ -60,3 +60,77 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// A local endpoint (`fxr endpoint start --local ARGS`) started by a test, stopped when dropped.
+pub struct LocalEndpoint {
+    pub child: std::process::Child,
+    /// Its front door, HOST:PORT.
+    pub addr: String,
+    pub pilots: Vec<u32>,
+}
+
+impl LocalEndpoint {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> LocalEndpoint {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(FXR)
+            .args(["--output", "json", "endpoint", "start", "--local"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = v["endpoint"].as_str().unwrap().to_string();
+        let pilots = v["pilot_pids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_u64())
+                    .map(|p| p as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        LocalEndpoint {
+            child,
+            addr,
+            pilots,
+        }
+    }
+
+    /// `fxr run --endpoint ADDR ARGS`; the result line as JSON.
+    pub fn run(&self, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new(FXR)
+            .args([
+                "--output",
+                "json",
+                "run",
+                "--endpoint",
+                &self.addr,
+                "--timeout",
+                "60s",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("null"))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// SIGTERM, and its exit code within `limit`.
+    pub fn stop(&mut self, limit: Duration) -> Option<i32> {
+        // SAFETY: signalling the endpoint this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_exit(&mut self.child, limit)
+    }
+}
+
+impl Drop for LocalEndpoint {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(20));
+    }
+}
