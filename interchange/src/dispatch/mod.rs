@@ -98,6 +98,8 @@ enum Place {
 struct Entry {
     task: Task,
     place: Place,
+    /// Its container type, worked out once when it arrives.
+    kind: String,
 }
 
 #[derive(Debug)]
@@ -337,13 +339,19 @@ impl Dispatcher {
                 ));
                 continue;
             }
-            self.enqueue(task, false);
+            let kind = kind_of(&task);
+            self.enqueue(task, kind, false);
         }
     }
 
-    fn enqueue(&mut self, task: Task, front: bool) {
+    fn enqueue(&mut self, task: Task, kind: String, front: bool) {
         let id = task.id;
-        let queue = self.queues.entry(kind_of(&task)).or_default();
+        if !self.queues.contains_key(&kind) {
+            self.queues.insert(kind.clone(), VecDeque::new());
+        }
+        let Some(queue) = self.queues.get_mut(&kind) else {
+            return;
+        };
         if front {
             queue.push_front(id);
         } else {
@@ -355,6 +363,7 @@ impl Dispatcher {
             Entry {
                 task,
                 place: Place::Queued,
+                kind,
             },
         );
     }
@@ -429,9 +438,9 @@ impl Dispatcher {
                 for t in back.into_iter().rev() {
                     if let Some(entry) = self.tasks.remove(&t) {
                         if let Some(m) = self.managers.get_mut(&id) {
-                            m.hold(&kind_of(&entry.task), -1);
+                            m.hold(&entry.kind, -1);
                         }
-                        self.enqueue(entry.task, true);
+                        self.enqueue(entry.task, entry.kind, true);
                     }
                 }
             }
@@ -447,7 +456,7 @@ impl Dispatcher {
         if let Some(m) = self.managers.get_mut(&from) {
             if m.in_flight.remove(&r.id) {
                 if let Some(e) = self.tasks.get(&r.id) {
-                    m.hold(&kind_of(&e.task), -1);
+                    m.hold(&e.kind, -1);
                 }
             }
             m.observe(
@@ -469,11 +478,11 @@ impl Dispatcher {
             if entry.task.attempt < self.config.max_retries
                 && matches!(entry.place, Place::InFlight(m) if m == from)
             {
-                let mut task = entry.task.clone();
-                task.attempt += 1;
-                self.tasks.remove(&r.id);
-                self.counters.retried += 1;
-                self.enqueue(task, true);
+                if let Some(Entry { mut task, kind, .. }) = self.tasks.remove(&r.id) {
+                    task.attempt += 1;
+                    self.counters.retried += 1;
+                    self.enqueue(task, kind, true);
+                }
                 return;
             }
         }
@@ -485,7 +494,7 @@ impl Dispatcher {
             Place::InFlight(other) if other != from => {
                 if let Some(m) = self.managers.get_mut(&other) {
                     if m.in_flight.remove(&r.id) {
-                        m.hold(&kind_of(&entry.task), -1);
+                        m.hold(&entry.kind, -1);
                     }
                 }
                 self.touch(other);
@@ -513,7 +522,7 @@ impl Dispatcher {
             let Some(entry) = self.tasks.remove(&t) else {
                 continue;
             };
-            let mut task = entry.task;
+            let Entry { mut task, kind, .. } = entry;
             if task.attempt >= self.config.max_retries {
                 self.counters.failed += 1;
                 out.results.push(TaskResult::failure(
@@ -527,7 +536,7 @@ impl Dispatcher {
             } else {
                 task.attempt += 1;
                 self.counters.retried += 1;
-                self.enqueue(task, true);
+                self.enqueue(task, kind, true);
             }
         }
     }

@@ -1,5 +1,5 @@
 use super::*;
-use fxr_protocol::{BlockId, Builtin, Function, ManagerId, Outcome};
+use fxr_protocol::{BlockId, Builtin, FromWorker, Function, ManagerId, Outcome};
 
 fn registration(workers: u32, prefetch: u32) -> Registration {
     Registration {
