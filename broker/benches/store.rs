@@ -51,6 +51,7 @@ fn store(c: &mut Criterion) {
                     .map(|id| Completion {
                         id: *id,
                         result: Some(b"null".to_vec()),
+                        data_ref: None,
                         error: None,
                     })
                     .collect();

@@ -355,6 +355,14 @@ impl Hub {
     }
 
     /// The connection of that generation closed. A newer connection is left alone.
+    /// Sends `msg` on the endpoint's current link; false when it has none.
+    pub fn send(&mut self, endpoint: &str, msg: BrokerMsg) -> bool {
+        self.endpoints
+            .get(endpoint)
+            .and_then(|e| e.tx.as_ref())
+            .is_some_and(|tx| tx.send(msg).is_ok())
+    }
+
     pub fn disconnect(&mut self, endpoint: &str, generation: u64) {
         if let Some(ep) = self.endpoints.get_mut(endpoint) {
             if ep.generation == generation {

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod fetch;
 pub mod hub;
 pub mod link;
 pub mod metrics;
@@ -86,6 +87,8 @@ pub struct Broker {
     pub metrics: metrics::Metrics,
     /// Set when the server is shutting down, so long-lived connections close.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Chunks of stored results asked of endpoints and not yet answered.
+    pub fetches: Mutex<fetch::Fetches>,
 }
 
 /// A finished task for the store, and what watchers are told of it.
@@ -94,11 +97,19 @@ fn completion(r: TaskResult) -> store::Completion {
         Outcome::Success(v) => store::Completion {
             id: r.id.0,
             result: Some(v),
+            data_ref: None,
+            error: None,
+        },
+        Outcome::Stored(d) => store::Completion {
+            id: r.id.0,
+            result: None,
+            data_ref: serde_json::to_string(&d).ok(),
             error: None,
         },
         Outcome::Failure { kind, message } => store::Completion {
             id: r.id.0,
             result: None,
+            data_ref: None,
             error: Some((kind.as_str().to_string(), message)),
         },
     }
@@ -275,6 +286,7 @@ impl Broker {
             watchers: Mutex::new(Watchers::default()),
             metrics: metrics::Metrics::default(),
             stopping: tokio::sync::watch::channel(false).0,
+            fetches: Mutex::new(fetch::Fetches::default()),
         }))
     }
 
@@ -303,6 +315,39 @@ impl Broker {
         tokio::task::spawn_blocking(move || f(&mut lock(&store)))
             .await
             .map_err(|e| StoreError::Corrupt(format!("store thread failed: {e}")))?
+    }
+
+    /// Reads `len` bytes from `offset` of an object `endpoint` keeps in one of its nodes'
+    /// stores, through its link; waits at most `wait`.
+    pub async fn fetch_chunk(
+        &self,
+        endpoint: &str,
+        data: &fxr_protocol::DataRef,
+        offset: u64,
+        len: u64,
+        wait: Duration,
+    ) -> std::result::Result<fxr_protocol::DataReply, String> {
+        let (request, rx) = lock(&self.fetches).open(endpoint);
+        let msg = fxr_protocol::BrokerMsg::Fetch {
+            request,
+            data: data.clone(),
+            offset,
+            len,
+        };
+        if !self.hub().send(endpoint, msg) {
+            lock(&self.fetches).forget(request);
+            return Err(format!("endpoint {endpoint} is not connected"));
+        }
+        let out = tokio::time::timeout(wait, rx).await;
+        lock(&self.fetches).forget(request);
+        match out {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(format!("endpoint {endpoint} went away")),
+            Err(_) => Err(format!(
+                "endpoint {endpoint} did not answer within {} s",
+                wait.as_secs()
+            )),
+        }
     }
 
     /// The hub, locked.

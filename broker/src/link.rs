@@ -79,6 +79,9 @@ async fn on_message(
         LinkMsg::Credit { tasks } => broker.hub().grant(endpoint, tasks),
         LinkMsg::Received { tasks } => broker.hub().received(endpoint, &tasks),
         LinkMsg::Status(s) => broker.hub().set_status(endpoint, s),
+        LinkMsg::Data { request, reply } => {
+            crate::lock(&broker.fetches).answer(endpoint, request, reply);
+        }
         LinkMsg::Results { results } => {
             let (mine, mut ignored, foreign) = broker.hub().screen(endpoint, results);
             if foreign > 0 {

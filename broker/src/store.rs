@@ -62,6 +62,8 @@ pub struct TaskRow {
     pub completed_ms: Option<i64>,
     /// The submission it came in.
     pub batch: u64,
+    /// Where a result too large to travel is kept (JSON of a `DataRef`).
+    pub data_ref: Option<String>,
 }
 
 /// A new task to insert.
@@ -78,6 +80,8 @@ pub struct NewTask {
 pub struct Completion {
     pub id: u64,
     pub result: Option<Vec<u8>>,
+    /// A result kept in its node's store, as JSON of its `DataRef`.
+    pub data_ref: Option<String>,
     pub error: Option<(String, String)>,
 }
 
@@ -111,6 +115,8 @@ CREATE TABLE IF NOT EXISTS batches (
 const MIGRATE_BATCH: &str = "
 ALTER TABLE tasks ADD COLUMN batch INTEGER NOT NULL DEFAULT 0;
 ";
+/// Added with large results by reference: where such a result is kept.
+const MIGRATE_DATA_REF: &str = "ALTER TABLE tasks ADD COLUMN data_ref TEXT;";
 const BATCH_INDEX: &str = "CREATE INDEX IF NOT EXISTS tasks_batch ON tasks(batch);";
 
 /// Most ids in one `IN (...)` list.
@@ -152,6 +158,12 @@ impl Store {
             conn.execute_batch(MIGRATE_BATCH)?;
         }
         conn.execute_batch(BATCH_INDEX)?;
+        let has_data_ref = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'data_ref'")?
+            .exists([])?;
+        if !has_data_ref {
+            conn.execute_batch(MIGRATE_DATA_REF)?;
+        }
         Ok(Store { conn })
     }
 
@@ -366,16 +378,25 @@ impl Store {
         let mut recorded = Vec::with_capacity(done.len());
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE tasks SET state = ?2, result = ?3, error_kind = ?4, error_message = ?5, completed_ms = ?6
-                 WHERE id = ?1 AND state = 'pending'",
+                "UPDATE tasks SET state = ?2, result = ?3, error_kind = ?4, error_message = ?5, completed_ms = ?6,
+                 data_ref = ?7 WHERE id = ?1 AND state = 'pending'",
             )?;
             for c in done {
                 let (state, kind, msg) = match &c.error {
                     None => ("succeeded", None, None),
                     Some((k, m)) => ("failed", Some(k.as_str()), Some(m.as_str())),
                 };
-                recorded
-                    .push(stmt.execute(params![c.id as i64, state, c.result, kind, msg, now])? > 0);
+                recorded.push(
+                    stmt.execute(params![
+                        c.id as i64,
+                        state,
+                        c.result,
+                        kind,
+                        msg,
+                        now,
+                        c.data_ref
+                    ])? > 0,
+                );
             }
         }
         tx.commit()?;
@@ -396,11 +417,12 @@ impl Store {
             created_ms: r.get(9)?,
             completed_ms: r.get(10)?,
             batch: r.get::<_, i64>(11)? as u64,
+            data_ref: r.get(12)?,
         })
     }
 
     const TASK_COLS: &'static str =
-        "id, owner, function_id, endpoint_id, args, state, result, error_kind, error_message, created_ms, completed_ms, batch";
+        "id, owner, function_id, endpoint_id, args, state, result, error_kind, error_message, created_ms, completed_ms, batch, data_ref";
 
     /// The tasks among `ids` that exist, in no particular order. Reads go in chunks of
     /// `IN (...)` lists, a few hundred ids per statement.

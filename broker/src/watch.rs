@@ -151,6 +151,7 @@ mod tests {
             endpoint_id: "e".into(),
             batch_id: 1,
             result: None,
+            result_data: None,
             error: None,
             created_ms: 0,
             completed_ms: Some(1),

@@ -137,6 +137,57 @@ impl Api {
         self.finish(&format!("POST {path}"), r)
     }
 
+    /// Copies a binary answer (`GET path`) into `out`, checking its length and the CRC-32 the
+    /// broker sends in `X-Fxr-Checksum`; returns the bytes copied.
+    pub fn download(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+        let resp = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .with_context(|| format!("cannot reach the broker at {}", self.base))?;
+        if !resp.status().is_success() {
+            let r: anyhow::Result<serde_json::Value> =
+                self.finish(&format!("GET {path}"), Ok(resp));
+            r?;
+            bail!("GET {path}: unexpected answer");
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let expected = header("x-fxr-checksum")
+            .and_then(|c| u32::from_str_radix(&c, 16).ok())
+            .context("the broker sent no X-Fxr-Checksum")?;
+        let length: Option<u64> = header("content-length").and_then(|l| l.parse().ok());
+        let mut reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => bail!("GET {path}: the download broke after {total} bytes: {e}"),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+        if let Some(l) = length {
+            anyhow::ensure!(total == l, "GET {path}: {total} of {l} bytes arrived");
+        }
+        let sum = hasher.finalize();
+        anyhow::ensure!(
+            sum == expected,
+            "GET {path}: checksum {sum:08x}, the broker said {expected:08x}"
+        );
+        Ok(total)
+    }
+
     pub fn delete(&self, path: &str) -> anyhow::Result<()> {
         let r = self
             .agent

@@ -138,16 +138,14 @@ impl ViaBroker {
 
     /// Connects the endpoint's link and waits until the broker sees it.
     fn connect(&self, ep: &LocalEndpoint) -> anyhow::Result<()> {
-        fxr_interchange::links::broker::start(
-            ep.interchange.local_client(),
-            fxr_interchange::links::broker::BrokerLinkConfig {
+        ep.interchange
+            .start_broker_link(fxr_interchange::links::broker::BrokerLinkConfig {
                 broker: self.url.clone(),
                 endpoint_id: self.endpoint_id.clone(),
                 credential: self.credential.clone(),
                 window: 100_000,
                 status_period: Duration::from_millis(500),
-            },
-        )?;
+            })?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let s: serde_json::Value = self

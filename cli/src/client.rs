@@ -24,6 +24,9 @@ pub struct RunArgs {
     /// Give up when no result arrives for this long.
     #[arg(long, value_parser = crate::opts::duration, default_value = "10m")]
     pub timeout: Duration,
+    /// Where the value goes instead of stdout (the global `--output FILE`).
+    #[arg(skip)]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,6 +73,74 @@ fn outcome_json(r: &TaskResult) -> serde_json::Value {
         Outcome::Failure { kind, message } => {
             serde_json::json!({"task": r.id.0, "status": "failed", "kind": kind.as_str(), "message": message})
         }
+        Outcome::Stored(d) => serde_json::json!({"task": r.id.0, "status": "succeeded",
+            "result_data": {"size": d.size, "checksum": format!("{:08x}", d.checksum)}, "run_us": r.run_us}),
+    }
+}
+
+/// Writes a result's value to `output`, or to stdout followed by a newline. A file is written
+/// under a temporary name and renamed when whole, so it never holds part of a value.
+fn write_value(
+    output: Option<&std::path::Path>,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let Some(path) = output else {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        fill(&mut w)?;
+        writeln!(w)?;
+        return Ok(w.flush()?);
+    };
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = std::path::PathBuf::from(part);
+    let written = (|| -> anyhow::Result<()> {
+        let f = std::fs::File::create(&part)
+            .with_context(|| format!("cannot create {}", part.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&part, path)
+            .with_context(|| format!("cannot rename {} to {}", part.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    written
+}
+
+/// Prints a broker task's outcome, fetching a result kept at the endpoint (or writing the value
+/// to `output`).
+fn show_broker_task(
+    api: &crate::api::Api,
+    t: &serde_json::Value,
+    json: bool,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let v = broker_json(t);
+    if json {
+        println!("{v}");
+        if output.is_none() {
+            return Ok(());
+        }
+    }
+    if v["status"] != "succeeded" {
+        if !json {
+            print_outcome(&v, false);
+        }
+        return Ok(());
+    }
+    if t["result_data"].is_object() {
+        let id = t["id"].as_u64().context("a task without an id")?;
+        write_value(output, |w| {
+            api.download(&format!("/v1/tasks/{id}/data"), w).map(|_| ())
+        })
+    } else if output.is_some() || !json {
+        write_value(output, |w| Ok(write!(w, "{}", v["result"])?))
+    } else {
+        Ok(())
     }
 }
 
@@ -94,7 +165,9 @@ fn print_outcome(v: &serde_json::Value, json: bool) {
 
 /// A broker task as the CLI prints it.
 fn broker_json(t: &serde_json::Value) -> serde_json::Value {
-    if t["state"] == "succeeded" {
+    if t["state"] == "succeeded" && t["result_data"].is_object() {
+        serde_json::json!({"task": t["id"], "status": "succeeded", "result_data": t["result_data"]})
+    } else if t["state"] == "succeeded" {
         serde_json::json!({"task": t["id"], "status": "succeeded", "result": t["result"]})
     } else if t["state"] == "failed" {
         serde_json::json!({"task": t["id"], "status": "failed", "kind": t["error"]["kind"], "message": t["error"]["message"]})
@@ -198,9 +271,8 @@ fn broker_run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
         .as_u64()
         .context("the broker returned no task id")?;
     let t = broker_wait(&api, &[id], a.timeout, &mut |_, _| {})?;
-    let v = broker_json(&t[0]);
-    print_outcome(&v, json);
-    Ok(if v["status"] == "succeeded" {
+    show_broker_task(&api, &t[0], json, a.output.as_deref())?;
+    Ok(if t[0]["state"] == "succeeded" {
         exit::OK
     } else {
         exit::TASK_FAILED
@@ -210,16 +282,20 @@ fn broker_run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
 #[derive(clap::Args, Debug)]
 pub struct ResultArgs {
     pub task: u64,
+    /// Where the value goes instead of stdout (the global `--output FILE`); a result kept at
+    /// the endpoint is fetched from there.
+    #[arg(skip)]
+    pub output: Option<std::path::PathBuf>,
 }
 
 pub fn result(a: ResultArgs, json: bool) -> anyhow::Result<u8> {
     let api = crate::api::Api::from_profile()?;
     let t: serde_json::Value = api.get(&format!("/v1/tasks/{}", a.task))?;
     let v = broker_json(&t);
-    if json {
+    if json && a.output.is_none() {
         println!("{t}");
     } else if v["status"] == "succeeded" || v["status"] == "failed" {
-        print_outcome(&v, false);
+        show_broker_task(&api, &t, json, a.output.as_deref())?;
     } else {
         println!("{}", v["status"].as_str().unwrap_or("?"));
     }
@@ -254,11 +330,22 @@ pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
     let v = outcome_json(r);
     if json {
         println!("{v}");
-    } else {
-        match &r.outcome {
-            Outcome::Success(_) => println!("{}", v["result"]),
-            Outcome::Failure { kind, message } => println!("failed ({}): {message}", kind.as_str()),
+    }
+    match &r.outcome {
+        Outcome::Stored(d) if !json || a.output.is_some() => {
+            write_value(a.output.as_deref(), |w| {
+                fxr_interchange::client::fetch(&mut door, d, w, a.timeout)
+                    .map(|_| ())
+                    .with_context(|| format!("cannot read the result from {}", d.node))
+            })?;
         }
+        Outcome::Success(_) if !json || a.output.is_some() => {
+            write_value(a.output.as_deref(), |w| Ok(write!(w, "{}", v["result"])?))?;
+        }
+        Outcome::Failure { kind, message } if !json => {
+            println!("failed ({}): {message}", kind.as_str())
+        }
+        _ => {}
     }
     Ok(if r.is_success() {
         exit::OK

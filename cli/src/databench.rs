@@ -410,6 +410,7 @@ pub fn mapreduce(a: MapReduceArgs, json: bool) -> anyhow::Result<u8> {
                         }
                     }
                     Outcome::Failure { message, .. } => bail!("a step failed: {message}"),
+                    Outcome::Stored(_) => bail!("a step's result was too large to return"),
                 }
             }
             Ok(secs)

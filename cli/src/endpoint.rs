@@ -354,7 +354,9 @@ impl Drop for StoreDir {
     }
 }
 
-/// The store directory of an endpoint called `name` (`None`: an ad-hoc one).
+/// The store directory of an endpoint called `name` (`None`: an ad-hoc one). A configured
+/// endpoint's name carries a hash of its directory, so two endpoints of the same name (two
+/// users, two `FXR_HOME`s) never share a store.
 pub fn default_store_dir(name: Option<&str>) -> std::path::PathBuf {
     let shm = std::path::Path::new("/dev/shm");
     let base = if shm.is_dir() {
@@ -366,6 +368,20 @@ pub fn default_store_dir(name: Option<&str>) -> std::path::PathBuf {
         Some(n) => base.join(format!("fxr-{n}")),
         None => base.join(format!("fxr-local-{}", std::process::id())),
     }
+}
+
+/// The default store of the configured endpoint `name` kept in `dir`.
+fn configured_store_dir(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    // FNV-1a: stable across runs and builds, which the standard hasher does not promise.
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    default_store_dir(Some(&format!("{name}-{:08x}", hash as u32)))
 }
 
 /// Starts the interchange and the pilots of a local endpoint. Blocks are started by a scaling
@@ -568,7 +584,12 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     let (a, broker, dir, config) = match &a.name {
         Some(name) => {
             let dir = endpoint_dir(name, a.dir.as_deref());
-            let cfg = fxr_interchange::config::EndpointConfig::load(&dir.join("endpoint.toml"))?;
+            let mut cfg =
+                fxr_interchange::config::EndpointConfig::load(&dir.join("endpoint.toml"))?;
+            if cfg.engine.store_dir.is_none() {
+                let store = configured_store_dir(name, &dir);
+                cfg.engine.store_dir = Some(store.to_string_lossy().into_owned());
+            }
             let broker = match (&cfg.broker, &cfg.endpoint_id) {
                 (Some(url), Some(id)) => {
                     let credential =
@@ -601,7 +622,7 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
     let mut front = None;
     match broker {
         Some(link) => {
-            fxr_interchange::links::broker::start(interchange.local_client(), link)?;
+            interchange.start_broker_link(link)?;
         }
         None => {
             let listener = TcpListener::bind(&a.listen)
@@ -691,7 +712,7 @@ pub fn start_scaler(
     )?;
     pilot_cmd.push_str(&format!(" --workers {workers} --launcher {}", p.launcher));
     let store = cfg.engine.store_dir.clone().map_or_else(
-        || default_store_dir(Some(&cfg.name)),
+        || configured_store_dir(&cfg.name, dir),
         std::path::PathBuf::from,
     );
     pilot_cmd.push_str(&format!(

@@ -21,8 +21,9 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "fxr", version, about)]
 struct Cli {
-    /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    /// `text`, or `json` for machine-readable output. `fxr run` and `fxr result` also take a
+    /// file name: the result's value is written there (whole, or not at all).
+    #[arg(long, short = 'o', global = true, default_value = "text")]
     output: String,
     #[command(subcommand)]
     command: Command,
@@ -87,7 +88,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let json = cli.output == "json";
-    let result = match cli.command {
+    let file = (cli.output != "json" && cli.output != "text")
+        .then(|| std::path::PathBuf::from(&cli.output));
+    let result = match (cli.command, file) {
+        (Command::Run(mut a), Some(f)) => {
+            a.output = Some(f);
+            client::run(a, json)
+        }
+        (Command::Result(mut a), Some(f)) => {
+            a.output = Some(f);
+            client::result(a, json)
+        }
+        (_, Some(f)) => Err(anyhow::anyhow!(
+            "--output takes `text` or `json` (a file name, here `{}`, only for `fxr run` and `fxr result`)",
+            f.display()
+        )),
+        (command, None) => match command {
         Command::Broker(c) => broker::run(c, json),
         Command::Login(a) => function::login(a, json),
         Command::Function(c) => function::run(c, json),
@@ -103,6 +119,7 @@ fn main() -> ExitCode {
         Command::Worker => fxr_pilot::worker::worker_main()
             .map(|()| exit::OK)
             .map_err(Into::into),
+        },
     };
     let code = match result {
         Ok(code) => code,

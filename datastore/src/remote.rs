@@ -6,44 +6,9 @@
 //! draft object, and the object is published only when its checksum matches the reference.
 
 use crate::{check_key, Meta, Store, StoreError};
-use serde::{Deserialize, Serialize};
 use std::io::Read;
 
-/// Bytes per chunk.
-pub const CHUNK: u64 = 4 * 1024 * 1024;
-
-/// Where an object lives: passed in task arguments and results instead of the data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataRef {
-    pub key: String,
-    /// The address of the data service of the node that holds it (`tcp://HOST:PORT`).
-    pub node: String,
-    pub size: u64,
-    pub checksum: u32,
-}
-
-/// A fetcher's question.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// The endpoint's secret: only members of the endpoint may read its data.
-    pub secret: String,
-    pub key: String,
-    pub offset: u64,
-    pub len: u64,
-}
-
-/// The peer's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reply {
-    Chunk {
-        size: u64,
-        checksum: u32,
-        offset: u64,
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
-    },
-    Error(String),
-}
+pub use fxr_protocol::{DataRef, DataReply as Reply, DataRequest as Request, DATA_CHUNK as CHUNK};
 
 /// Answers one request from `store`, if `secret` matches.
 pub fn serve(store: &Store, secret: &str, req: &Request) -> Reply {

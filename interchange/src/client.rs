@@ -85,3 +85,76 @@ pub fn wait_for_workers(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Copies an object kept in a node's store (a result returned by reference) into `out`, a chunk
+/// at a time through the front door; checks each chunk against the reference and the whole
+/// against its checksum. Returns the bytes written.
+pub fn fetch(
+    door: &mut dyn FrontDoor,
+    r: &fxr_protocol::DataRef,
+    out: &mut dyn io::Write,
+    timeout: Duration,
+) -> io::Result<u64> {
+    use fxr_protocol::DataReply;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut offset = 0u64;
+    while offset < r.size {
+        let len = fxr_protocol::DATA_CHUNK.min(r.size - offset);
+        door.send(ClientMsg::Fetch {
+            data: r.clone(),
+            offset,
+            len,
+        })?;
+        let deadline = Instant::now() + timeout;
+        let reply = loop {
+            match door.recv(Duration::from_millis(200))? {
+                Some(FrontMsg::Data(reply)) => break reply,
+                Some(FrontMsg::Error { message }) => return Err(io::Error::other(message)),
+                Some(_) => {}
+                None if Instant::now() > deadline => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer for {timeout:?} reading {}", r.key),
+                    ))
+                }
+                None => {}
+            }
+        };
+        match reply {
+            DataReply::Error(e) => return Err(io::Error::other(e)),
+            DataReply::Chunk {
+                size,
+                checksum,
+                offset: at,
+                bytes,
+            } => {
+                if size != r.size || checksum != r.checksum {
+                    return Err(io::Error::other(format!(
+                        "{} changed: now {size} bytes, checksum {checksum:08x}",
+                        r.key
+                    )));
+                }
+                if at != offset || bytes.is_empty() || bytes.len() as u64 > len {
+                    return Err(io::Error::other(format!(
+                        "{} came back out of order",
+                        r.key
+                    )));
+                }
+                hasher.update(&bytes);
+                out.write_all(&bytes)?;
+                offset += bytes.len() as u64;
+            }
+        }
+    }
+    let sum = hasher.finalize();
+    if sum != r.checksum {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is corrupt: checksum {sum:08x}, the reference says {:08x}",
+                r.key, r.checksum
+            ),
+        ));
+    }
+    Ok(offset)
+}

@@ -340,6 +340,13 @@ impl<C: Comm> Core<C> {
                 self.dispatcher.cancel(&ours, out);
             }
             ClientMsg::ProviderReport { summary } => self.provider_summary = summary,
+            ClientMsg::Fetch { .. } => self.reply(
+                client,
+                FrontMsg::Error {
+                    message: "stored objects are read through the front door or the broker link"
+                        .into(),
+                },
+            ),
             ClientMsg::Shutdown => {
                 tracing::info!("shutdown requested; draining managers");
                 self.shutting_down = Some(now);

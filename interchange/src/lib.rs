@@ -75,6 +75,8 @@ pub struct Interchange {
     core: Option<JoinHandle<()>>,
     front_stop: Arc<AtomicBool>,
     metrics: Arc<metrics::Metrics>,
+    /// The endpoint's secret, with which objects are read from the nodes' stores.
+    secret: Arc<str>,
 }
 
 impl Interchange {
@@ -86,6 +88,7 @@ impl Interchange {
         let (tx, rx) = mpsc::channel();
         let link = ManagerLink::listen(&config.manager_url, fxr_protocol::MAX_FRAME, tx.clone())?;
         let port = link.port();
+        let secret: Arc<str> = config.secret.as_str().into();
         let settings = CoreSettings {
             secret: config.secret,
             heartbeat_period: config.heartbeat_period,
@@ -115,6 +118,7 @@ impl Interchange {
             core: Some(handle),
             front_stop: Arc::new(AtomicBool::new(false)),
             metrics,
+            secret,
         })
     }
 
@@ -132,10 +136,19 @@ impl Interchange {
     pub fn serve_front_door(&self, listener: TcpListener) -> std::io::Result<()> {
         let events = self.events.clone();
         let stop = self.front_stop.clone();
+        let secret = self.secret.clone();
         std::thread::Builder::new()
             .name("front-door".into())
-            .spawn(move || links::front::serve(listener, events, stop))?;
+            .spawn(move || links::front::serve(listener, events, stop, secret))?;
         Ok(())
+    }
+
+    /// Connects this interchange to a broker (see [`links::broker`]), on a thread of its own.
+    pub fn start_broker_link(
+        &self,
+        cfg: links::broker::BrokerLinkConfig,
+    ) -> Result<JoinHandle<()>, links::broker::BrokerLinkError> {
+        links::broker::start(self.local_client(), cfg, self.secret.clone())
     }
 
     /// The interchange's metrics, shared with its scaling loop.

@@ -12,6 +12,20 @@ use std::time::{Duration, Instant};
 
 /// Most bytes of stdout and of stderr kept from a shell command; the rest is read and dropped.
 pub const MAX_CAPTURE: usize = 1024 * 1024;
+/// The same on a node with an object store, where a large result travels by reference.
+pub const MAX_CAPTURE_STORED: usize = 64 * 1024 * 1024;
+
+/// The capture limit for this worker: larger when its node has a store.
+fn capture_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        if std::env::var_os("FXR_STORE").is_some() {
+            MAX_CAPTURE_STORED
+        } else {
+            MAX_CAPTURE
+        }
+    })
+}
 
 /// Runs a task to completion in this thread.
 pub fn run(task: &Task) -> TaskResult {
@@ -213,6 +227,7 @@ struct Captured {
 }
 
 fn capture(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Captured> {
+    let limit = capture_limit();
     std::thread::spawn(move || {
         let mut c = Captured::default();
         let mut buf = [0u8; 8192];
@@ -220,7 +235,7 @@ fn capture(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Capture
             match r.read(&mut buf) {
                 Ok(0) | Err(_) => return c,
                 Ok(n) => {
-                    let room = MAX_CAPTURE.saturating_sub(c.kept.len());
+                    let room = limit.saturating_sub(c.kept.len());
                     c.kept.extend_from_slice(&buf[..n.min(room)]);
                     c.total += n as u64;
                 }
@@ -230,7 +245,8 @@ fn capture(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Capture
 }
 
 /// Runs a shell command with its walltime; the result is `{stdout, stderr, returncode}`. An
-/// output stream longer than [`MAX_CAPTURE`] is cut, and the result says so:
+/// output stream longer than [`MAX_CAPTURE`] ([`MAX_CAPTURE_STORED`] on a node with a store) is
+/// cut, and the result says so:
 /// `stdout_truncated: true` and `stdout_bytes`, the length the command wrote (same for stderr).
 pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
     let command = match fill_template(&spec.command, args) {

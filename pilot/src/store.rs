@@ -6,6 +6,7 @@
 
 use fxr_datastore::remote::DataRef;
 use fxr_datastore::{Limits, Store};
+use fxr_protocol::{FailureKind, Outcome, TaskResult};
 use serde_json::{json, Value};
 
 /// Most bytes a `put` of `{"size": N}` may ask for.
@@ -61,6 +62,42 @@ pub fn put(args: &[u8]) -> Result<Vec<u8>, String> {
         checksum: meta.checksum,
     };
     serde_json::to_vec(&r).map_err(|e| e.to_string())
+}
+
+/// Results whose value is larger than this travel by reference when the node has a store.
+pub const INLINE_RESULT_MAX: usize = 1 << 20;
+
+/// Keeps a large result's value in the node's store and turns the result into its reference
+/// ([`Outcome::Stored`]), which the client fetches through the endpoint. A value that cannot be
+/// kept stays inline if it fits a message, and fails the task, naming why, if it does not.
+pub fn keep_large_result(result: &mut TaskResult) {
+    let Outcome::Success(v) = &result.outcome else {
+        return;
+    };
+    if v.len() <= INLINE_RESULT_MAX || std::env::var_os("FXR_STORE").is_none() {
+        return;
+    }
+    // Task ids are the client's, so two clients may use the same one: a random suffix.
+    let key = format!("results/{}-{:08x}", result.id.0, fastrand::u32(..));
+    match open().and_then(|s| s.put(&key, v).map_err(|e| e.to_string())) {
+        Ok(meta) => {
+            result.outcome = Outcome::Stored(DataRef {
+                key: meta.key,
+                node: node(),
+                size: meta.size,
+                checksum: meta.checksum,
+            })
+        }
+        Err(e) if v.len() > fxr_protocol::MAX_BODY => {
+            let size = v.len();
+            *result = TaskResult::failure(
+                result.id,
+                FailureKind::Rejected,
+                format!("result of {size} bytes is over {} bytes and could not be kept in the node's store: {e}", fxr_protocol::MAX_BODY),
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "a large result stays inline: the store refused it"),
+    }
 }
 
 /// Bytes 0, 1, ..., 250, 0, 1, ...

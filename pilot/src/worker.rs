@@ -53,6 +53,7 @@ fn serve() -> std::io::Result<()> {
                 let n = tasks.len();
                 for (i, task) in tasks.iter().enumerate() {
                     let mut result = exec::run(task);
+                    crate::store::keep_large_result(&mut result);
                     if result.approx_size() > MAX_BODY {
                         let size = result.approx_size();
                         result = TaskResult::failure(

@@ -6,12 +6,14 @@
 //! pipes between a manager and its workers, TCP between a client and the interchange — moves the
 //! same [`frame`]s, so there is exactly one decoder to harden against hostile input.
 
+pub mod data;
 pub mod frame;
 pub mod ids;
 pub mod messages;
 pub mod metrics;
 pub mod task;
 
+pub use data::{DataRef, DataReply, DataRequest, DATA_CHUNK};
 pub use frame::{
     decode, decode_body, encode, encode_into, parse_header, read_frame, FrameError,
     FRAME_HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,

@@ -10,6 +10,7 @@
 //! Tasks and results always travel in batches: a message costs 20–40 µs on nng here, a task
 //! a few hundred nanoseconds to encode.
 
+use crate::data::{DataRef, DataReply};
 use crate::ids::{BlockId, ManagerId, TaskId};
 use crate::task::{Task, TaskResult};
 use serde::{Deserialize, Serialize};
@@ -138,6 +139,13 @@ pub enum ClientMsg {
     ProviderReport { summary: String },
     /// Stop the endpoint: drain every manager, then exit.
     Shutdown,
+    /// Read part of an object kept in a node's store (a result returned by reference); answered
+    /// by [`FrontMsg::Data`].
+    Fetch {
+        data: DataRef,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Interchange → client.
@@ -156,6 +164,8 @@ pub enum FrontMsg {
     Error {
         message: String,
     },
+    /// The answer to a [`ClientMsg::Fetch`].
+    Data(DataReply),
 }
 
 /// A snapshot of the endpoint.
@@ -214,6 +224,14 @@ pub enum BrokerMsg {
     ResultsStored { tasks: Vec<TaskId> },
     /// Cancel these tasks.
     Cancel { tasks: Vec<TaskId> },
+    /// Read part of an object kept in a node's store; answered by [`LinkMsg::Data`] with the
+    /// same `request`. `len` is at most 2 MiB, so the answer stays within a link message.
+    Fetch {
+        request: u64,
+        data: DataRef,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Interchange → broker, over the endpoint link.
@@ -227,4 +245,6 @@ pub enum LinkMsg {
     Results { results: Vec<TaskResult> },
     /// Managers, workers and queues, every few seconds.
     Status(EndpointStatus),
+    /// The answer to a [`BrokerMsg::Fetch`].
+    Data { request: u64, reply: DataReply },
 }

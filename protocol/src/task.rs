@@ -238,6 +238,9 @@ pub enum Outcome {
     Success(Vec<u8>),
     /// A structured failure.
     Failure { kind: FailureKind, message: String },
+    /// The JSON-encoded return value was too large to travel with the result: it is kept in the
+    /// object store of the node that ran the task, and fetched from there on request.
+    Stored(crate::DataRef),
 }
 
 /// The result of one task, with the time it spent running.
@@ -264,7 +267,7 @@ impl TaskResult {
 
     /// Whether the task succeeded.
     pub fn is_success(&self) -> bool {
-        matches!(self.outcome, Outcome::Success(_))
+        matches!(self.outcome, Outcome::Success(_) | Outcome::Stored(_))
     }
 
     /// Approximate encoded size, for cutting batches before they exceed a frame.
@@ -272,6 +275,7 @@ impl TaskResult {
         24 + match &self.outcome {
             Outcome::Success(v) => v.len(),
             Outcome::Failure { message, .. } => message.len(),
+            Outcome::Stored(r) => r.key.len() + r.node.len() + 16,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The REST API: routes, errors, the JSON and authentication extractors, and the OpenAPI
 //! document generated from the handlers' annotations.
 
+mod data;
 mod endpoints;
 mod functions;
 pub mod tasks;
@@ -172,7 +173,7 @@ impl FromRequestParts<Arc<Broker>> for Caller {
         whoami,
         functions::register, functions::list, functions::get_one, functions::delete,
         endpoints::register, endpoints::list, endpoints::status, endpoints::delete, endpoints::link,
-        tasks::submit, tasks::get_one, tasks::get_many, tasks::query, tasks::wait, tasks::stream, tasks::stream_post, tasks::cancel,
+        tasks::submit, tasks::get_one, tasks::get_many, tasks::query, tasks::wait, tasks::stream, tasks::stream_post, tasks::cancel, data::get_data,
     ),
     modifiers(&BearerAuth)
 )]
@@ -263,6 +264,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         )
         .route("/v1/tasks/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}", get(tasks::get_one))
+        .route("/v1/tasks/{id}/data", get(data::get_data))
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::new(

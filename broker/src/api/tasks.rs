@@ -5,8 +5,8 @@
 //! recorded. Nothing re-reads the tasks it waits on when other results arrive.
 
 use super::types::{
-    Cancelled, IdsBody, StreamBody, SubmitBody, Submitted, TaskError, TaskInfo, TasksResponse,
-    WaitBody,
+    Cancelled, IdsBody, StoredResult, StreamBody, SubmitBody, Submitted, TaskError, TaskInfo,
+    TasksResponse, WaitBody,
 };
 use super::{ApiError, ApiJson, Caller};
 use crate::hub::{Finished, Meta};
@@ -36,6 +36,15 @@ fn result_value(r: Vec<u8>) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r).into_owned()))
 }
 
+/// What a client is told of a result kept at the endpoint.
+fn stored_result(data_ref: Option<&str>) -> Option<StoredResult> {
+    let r: fxr_protocol::DataRef = serde_json::from_str(data_ref?).ok()?;
+    Some(StoredResult {
+        size: r.size,
+        checksum: format!("{:08x}", r.checksum),
+    })
+}
+
 fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
     let state = if t.state == "pending" {
         broker
@@ -60,6 +69,7 @@ fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
         endpoint_id: t.endpoint_id,
         batch_id: t.batch,
         result: t.result.map(result_value),
+        result_data: stored_result(t.data_ref.as_deref()),
         error,
         created_ms: t.created_ms,
         completed_ms: t.completed_ms,
@@ -80,6 +90,7 @@ pub fn finished_info(f: &Finished, c: &Completion, completed_ms: i64) -> TaskInf
         endpoint_id: f.endpoint.to_string(),
         batch_id: f.meta.batch,
         result: c.result.clone().map(result_value),
+        result_data: stored_result(c.data_ref.as_deref()),
         error: c
             .error
             .clone()
@@ -318,6 +329,12 @@ pub async fn get_one(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TaskInfo>, ApiError> {
+    let row = load_one(&broker, user.id, &id).await?;
+    Ok(Json(task_info(&broker, row)))
+}
+
+/// The caller's task whose id is the path segment `id`.
+pub(super) async fn load_one(broker: &Broker, user: i64, id: &str) -> Result<TaskRow, ApiError> {
     let n: u64 = id
         .parse()
         .ok()
@@ -325,11 +342,10 @@ pub async fn get_one(
         .ok_or_else(|| {
             ApiError::bad(format!("`{id}` is not a task id (a non-negative integer)"))
         })?;
-    let row = load(&broker, user.id, vec![n])
+    load(broker, user, vec![n])
         .await?
         .pop()
-        .ok_or_else(|| ApiError::not_found(format!("no task {n}")))?;
-    Ok(Json(task_info(&broker, row)))
+        .ok_or_else(|| ApiError::not_found(format!("no task {n}")))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

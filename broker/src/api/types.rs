@@ -271,10 +271,23 @@ pub struct TaskInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Value)]
     pub result: Option<serde_json::Value>,
+    /// Present instead of `result` when the value was too large to travel with the result:
+    /// it is kept at the endpoint, and `GET /v1/tasks/{id}/data` reads it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_data: Option<StoredResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
     pub created_ms: i64,
     pub completed_ms: Option<i64>,
+}
+
+/// A result kept in the object store of the node that ran the task.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct StoredResult {
+    /// Bytes of the JSON value.
+    pub size: u64,
+    /// CRC-32 (IEEE) of those bytes, as 8 hex digits.
+    pub checksum: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]

@@ -13,6 +13,7 @@ use crate::links::front::{LocalClient, LocalSender};
 use futures_util::{SinkExt, StreamExt};
 use fxr_protocol::{BrokerMsg, ClientMsg, FailureKind, FrontMsg, LinkMsg, TaskId, TaskResult};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -41,15 +42,18 @@ pub enum BrokerLinkError {
 
 struct State {
     cfg: BrokerLinkConfig,
+    /// The endpoint's secret, to read stored results from the nodes for the broker.
+    secret: Arc<str>,
     core: LocalSender,
     inflight: HashSet<TaskId>,
     unacked: HashMap<TaskId, TaskResult>,
 }
 
 /// Runs the link on a thread of its own until the interchange stops.
-pub fn start(
+pub(crate) fn start(
     client: LocalClient,
     cfg: BrokerLinkConfig,
+    secret: Arc<str>,
 ) -> Result<std::thread::JoinHandle<()>, BrokerLinkError> {
     let url = ws_url(&cfg)?;
     let (core, results) = client.split();
@@ -79,6 +83,7 @@ pub fn start(
             };
             let mut st = State {
                 cfg,
+                secret,
                 core,
                 inflight: HashSet::new(),
                 unacked: HashMap::new(),
@@ -168,7 +173,7 @@ impl State {
                 split_results(results)
             }
             FrontMsg::Status(s) => vec![LinkMsg::Status(s)],
-            FrontMsg::Accepted { .. } => Vec::new(),
+            FrontMsg::Accepted { .. } | FrontMsg::Data(_) => Vec::new(),
             FrontMsg::Error { message } => {
                 tracing::error!(%message, "the interchange refused a request from the broker link");
                 Vec::new()
@@ -271,10 +276,27 @@ impl State {
             BrokerMsg::Cancel { tasks } => {
                 let _ = self.core.send(ClientMsg::Cancel { tasks });
             }
+            BrokerMsg::Fetch {
+                request,
+                data,
+                offset,
+                len,
+            } => {
+                // Off this loop: a slow node must not hold up tasks and results.
+                let (secret, out) = (self.secret.clone(), out.clone());
+                tokio::task::spawn_blocking(move || {
+                    let reply =
+                        super::data::fetch_chunk(&secret, &data, offset, len.min(MAX_FETCH));
+                    let _ = out.send(LinkMsg::Data { request, reply });
+                });
+            }
         }
         true
     }
 }
+
+/// Most bytes of a stored object in one message to the broker, so it stays within 4 MiB.
+const MAX_FETCH: u64 = 2 << 20;
 
 /// Most estimated bytes of results in one message to the broker (one result always goes).
 const MAX_RESULTS_BYTES: usize = 4 << 20;

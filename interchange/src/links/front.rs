@@ -183,6 +183,7 @@ pub(crate) fn serve(
     listener: TcpListener,
     events: Sender<Event>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    secret: Arc<str>,
 ) {
     for stream in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
@@ -196,13 +197,14 @@ pub(crate) fn serve(
             }
         };
         let events = events.clone();
+        let secret = secret.clone();
         let _ = std::thread::Builder::new()
             .name("front-conn".into())
-            .spawn(move || connection(stream, events));
+            .spawn(move || connection(stream, events, &secret));
     }
 }
 
-fn connection(stream: TcpStream, events: Sender<Event>) {
+fn connection(stream: TcpStream, events: Sender<Event>, secret: &str) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -223,6 +225,14 @@ fn connection(stream: TcpStream, events: Sender<Event>) {
     let mut buf = Vec::new();
     loop {
         match read_frame::<ClientMsg>(&mut reader, &mut buf) {
+            // Reading a stored object is this connection's own business: the core never waits
+            // on a node's data service.
+            Ok(Some(ClientMsg::Fetch { data, offset, len })) => {
+                let reply = super::data::fetch_chunk(secret, &data, offset, len);
+                if tx.send(FrontMsg::Data(reply)).is_err() {
+                    break;
+                }
+            }
             Ok(Some(msg)) => {
                 if events.send(Event::Client(id, msg)).is_err() {
                     break;
