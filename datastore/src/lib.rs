@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod remote;
+pub mod tenancy;
 
 const MAGIC: &[u8; 8] = b"FXRDATA1";
 /// Bytes of the header before an object's data.

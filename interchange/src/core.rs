@@ -320,7 +320,7 @@ impl<C: Comm> Core<C> {
                 self.reply(client, FrontMsg::Status(status));
             }
             ClientMsg::DrainManager { manager_id } => {
-                if !self.dispatcher.drain(manager_id, out) {
+                if !self.dispatcher.drain(manager_id, false, out) {
                     self.reply(
                         client,
                         FrontMsg::Error {
@@ -351,7 +351,7 @@ impl<C: Comm> Core<C> {
                 tracing::info!("shutdown requested; draining managers");
                 self.shutting_down = Some(now);
                 for m in self.dispatcher.manager_ids() {
-                    self.dispatcher.drain(m, out);
+                    self.dispatcher.drain(m, true, out);
                 }
             }
         }
@@ -633,7 +633,12 @@ mod tests {
         feed(&mut c, Event::Client(5, ClientMsg::Shutdown), now);
         assert!(matches!(
             c.comm.sent.last(),
-            Some((1, InterchangeMsg::Drain))
+            Some((
+                1,
+                InterchangeMsg::Drain {
+                    endpoint_stopping: true
+                }
+            ))
         ));
         assert!(c.status().stopping);
         feed(

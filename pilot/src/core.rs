@@ -164,6 +164,8 @@ pub struct Core {
     ewma_us: f64,
     seen_results: bool,
     draining: bool,
+    /// The drain is the endpoint's shutdown, not this manager's alone.
+    endpoint_stopping: bool,
     drained_at: Option<Instant>,
     counters: WorkerCounters,
     prestarted: bool,
@@ -199,6 +201,7 @@ impl Core {
             ewma_us: 0.0,
             seen_results: false,
             draining: false,
+            endpoint_stopping: false,
             drained_at: None,
             counters: WorkerCounters::default(),
             prestarted: false,
@@ -344,7 +347,10 @@ impl Core {
                     }
                 }
             }
-            InterchangeMsg::Drain => self.start_drain(out),
+            InterchangeMsg::Drain { endpoint_stopping } => {
+                self.endpoint_stopping |= endpoint_stopping;
+                self.start_drain(out)
+            }
             InterchangeMsg::Heartbeat => {}
             InterchangeMsg::Cancel { tasks } => {
                 let cancel: HashSet<TaskId> = tasks.into_iter().collect();
@@ -405,6 +411,11 @@ impl Core {
         if !back.is_empty() && self.connected {
             out.push(Action::Send(ManagerMsg::Returned { tasks: back }));
         }
+    }
+
+    /// Whether the interchange drained this manager because the whole endpoint is stopping.
+    pub fn endpoint_stopping(&self) -> bool {
+        self.endpoint_stopping
     }
 
     /// Per type: workers, idle workers; and the manager's room and empty slots.

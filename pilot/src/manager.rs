@@ -104,7 +104,8 @@ impl Manager {
         let Manager { cfg, tx, rx } = self;
         // The store and its data service first, so workers find them from their first task.
         let mut env = Vec::new();
-        let _service = match &cfg.store {
+        let mut tenancy = None;
+        let service = match &cfg.store {
             None => None,
             Some(sc) => {
                 let limits = fxr_datastore::Limits {
@@ -113,6 +114,10 @@ impl Manager {
                 };
                 let store = fxr_datastore::Store::open(&sc.root, limits)
                     .map_err(|e| ManagerError::Store(e.to_string()))?;
+                tenancy = Some(
+                    fxr_datastore::tenancy::Tenancy::hold(&sc.root)
+                        .map_err(|e| ManagerError::Store(e.to_string()))?,
+                );
                 let svc = crate::data::DataService::start(store, cfg.secret.clone(), &sc.listen)
                     .map_err(ManagerError::Store)?;
                 env.push((
@@ -159,6 +164,17 @@ impl Manager {
         let result = run_loop(&mut core, pool.as_mut(), &mut link, &rx, &cfg);
         pool.shutdown();
         link.close();
+        drop(service);
+        // The endpoint is stopping: the last manager on this node takes the store with it.
+        if let (Some(t), Some(sc), true) = (tenancy, &cfg.store, core.endpoint_stopping()) {
+            match t.leave_and_remove_if_last() {
+                Ok(true) => tracing::info!(store = %sc.root.display(), "object store removed"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(store = %sc.root.display(), error = %e, "cannot remove the object store")
+                }
+            }
+        }
         result
     }
 }

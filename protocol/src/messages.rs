@@ -116,8 +116,9 @@ pub enum InterchangeMsg {
     Refused { reason: String },
     /// Work to do. `seq` increases per manager and is acknowledged with [`ManagerMsg::Ack`].
     Tasks { seq: u64, tasks: Vec<Task> },
-    /// Finish running tasks, give queued ones back, then exit.
-    Drain,
+    /// Finish running tasks, give queued ones back, then exit. When the whole endpoint is
+    /// stopping, the last manager of a node also removes the node's object store.
+    Drain { endpoint_stopping: bool },
     /// The interchange is alive.
     Heartbeat,
     /// Cancel these tasks if they are still queued or running.

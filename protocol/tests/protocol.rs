@@ -108,7 +108,9 @@ fn samples() -> Vec<Vec<u8>> {
             seq: 3,
             tasks: sample_tasks(),
         },
-        InterchangeMsg::Drain,
+        InterchangeMsg::Drain {
+            endpoint_stopping: true,
+        },
         InterchangeMsg::Heartbeat,
         InterchangeMsg::Cancel {
             tasks: vec![TaskId(1)],

@@ -541,12 +541,14 @@ impl Dispatcher {
         }
     }
 
-    /// Marks a manager as draining (it gets no new work) and tells it so.
-    pub fn drain(&mut self, id: ManagerId, out: &mut Outbox) -> bool {
+    /// Marks a manager as draining (it gets no new work) and tells it so, and whether the
+    /// whole endpoint is stopping.
+    pub fn drain(&mut self, id: ManagerId, endpoint_stopping: bool, out: &mut Outbox) -> bool {
         match self.managers.get_mut(&id) {
             Some(m) => {
                 m.draining = true;
-                out.to_managers.push((id, InterchangeMsg::Drain));
+                out.to_managers
+                    .push((id, InterchangeMsg::Drain { endpoint_stopping }));
                 self.touch(id);
                 true
             }

@@ -227,7 +227,7 @@ fn draining_manager_gets_nothing_and_returned_tasks_requeue() {
     d.register(reg(1, 2, 0), now, &mut out);
     d.submit(tasks(0..4), &mut out);
     d.dispatch(now, &mut out);
-    assert!(d.drain(ManagerId(1), &mut out));
+    assert!(d.drain(ManagerId(1), false, &mut out));
     d.on_message(
         ManagerId(1),
         ManagerMsg::Returned {
