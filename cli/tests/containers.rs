@@ -181,6 +181,66 @@ fn echo_in(ep: &LocalEndpoint, container: &str) -> Value {
 }
 
 #[test]
+fn tasks_in_containers_share_the_nodes_store_with_tasks_on_the_node() {
+    let mut cases: Vec<(&str, Image, String)> = Vec::new();
+    if runtime("bwrap", "bwrap") {
+        let img = Image::build("store-bwrap", false);
+        let c = format!("bwrap:{}", img.path());
+        cases.push(("bwrap", img, c));
+    }
+    if runtime("podman", "podman") {
+        let img = Image::build("store-podman", true);
+        let c = format!("podman:{}", img.podman.clone().unwrap());
+        cases.push(("podman", img, c));
+    }
+    if runtime("charliecloud", "ch-run") {
+        let img = Image::build("store-charliecloud", false);
+        let c = format!("charliecloud:{}", img.path());
+        cases.push(("charliecloud", img, c));
+    }
+    if cases.is_empty() {
+        return;
+    }
+    let ep = local(&[]);
+    for (name, _img, container) in &cases {
+        // Written inside the container, read on the node.
+        let key = format!("from-{name}");
+        let args = json!({"key": key, "value": format!("written in {name}")}).to_string();
+        let r = ep.run(&["put", "--container", container, "--args", &args]);
+        assert_eq!(r["status"], "succeeded", "{name}: {r}");
+        let args = json!({"key": key, "text": true}).to_string();
+        let r = ep.run(&["get", "--args", &args]);
+        assert_eq!(
+            r["result"]["value"],
+            format!("written in {name}"),
+            "{name}: {r}"
+        );
+        // Written on the node, read inside the container, by a built-in and by `fxr data`.
+        let r = ep.run(&[
+            "put",
+            "--args",
+            r#"{"key": "from-node", "value": "node data"}"#,
+        ]);
+        assert_eq!(r["status"], "succeeded", "{r}");
+        let r = ep.run(&[
+            "get",
+            "--container",
+            container,
+            "--args",
+            r#"{"key": "from-node", "text": true}"#,
+        ]);
+        assert_eq!(r["result"]["value"], "node data", "{name}: {r}");
+        let r = ep.run(&[
+            "--shell",
+            "/fxr/fxr data get from-node -",
+            "--container",
+            container,
+        ]);
+        assert_eq!(r["result"]["stdout"], "node data", "{name}: {r}");
+    }
+}
+
+#[test]
 fn a_container_that_cannot_start_fails_with_container_error_and_the_runtimes_message() {
     let mut cases = Vec::new();
     if runtime("bwrap", "bwrap") {

@@ -16,7 +16,7 @@ use fxr_protocol::{
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
@@ -99,9 +99,26 @@ impl ProcessPool {
                 c
             }
             Some(spec) => {
-                let line = runtime::command(spec, &self.runtimes, &self.exe)?;
+                let store = self
+                    .env
+                    .iter()
+                    .find(|(k, _)| k == "FXR_STORE")
+                    .map(|(_, v)| Path::new(v));
+                let line = runtime::command(spec, &self.runtimes, &self.exe, store)?;
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(format!("exec {line}"));
+                // The store's variables, for runtimes that pass the environment on; inside,
+                // `fxr` is `/fxr/fxr`, so `/fxr` goes first on the PATH.
+                c.envs(
+                    self.env
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("FXR_"))
+                        .map(|(k, v)| (k, v)),
+                );
+                if store.is_some() {
+                    let path = std::env::var("PATH").unwrap_or_default();
+                    c.env("PATH", format!("/fxr:{path}"));
+                }
                 c
             }
         })
