@@ -406,6 +406,7 @@ pub(crate) fn endpoint_with(
         store_dir: None,
         store_capacity: 1 << 30,
         store_ttl: None,
+        result_inline_max: 1 << 20,
     };
     adjust(&mut args);
     let mut ep = start_local(&args)?;

@@ -114,6 +114,9 @@ pub struct StartArgs {
     /// absent).
     #[arg(long, value_parser = crate::opts::duration)]
     pub store_ttl: Option<Duration>,
+    /// Results larger than this many bytes stay in the node's store and travel by reference.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub result_inline_max: u64,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
@@ -443,6 +446,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
     if let Some(t) = a.store_ttl {
         pilot_cmd.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
     }
+    pilot_cmd.push_str(&format!(" --result-inline-max {}", a.result_inline_max));
     if let Some(w) = a.workers_per_node {
         pilot_cmd.push_str(&format!(" --workers {w}"));
     }
@@ -566,6 +570,7 @@ fn from_config(
         simulate_cold_start: e.simulate_cold_start.clone(),
         store_dir: e.store_dir.clone().map(std::path::PathBuf::from),
         store_capacity: e.store_capacity,
+        result_inline_max: e.result_inline_max,
         store_ttl: e
             .store_ttl
             .as_deref()
@@ -724,6 +729,10 @@ pub fn start_scaler(
         let t = fxr_interchange::config::parse_duration(t).map_err(anyhow::Error::msg)?;
         pilot_cmd.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
     }
+    pilot_cmd.push_str(&format!(
+        " --result-inline-max {}",
+        cfg.engine.result_inline_max
+    ));
     if p.launcher != "single-node" {
         pilot_cmd.push_str(" --mpi");
     }

@@ -50,6 +50,9 @@ pub struct PilotArgs {
     /// Objects older than this are removed from the store (kept until evicted when absent).
     #[arg(long, value_parser = crate::opts::duration)]
     pub store_ttl: Option<Duration>,
+    /// Results larger than this many bytes stay in the store and travel by reference.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub result_inline_max: u64,
     /// Where the node's data service listens for peers (default: loopback when the
     /// interchange is on this machine, all interfaces otherwise).
     #[arg(long)]
@@ -124,6 +127,7 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
                 root: root.clone(),
                 capacity: a.store_capacity,
                 ttl: a.store_ttl,
+                inline_max: a.result_inline_max,
                 listen: a.data_listen.clone().unwrap_or_else(|| {
                     let local =
                         a.interchange.contains("127.0.0.1") || a.interchange.contains("localhost");

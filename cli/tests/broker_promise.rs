@@ -125,6 +125,8 @@ fn large_tasks_queued_while_the_endpoint_is_down_are_sent_in_messages_that_fit()
     let alice = w.user("alice");
     let _broker = w.broker(&[]);
     let ep = w.create_endpoint("alice", &alice, "a", 2);
+    // Results travel whole (over the link, cut into messages), not by reference.
+    w.configure_engine("alice", "a", "result_inline_max", "10485760");
     let f = echo(&w, &alice);
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -145,6 +147,7 @@ fn large_tasks_back_to_back_do_not_deadlock_the_link() {
     let alice = w.user("alice");
     let _broker = w.broker(&[]);
     let ep = w.create_endpoint("alice", &alice, "a", 2);
+    w.configure_engine("alice", "a", "result_inline_max", "10485760");
     let _endpoint = w.endpoint("alice", &alice, "a");
     wait_connected(&w.url, &alice, &ep);
     let f = echo(&w, &alice);
@@ -230,7 +233,7 @@ fn cut_output_is_marked_in_the_result() {
     let f = register(
         &w.url,
         &alice,
-        json!({"name": "loud", "kind": "shell", "command": "head -c 20000000 /dev/zero"}),
+        json!({"name": "loud", "kind": "shell", "command": "head -c 70000000 /dev/zero"}),
     );
     let ids = submit(
         &w.url,
@@ -238,12 +241,22 @@ fn cut_output_is_marked_in_the_result() {
         vec![json!({"function_id": f, "endpoint_id": ep})],
     );
     let r = wait_all(&w.url, &alice, &ids, Duration::from_secs(60));
-    assert_eq!(
-        r[0]["result"]["stdout_truncated"], true,
-        "{}",
-        r[0]["state"]
-    );
-    assert_eq!(r[0]["result"]["stdout_bytes"], 20_000_000);
+    // 64 MiB of output is kept (the node has a store), so the value travels by reference.
+    assert_eq!(r[0]["state"], "succeeded", "{}", r[0]);
+    let body = agent()
+        .get(&format!("{}/v1/tasks/{}/data", w.url, ids[0]))
+        .header("Authorization", &format!("Bearer {alice}"))
+        .call()
+        .unwrap()
+        .into_body()
+        .into_with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["stdout_truncated"], true);
+    assert_eq!(v["stdout_bytes"], 70_000_000);
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 64 << 20);
 }
 
 /// POST /v1/tasks; the status, the Retry-After header and the body.

@@ -90,6 +90,9 @@ pub struct EngineConfig {
     pub store_capacity: u64,
     /// Objects older than this are removed from each node's store (`"1h"`); none when absent.
     pub store_ttl: Option<String>,
+    /// Results whose value is larger than this many bytes stay in the node's store and travel
+    /// by reference (at most 10 MiB, the largest result that travels whole).
+    pub result_inline_max: u64,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
             store_dir: None,
             store_capacity: 1 << 30,
             store_ttl: None,
+            result_inline_max: 1 << 20,
         }
     }
 }
@@ -232,6 +236,13 @@ impl EndpointConfig {
         if let Some(t) = &self.engine.store_ttl {
             parse_duration(t).map_err(|e| format!("engine.store_ttl: {e}"))?;
         }
+        if self.engine.result_inline_max > fxr_protocol::MAX_BODY as u64 {
+            return Err(format!(
+                "engine.result_inline_max: {} is over {} (10 MiB), the largest result that travels whole",
+                self.engine.result_inline_max,
+                fxr_protocol::MAX_BODY
+            ));
+        }
         for (name, rt) in &self.containers {
             check_runtime(name, &rt.command)?;
         }
@@ -280,6 +291,12 @@ mod tests {
         let c: EndpointConfig =
             toml::from_str("name = \"x\"\n[engine]\nstore_ttl = \"soon\"\n").unwrap();
         assert!(c.validate().unwrap_err().contains("engine.store_ttl"));
+        let c: EndpointConfig =
+            toml::from_str("name = \"x\"\n[engine]\nresult_inline_max = 20000000\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("engine.result_inline_max"));
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct StoreConfig {
     pub capacity: u64,
     /// Objects older than this are removed; kept until evicted when `None`.
     pub ttl: Option<Duration>,
+    /// Results larger than this many bytes are kept here and travel by reference.
+    pub inline_max: u64,
     /// Where the data service listens (`tcp://HOST:0` for any port).
     pub listen: String,
 }
@@ -125,6 +127,10 @@ impl Manager {
                     sc.root.to_string_lossy().into_owned(),
                 ));
                 env.push(("FXR_STORE_CAPACITY".to_string(), sc.capacity.to_string()));
+                env.push((
+                    "FXR_RESULT_INLINE_MAX".to_string(),
+                    sc.inline_max.to_string(),
+                ));
                 env.push(("FXR_DATA_NODE".to_string(), svc.url().to_string()));
                 env.push(("FXR_SECRET".to_string(), cfg.secret.clone()));
                 // `fxr data ...` inside a shell task finds this executable first.

@@ -64,8 +64,19 @@ pub fn put(args: &[u8]) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&r).map_err(|e| e.to_string())
 }
 
-/// Results whose value is larger than this travel by reference when the node has a store.
+/// Results whose value is larger than this travel by reference when the node has a store,
+/// unless the manager says otherwise (`FXR_RESULT_INLINE_MAX`).
 pub const INLINE_RESULT_MAX: usize = 1 << 20;
+
+fn inline_max() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("FXR_RESULT_INLINE_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(INLINE_RESULT_MAX)
+    })
+}
 
 /// Keeps a large result's value in the node's store and turns the result into its reference
 /// ([`Outcome::Stored`]), which the client fetches through the endpoint. A value that cannot be
@@ -74,7 +85,7 @@ pub fn keep_large_result(result: &mut TaskResult) {
     let Outcome::Success(v) = &result.outcome else {
         return;
     };
-    if v.len() <= INLINE_RESULT_MAX || std::env::var_os("FXR_STORE").is_none() {
+    if v.len() <= inline_max() || std::env::var_os("FXR_STORE").is_none() {
         return;
     }
     // Task ids are the client's, so two clients may use the same one: a random suffix.

@@ -34,6 +34,7 @@ fn managers(port: u16, store: &Path, ids: &[u64]) -> Fleet {
                     root: store.to_path_buf(),
                     capacity: 1 << 20,
                     ttl: None,
+                    inline_max: 1 << 20,
                     listen: "tcp://127.0.0.1:0".into(),
                 }),
             })

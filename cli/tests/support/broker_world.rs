@@ -108,6 +108,26 @@ impl World {
         Proc(p)
     }
 
+    /// Sets `key = value` (for example `result_inline_max`, `10485760`) in the `[engine]` table
+    /// of a created endpoint's `endpoint.toml`.
+    pub fn configure_engine(&self, user: &str, name: &str, key: &str, value: &str) {
+        let toml = self
+            .home(user)
+            .join("endpoints")
+            .join(name)
+            .join("endpoint.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        assert!(text.contains("[engine]"), "{text}");
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with(&format!("{key} =")))
+            .collect();
+        let text = kept
+            .join("\n")
+            .replacen("[engine]", &format!("[engine]\n{key} = {value}"), 1);
+        std::fs::write(&toml, text).unwrap();
+    }
+
     pub fn create_endpoint(&self, user: &str, token: &str, name: &str, workers: u32) -> String {
         let out = self
             .fxr(user, token)
