@@ -198,6 +198,48 @@ fn function_of(body: &FunctionBody) -> Result<Function, String> {
                 ranks_per_node,
             })))
         }
+        FunctionKind::Python => {
+            let source = body
+                .source
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or("a python function needs a non-empty `source`")?;
+            let entry = body.entry.clone().unwrap_or_default();
+            let ok_entry = entry
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && entry.len() <= 256
+                && entry.chars().all(|c| c.is_alphanumeric() || c == '_');
+            if !ok_entry {
+                return Err(format!(
+                    "`entry` must name the Python function to call (an identifier), got `{entry}`"
+                ));
+            }
+            if source.len() > 1 << 20 {
+                return Err(format!("`source` is {} bytes; at most 1 MiB", source.len()));
+            }
+            if body.command.is_some() || body.builtin.is_some() {
+                return Err("`command` and `builtin` are not for python functions".into());
+            }
+            let python_version = body.python_version.clone().unwrap_or_default();
+            if python_version.len() > 32
+                || !python_version
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.')
+            {
+                return Err(format!(
+                    "`python_version` must look like 3.11.2, got `{python_version}`"
+                ));
+            }
+            Ok(Function::Python(Box::new(fxr_protocol::PythonSpec {
+                id: fxr_protocol::PythonSpec::identity(&source, &entry),
+                source,
+                entry,
+                walltime_ms: body.walltime_ms.unwrap_or(0),
+                python_version,
+            })))
+        }
         FunctionKind::Shell => {
             let command = body
                 .command

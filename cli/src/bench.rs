@@ -407,6 +407,7 @@ pub(crate) fn endpoint_with(
         store_capacity: 1 << 30,
         store_ttl: None,
         result_inline_max: 1 << 20,
+        python: None,
     };
     adjust(&mut args);
     let mut ep = start_local(&args)?;
@@ -419,6 +420,7 @@ pub(crate) fn endpoint_with(
             engine: Default::default(),
             provider: Default::default(),
             containers: Default::default(),
+            python: Default::default(),
         };
         cfg.engine.workers_per_node = Some(c.workers);
         cfg.engine.prefetch = c.prefetch;

@@ -117,6 +117,9 @@ pub struct StartArgs {
     /// Results larger than this many bytes stay in the node's store and travel by reference.
     #[arg(long, default_value_t = 1 << 20)]
     pub result_inline_max: u64,
+    /// The Python interpreter workers start for Python functions (default: python3).
+    #[arg(long)]
+    pub python: Option<String>,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
@@ -207,6 +210,7 @@ fn create(a: CreateArgs, json: bool) -> anyhow::Result<u8> {
         engine: Default::default(),
         provider: Default::default(),
         containers: Default::default(),
+        python: Default::default(),
     };
     cfg.engine.workers_per_node = a.workers_per_node;
     cfg.provider.init_blocks = a.blocks;
@@ -447,6 +451,9 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         pilot_cmd.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
     }
     pilot_cmd.push_str(&format!(" --result-inline-max {}", a.result_inline_max));
+    if let Some(py) = &a.python {
+        pilot_cmd.push_str(&format!(" --python {}", fxr_pilot::exec::shell_quote(py)));
+    }
     if let Some(w) = a.workers_per_node {
         pilot_cmd.push_str(&format!(" --workers {w}"));
     }
@@ -571,6 +578,7 @@ fn from_config(
         store_dir: e.store_dir.clone().map(std::path::PathBuf::from),
         store_capacity: e.store_capacity,
         result_inline_max: e.result_inline_max,
+        python: a.python.clone().or_else(|| cfg.python.executable.clone()),
         store_ttl: e
             .store_ttl
             .as_deref()
@@ -733,6 +741,9 @@ pub fn start_scaler(
         " --result-inline-max {}",
         cfg.engine.result_inline_max
     ));
+    if let Some(py) = &cfg.python.executable {
+        pilot_cmd.push_str(&format!(" --python {}", fxr_pilot::exec::shell_quote(py)));
+    }
     if p.launcher != "single-node" {
         pilot_cmd.push_str(" --mpi");
     }

@@ -55,11 +55,23 @@ pub struct RegisterArgs {
     #[arg(long, default_value = "")]
     pub description: String,
     /// A builtin: noop, sleep, spin, echo, fail, put, get, map, reduce.
-    #[arg(long, conflicts_with = "shell", required_unless_present = "shell")]
+    #[arg(long, conflicts_with_all = ["shell", "python", "mpi"], required_unless_present_any = ["shell", "python", "mpi"])]
     pub builtin: Option<String>,
     /// A shell command template.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["python", "mpi"])]
     pub shell: Option<String>,
+    /// A Python function, FILE:ENTRY: the file's source, and the function it defines to call.
+    #[arg(long, conflicts_with = "mpi")]
+    pub python: Option<String>,
+    /// An MPI command template, run by the endpoint's MPI launcher over the ranks asked for.
+    #[arg(long)]
+    pub mpi: Option<String>,
+    /// For --mpi: nodes.
+    #[arg(long, requires = "mpi", default_value_t = 1)]
+    pub num_nodes: u32,
+    /// For --mpi: ranks per node.
+    #[arg(long, requires = "mpi", default_value_t = 1)]
+    pub ranks_per_node: u32,
     #[arg(long, value_parser = crate::opts::duration)]
     pub walltime: Option<Duration>,
     #[arg(long)]
@@ -94,9 +106,21 @@ pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
             if let Some(b) = &a.builtin {
                 body["kind"] = "builtin".into();
                 body["builtin"] = b.clone().into();
+            } else if let Some(p) = &a.python {
+                let (source, entry) = crate::opts::python_source(p)?;
+                body["kind"] = "python".into();
+                body["source"] = source.into();
+                body["entry"] = entry.into();
+                if let Some(w) = a.walltime {
+                    body["walltime_ms"] = (w.as_millis() as u64).into();
+                }
             } else {
-                body["kind"] = "shell".into();
-                body["command"] = a.shell.clone().into();
+                body["kind"] = if a.mpi.is_some() { "mpi" } else { "shell" }.into();
+                body["command"] = a.shell.clone().or_else(|| a.mpi.clone()).into();
+                if a.mpi.is_some() {
+                    body["num_nodes"] = a.num_nodes.into();
+                    body["ranks_per_node"] = a.ranks_per_node.into();
+                }
                 body["walltime_ms"] = a.walltime.map_or(0, |d| d.as_millis() as u64).into();
                 body["env"] = env.into();
                 if let Some(c) = &a.cwd {
@@ -121,12 +145,17 @@ pub fn run(cmd: FunctionCmd, json: bool) -> anyhow::Result<u8> {
                 println!("{}", serde_json::Value::Array(all));
             } else {
                 for f in all {
-                    let what = f["builtin"]
-                        .as_str()
-                        .map(|b| format!("builtin {b}"))
-                        .unwrap_or_else(|| {
-                            format!("shell `{}`", f["command"].as_str().unwrap_or(""))
-                        });
+                    let command = f["command"].as_str().unwrap_or("");
+                    let what = match f["kind"].as_str().unwrap_or("") {
+                        "builtin" => format!("builtin {}", f["builtin"].as_str().unwrap_or("")),
+                        "python" => format!("python {}()", f["entry"].as_str().unwrap_or("")),
+                        "mpi" => format!(
+                            "mpi `{command}` on {}×{} ranks",
+                            f["num_nodes"].as_u64().unwrap_or(1),
+                            f["ranks_per_node"].as_u64().unwrap_or(1)
+                        ),
+                        _ => format!("shell `{command}`"),
+                    };
                     let container = match f["container"].as_object() {
                         Some(c) => format!(
                             "  in {}:{}",

@@ -1,7 +1,7 @@
 //! Shared option parsing: durations and function selection.
 
 use anyhow::{bail, Context};
-use fxr_protocol::{Builtin, Function, ShellSpec};
+use fxr_protocol::{Builtin, Function, PythonSpec, ShellSpec};
 use std::time::Duration;
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
@@ -13,12 +13,16 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct FunctionArgs {
     /// A builtin function: noop, sleep, spin, echo, fail, put, get, map, reduce.
-    #[arg(conflicts_with = "shell")]
+    #[arg(conflicts_with_all = ["shell", "python"])]
     pub function: Option<String>,
     /// A shell command template instead of a builtin; `{name}` is filled from the arguments.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "python")]
     pub shell: Option<String>,
-    /// Wall-clock limit for a shell command.
+    /// A Python function, FILE:ENTRY: the file's source, and the function it defines to call.
+    /// Arguments are `{"args": [...], "kwargs": {...}}`.
+    #[arg(long)]
+    pub python: Option<String>,
+    /// Wall-clock limit for a shell command or a Python function.
     #[arg(long, value_parser = duration)]
     pub walltime: Option<Duration>,
     /// Working directory for a shell command.
@@ -66,6 +70,16 @@ impl FunctionArgs {
     }
 
     pub fn function(&self) -> anyhow::Result<Function> {
+        if let Some(p) = &self.python {
+            let (source, entry) = python_source(p)?;
+            return Ok(Function::Python(Box::new(PythonSpec {
+                id: PythonSpec::identity(&source, &entry),
+                source,
+                entry,
+                walltime_ms: self.walltime.map_or(0, |d| d.as_millis() as u64),
+                python_version: String::new(),
+            })));
+        }
         if let Some(cmd) = &self.shell {
             let env = self
                 .env
@@ -88,9 +102,57 @@ impl FunctionArgs {
                 Some(b) => Ok(Function::Builtin(b)),
                 None => bail!("unknown function `{name}` (builtins: noop, sleep, spin, echo, fail, put, get, map, reduce; or use --shell)"),
             },
-            None => bail!("name a builtin function or give --shell COMMAND"),
+            None => bail!("name a builtin function or give --shell COMMAND or --python FILE:ENTRY"),
         }
     }
+}
+
+/// Largest Python source accepted, in bytes.
+const MAX_PYTHON_SOURCE: u64 = 1 << 20;
+
+/// Reads `FILE:ENTRY`: the source and the name of the function to call. The source is checked
+/// for syntax with the local `python3` when there is one, so a syntax error is reported now
+/// rather than at the first task.
+pub fn python_source(spec: &str) -> anyhow::Result<(String, String)> {
+    let (file, entry) = spec
+        .rsplit_once(':')
+        .with_context(|| format!("--python `{spec}` is not FILE:ENTRY"))?;
+    let ok_entry = entry
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && entry.chars().all(|c| c.is_alphanumeric() || c == '_');
+    anyhow::ensure!(
+        ok_entry,
+        "--python: `{entry}` is not a Python function name"
+    );
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {file}"))?
+        .len();
+    anyhow::ensure!(
+        size <= MAX_PYTHON_SOURCE,
+        "{file} is {size} bytes; Python sources are at most {MAX_PYTHON_SOURCE}"
+    );
+    let source = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+    if let Ok(out) = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ast,sys,traceback\ntry:\n t=ast.parse(open(sys.argv[1]).read(),sys.argv[1])\nexcept SyntaxError as e:\n sys.stderr.write(''.join(traceback.format_exception_only(type(e),e)));sys.exit(2)\nn=sys.argv[2]\nsys.exit(0 if any(isinstance(d,(ast.FunctionDef,ast.AsyncFunctionDef)) and d.name==n or isinstance(d,ast.Assign) and any(getattr(x,'id',None)==n for x in d.targets) for d in t.body) else 3)",
+            file,
+            entry,
+        ])
+        .output()
+    {
+        match out.status.code() {
+            Some(0) => {}
+            Some(3) => bail!("{file} defines no function `{entry}` at its top level"),
+            _ => bail!(
+                "{file} is not valid Python:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+    Ok((source, entry.to_string()))
 }
 
 /// Checks that a string is a JSON value and returns its bytes.

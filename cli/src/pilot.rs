@@ -53,6 +53,9 @@ pub struct PilotArgs {
     /// Results larger than this many bytes stay in the store and travel by reference.
     #[arg(long, default_value_t = 1 << 20)]
     pub result_inline_max: u64,
+    /// The Python interpreter workers start for Python functions (default: python3).
+    #[arg(long)]
+    pub python: Option<String>,
     /// Where the node's data service listens for peers (default: loopback when the
     /// interchange is on this machine, all interfaces otherwise).
     #[arg(long)]
@@ -123,6 +126,7 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
             mode: mode.clone(),
             heartbeat_period: Duration::from_secs(5),
             give_up_after: a.give_up_after,
+            python: a.python.clone(),
             store: a.store.as_ref().map(|root| fxr_pilot::StoreConfig {
                 root: root.clone(),
                 capacity: a.store_capacity,

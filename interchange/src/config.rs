@@ -23,6 +23,18 @@ pub struct EndpointConfig {
     /// Container runtimes by name: command templates that override or add to the built-in ones.
     #[serde(default)]
     pub containers: std::collections::BTreeMap<String, RuntimeConfig>,
+    #[serde(default)]
+    pub python: PythonConfig,
+}
+
+/// `[python]`: how workers run Python functions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonConfig {
+    /// The interpreter workers start on the nodes (a site's conda environment, say); `python3`
+    /// on the `PATH` when absent. Workers in containers use the image's `python3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
 }
 
 /// `[containers.NAME]`: how to start a worker in this runtime.

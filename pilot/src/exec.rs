@@ -34,6 +34,10 @@ pub fn run(task: &Task) -> TaskResult {
         Function::Builtin(b) => run_builtin(*b, &task.args),
         Function::Shell(spec) => run_shell(spec, &task.args),
         Function::Mpi(spec) => run_mpi(spec, &task.args),
+        Function::Python(_) => fail(
+            FailureKind::FunctionError,
+            "Python functions run in worker processes, with their interpreter",
+        ),
     };
     TaskResult {
         id: task.id,

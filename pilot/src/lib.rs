@@ -11,6 +11,7 @@ pub mod manager;
 pub mod mapreduce;
 pub mod node;
 pub mod pool;
+pub mod python;
 pub mod rank;
 pub mod runtime;
 pub mod store;

@@ -45,6 +45,8 @@ pub struct ManagerConfig {
     pub give_up_after: Duration,
     /// The node's object store, shared with the workers, and its data service.
     pub store: Option<StoreConfig>,
+    /// The Python interpreter workers on the node start (`python3` when `None`).
+    pub python: Option<String>,
 }
 
 /// Where the node's object store lives and how peers reach it.
@@ -106,6 +108,9 @@ impl Manager {
         let Manager { cfg, tx, rx } = self;
         // The store and its data service first, so workers find them from their first task.
         let mut env = Vec::new();
+        if let Some(py) = &cfg.python {
+            env.push(("FXR_PYTHON".to_string(), py.clone()));
+        }
         let mut tenancy = None;
         let service = match &cfg.store {
             None => None,

@@ -112,7 +112,8 @@ impl ProcessPool {
                 c.envs(
                     self.env
                         .iter()
-                        .filter(|(k, _)| k.starts_with("FXR_"))
+                        // The node's interpreter is not the image's.
+                        .filter(|(k, _)| k.starts_with("FXR_") && k != "FXR_PYTHON")
                         .map(|(k, v)| (k, v)),
                 );
                 if store.is_some() {
@@ -467,7 +468,7 @@ impl SimPool {
                     }
                 }
                 Function::Builtin(b) => exec::run_builtin(*b, &task.args),
-                Function::Shell(_) | Function::Mpi(_) => Outcome::Failure {
+                Function::Shell(_) | Function::Mpi(_) | Function::Python(_) => Outcome::Failure {
                     kind: FailureKind::Rejected,
                     message: "simulated workers run builtin functions only".into(),
                 },

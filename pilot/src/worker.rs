@@ -6,7 +6,8 @@
 //! learns promptly that the worker is free.
 
 use crate::exec;
-use fxr_protocol::{read_frame, FailureKind, FromWorker, TaskResult, ToWorker, MAX_BODY};
+use crate::python::PythonHost;
+use fxr_protocol::{read_frame, FailureKind, FromWorker, Function, TaskResult, ToWorker, MAX_BODY};
 use std::io::{BufReader, BufWriter, Write};
 use std::time::Duration;
 
@@ -46,26 +47,38 @@ fn serve() -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut pending: Vec<TaskResult> = Vec::new();
     let mut pending_bytes = 0;
+    let mut python = PythonHost::default();
     while let Some(msg) = read_frame::<ToWorker>(&mut input, &mut buf)? {
         match msg {
             ToWorker::Stop => break,
             ToWorker::Run { tasks } => {
                 let n = tasks.len();
-                for (i, task) in tasks.iter().enumerate() {
-                    let mut result = exec::run(task);
-                    crate::store::keep_large_result(&mut result);
-                    if result.approx_size() > MAX_BODY {
-                        let size = result.approx_size();
-                        result = TaskResult::failure(
-                            task.id,
-                            FailureKind::Rejected,
-                            format!("result of {size} bytes exceeds the limit of {MAX_BODY} bytes"),
-                        );
+                let mut i = 0;
+                while i < n {
+                    // Consecutive Python tasks go to the interpreter together.
+                    let results = match &tasks[i].function {
+                        Function::Python(_) => python.run_front(&tasks[i..]),
+                        _ => vec![exec::run(&tasks[i])],
+                    };
+                    i += results.len();
+                    let mut slow = false;
+                    for mut result in results {
+                        crate::store::keep_large_result(&mut result);
+                        if result.approx_size() > MAX_BODY {
+                            let size = result.approx_size();
+                            result = TaskResult::failure(
+                                result.id,
+                                FailureKind::Rejected,
+                                format!(
+                                    "result of {size} bytes exceeds the limit of {MAX_BODY} bytes"
+                                ),
+                            );
+                        }
+                        slow |= Duration::from_micros(result.run_us) >= FLUSH_AFTER;
+                        pending_bytes += result.approx_size();
+                        pending.push(result);
                     }
-                    let slow = Duration::from_micros(result.run_us) >= FLUSH_AFTER;
-                    pending_bytes += result.approx_size();
-                    pending.push(result);
-                    if slow || i + 1 == n || pending_bytes > 4 * 1024 * 1024 {
+                    if slow || i >= n || pending_bytes > 4 * 1024 * 1024 {
                         pending_bytes = 0;
                         let results = std::mem::take(&mut pending);
                         send(&mut output, &mut frame, &FromWorker::Results { results })?;

@@ -30,6 +30,7 @@ fn managers(port: u16, store: &Path, ids: &[u64]) -> Fleet {
                 },
                 heartbeat_period: Duration::from_millis(200),
                 give_up_after: Duration::from_secs(10),
+                python: None,
                 store: Some(StoreConfig {
                     root: store.to_path_buf(),
                     capacity: 1 << 20,

@@ -16,6 +16,44 @@ pub enum Function {
     Shell(Box<ShellSpec>),
     /// A command run with the block's MPI launcher over `num_nodes × ranks_per_node` ranks.
     Mpi(Box<MpiSpec>),
+    /// A Python function, run in the worker's persistent interpreter.
+    Python(Box<PythonSpec>),
+}
+
+/// A Python function: source that defines `entry`. A worker's interpreter compiles it on its
+/// first task and keeps it under `id`, so later tasks reuse the compiled function.
+///
+/// Arguments are a JSON object `{"args": [...], "kwargs": {...}}` (or any other object, taken
+/// as keyword arguments), or `{"pickle": BASE64}` of a pickled `(args, kwargs)` pair, in which
+/// case the value comes back pickled the same way: `{"pickle": BASE64}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonSpec {
+    /// The function's identity (its id at the broker, or a hash of its source).
+    pub id: String,
+    pub source: String,
+    /// The name of the function the source defines.
+    pub entry: String,
+    /// Wall-clock limit in milliseconds; 0 means none. Past it the interpreter is killed and
+    /// replaced, and the task fails as `timeout`.
+    pub walltime_ms: u64,
+    /// The Python version of the client that registered it (`3.11.2`); pickled arguments need
+    /// the same major and minor version on the worker. Empty when unknown.
+    pub python_version: String,
+}
+
+impl PythonSpec {
+    /// An identity for `source` and `entry` (FNV-1a of both): the same function always gets the
+    /// same id, on every endpoint, so workers may keep it compiled under that id.
+    pub fn identity(source: &str, entry: &str) -> String {
+        let h = source
+            .bytes()
+            .chain([0])
+            .chain(entry.bytes())
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("py-{h:016x}")
+    }
 }
 
 /// A multi-node task, as Globus Compute's MPIFunction.
@@ -290,6 +328,9 @@ impl Task {
             + match &self.function {
                 Function::Builtin(_) => 1,
                 Function::Mpi(m) => m.shell.command.len() + 16,
+                Function::Python(p) => {
+                    p.id.len() + p.source.len() + p.entry.len() + p.python_version.len() + 16
+                }
                 Function::Shell(s) => {
                     s.command.len()
                         + s.cwd.as_ref().map_or(0, String::len)

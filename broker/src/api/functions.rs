@@ -54,6 +54,18 @@ pub async fn register(
             "`walltime_ms`, `env` and `cwd` are for shell and mpi functions",
         ));
     }
+    if body.kind == FunctionKind::Python && (body.env.is_some() || body.cwd.is_some()) {
+        return Err(ApiError::bad(
+            "`env` and `cwd` are for shell and mpi functions",
+        ));
+    }
+    if body.kind != FunctionKind::Python
+        && (body.source.is_some() || body.entry.is_some() || body.python_version.is_some())
+    {
+        return Err(ApiError::bad(
+            "`source`, `entry` and `python_version` are for python functions",
+        ));
+    }
     let func = runnable_of(&body).map_err(ApiError::bad)?;
     let shared_with = broker.user_ids(&body.shared_with).await?;
     let row = FunctionRow {

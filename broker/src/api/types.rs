@@ -24,6 +24,8 @@ pub enum FunctionKind {
     Shell,
     /// A command run with the block's MPI launcher over several nodes.
     Mpi,
+    /// A Python function: `source` defines `entry`.
+    Python,
 }
 
 /// Largest value of an id or a count on the API: SQLite's integers are signed 64-bit.
@@ -82,7 +84,20 @@ pub struct FunctionBody {
     /// For `shell`: the command template; `{name}` is filled from the task's arguments.
     #[serde(default)]
     pub command: Option<String>,
-    /// For `shell` and `mpi`: wall-clock limit in milliseconds (0: none).
+    /// For `python`: the source, which defines the function `entry` (at most 1 MiB).
+    #[serde(default)]
+    #[schema(max_length = 1048576)]
+    pub source: Option<String>,
+    /// For `python`: the name of the function to call.
+    #[serde(default)]
+    #[schema(max_length = 256)]
+    pub entry: Option<String>,
+    /// For `python`: the Python version of the client registering it (`3.11.2`); pickled
+    /// arguments need the same major and minor version on the endpoint.
+    #[serde(default)]
+    #[schema(max_length = 32)]
+    pub python_version: Option<String>,
+    /// For `shell`, `mpi` and `python`: wall-clock limit in milliseconds (0: none).
     #[serde(default, deserialize_with = "de_opt_whole")]
     #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub walltime_ms: Option<u64>,
@@ -132,6 +147,12 @@ pub struct FunctionInfo {
     pub kind: FunctionKind,
     pub builtin: Option<String>,
     pub command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_version: Option<String>,
     pub walltime_ms: Option<u64>,
     pub env: Option<BTreeMap<String, String>>,
     pub cwd: Option<String>,
@@ -152,6 +173,9 @@ impl FunctionInfo {
             kind: b.kind,
             builtin: b.builtin,
             command: b.command,
+            source: b.source,
+            entry: b.entry,
+            python_version: b.python_version,
             walltime_ms: b.walltime_ms,
             env: b.env,
             cwd: b.cwd,
