@@ -28,12 +28,13 @@ deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 
 # Python tools the tests use, in a virtual environment of their own under target/: schemathesis
-# checks the broker against its OpenAPI document.
+# checks the broker against its OpenAPI document; pytest runs the Python SDK's suite, whose
+# functions pickle NumPy arrays (the test endpoint's workers use this interpreter too).
 PYENV := target/pyenv
 pydeps:
-	@if [ ! -x $(PYENV)/bin/schemathesis ]; then \
-		echo "installing schemathesis into $(PYENV)"; \
-		python3 -m venv $(PYENV) && $(PYENV)/bin/pip install -q schemathesis; \
+	@if [ ! -x $(PYENV)/bin/schemathesis ] || ! $(PYENV)/bin/python -c 'import pytest, numpy' 2>/dev/null; then \
+		echo "installing schemathesis, pytest and numpy into $(PYENV)"; \
+		python3 -m venv $(PYENV) && $(PYENV)/bin/pip install -q schemathesis pytest numpy; \
 	fi
 
 build: deps

@@ -128,6 +128,24 @@ impl World {
         std::fs::write(&toml, text).unwrap();
     }
 
+    /// Sets the `[python] executable` of a created endpoint.
+    pub fn configure_python(&self, user: &str, name: &str, executable: &str) {
+        let toml = self
+            .home(user)
+            .join("endpoints")
+            .join(name)
+            .join("endpoint.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        assert!(!text.contains("executable ="), "{text}");
+        let line = format!("[python]\nexecutable = {executable:?}\n");
+        let text = if text.contains("[python]\n") {
+            text.replacen("[python]\n", &line, 1)
+        } else {
+            format!("{text}\n{line}")
+        };
+        std::fs::write(&toml, text).unwrap();
+    }
+
     pub fn create_endpoint(&self, user: &str, token: &str, name: &str, workers: u32) -> String {
         let out = self
             .fxr(user, token)

@@ -1,0 +1,255 @@
+"""`Executor`: run functions on an fxr endpoint as `concurrent.futures` futures.
+
+Submissions queue in memory and a background thread sends them in batches (one request per
+`batch_size` tasks, or whatever has queued while the last request was in flight). Results come
+back over one server-sent-event stream of the caller's tasks, opened before the first
+submission, so nothing is polled and nothing finished is missed; if the stream breaks, the
+executor reconnects and asks for the tasks still open.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import queue
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from .client import Client, MPIFunction, ShellFunction, TaskFailed, encode_args
+
+Fn = Union[Callable, ShellFunction, MPIFunction, str]
+
+
+class TaskFuture(concurrent.futures.Future):
+    """A future for one task; `task_id` is set once the broker has accepted it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.task_id: Optional[int] = None
+        self._has_id = threading.Event()
+
+    def _set_task_id(self, task_id: int) -> None:
+        self.task_id = task_id
+        self._has_id.set()
+
+    def wait_task_id(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Waits until the task has an id (or the submission failed)."""
+        self._has_id.wait(timeout)
+        return self.task_id
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs functions on one endpoint.
+
+    `fn` may be a Python function (registered once per executor, by identity), a
+    `ShellFunction` or `MPIFunction`, or the id of a registered function."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        client: Optional[Client] = None,
+        batch_size: int = 1024,
+        serializer: Optional[str] = None,
+        container: Optional[Union[str, dict]] = None,
+    ) -> None:
+        self.client = client or Client()
+        self.endpoint_id = self.client.endpoint_id(endpoint)
+        self.batch_size = max(1, batch_size)
+        self.serializer = serializer or self.client.serializer
+        self.container = container
+        self._registered: Dict[int, str] = {}
+        # The registered objects themselves, so an id() is never reused by another object.
+        self._keep: List[Any] = []
+        self._register_lock = threading.Lock()
+        # Results that arrived before their submission's answer was read.
+        self._early: set = set()
+        self._futures: Dict[int, TaskFuture] = {}
+        self._lock = threading.Lock()
+        self._queue: "queue.Queue[Optional[Tuple[TaskFuture, dict]]]" = queue.Queue()
+        self._closed = False
+        self._stop = threading.Event()
+        self._stream_ready = threading.Event()
+        self._stream_error: Optional[BaseException] = None
+        self._results = threading.Thread(target=self._follow, name="fxr-results", daemon=True)
+        self._results.start()
+        if not self._stream_ready.wait(60):
+            raise TimeoutError("the broker's result stream did not open within 60 s")
+        if self._stream_error is not None:
+            raise self._stream_error
+        self._sender = threading.Thread(target=self._send, name="fxr-submit", daemon=True)
+        self._sender.start()
+
+    # Registration.
+
+    def register(self, fn: Fn) -> str:
+        """The function id for `fn`, registering it on first use."""
+        if isinstance(fn, str):
+            return fn
+        key = id(fn)
+        with self._register_lock:
+            fid = self._registered.get(key)
+            if fid is None:
+                if isinstance(fn, MPIFunction):
+                    fid = self.client.register_mpi(fn, container=self.container)
+                elif isinstance(fn, ShellFunction):
+                    fid = self.client.register_shell(fn, container=self.container)
+                else:
+                    fid = self.client.register_function(fn, container=self.container)
+                self._registered[key] = fid
+                self._keep.append(fn)
+        return fid
+
+    # Submission.
+
+    def submit(self, fn: Fn, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        if self._closed:
+            raise RuntimeError("cannot submit after shutdown")
+        fid = self.register(fn)
+        if isinstance(fn, ShellFunction):
+            task_args: Any = dict(kwargs)
+        else:
+            task_args = encode_args(args, kwargs, self.serializer)
+        fut = TaskFuture()
+        self._queue.put(
+            (fut, {"function_id": fid, "endpoint_id": self.endpoint_id, "args": task_args})
+        )
+        return fut
+
+    def map(
+        self,
+        fn: Fn,
+        *iterables: Iterable,
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        futures = [self.submit(fn, *args) for args in zip(*iterables)]
+
+        def results() -> Iterator[Any]:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for f in futures:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield f.result(left)
+
+        return results()
+
+    def reattach(self, task_ids: Iterable[int]) -> List[TaskFuture]:
+        """Futures for tasks submitted earlier (by this or another process)."""
+        futures = []
+        ids = [int(t) for t in task_ids]
+        with self._lock:
+            for t in ids:
+                fut = self._futures.get(t)
+                if fut is None:
+                    fut = TaskFuture()
+                    fut._set_task_id(t)
+                    self._futures[t] = fut
+                futures.append(fut)
+        # Those already finished resolve now; the others arrive on the stream.
+        self._catch_up(ids)
+        return futures
+
+    def _send(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                ids = self.client.submit_tasks([t for _, t in batch])
+            except BaseException as e:  # noqa: BLE001 - every future must learn of it
+                for fut, _ in batch:
+                    fut.set_exception(e)
+                    fut._has_id.set()
+                continue
+            with self._lock:
+                for (fut, _), tid in zip(batch, ids):
+                    fut._set_task_id(tid)
+                    self._futures[tid] = fut
+            # A result may have arrived before the id was known: ask for those once.
+            early = [tid for tid in ids if tid in self._early]
+            if early:
+                self._catch_up(early)
+
+    # Results.
+
+    def _resolve(self, info: dict) -> None:
+        tid = info["id"]
+        with self._lock:
+            fut = self._futures.pop(tid, None)
+            if fut is None:
+                # Not ours, or its submission's answer has not been read yet.
+                self._early.add(tid)
+                return
+        if fut.done():
+            return
+        try:
+            fut.set_result(self.client.result_of(info))
+        except TaskFailed as e:
+            fut.set_exception(e)
+        except BaseException as e:  # noqa: BLE001
+            fut.set_exception(e)
+
+    def _catch_up(self, ids: List[int]) -> None:
+        for start in range(0, len(ids), 10000):
+            got = self.client.http.request("POST", "/v1/tasks/query", {"ids": ids[start : start + 10000]})
+            for info in got["tasks"]:
+                if info["state"] in ("succeeded", "failed"):
+                    self._early.discard(info["id"])
+                    self._resolve(info)
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for event, data in self.client.http.stream("/v1/tasks/stream", {"all": True}):
+                    if event == "open":
+                        self._stream_ready.set()
+                    elif event == "result":
+                        self._resolve(json.loads(data))
+                    if self._stop.is_set():
+                        return
+            except BaseException as e:  # noqa: BLE001
+                if not self._stream_ready.is_set():
+                    self._stream_error = e
+                    self._stream_ready.set()
+                    return
+            if self._stop.is_set():
+                return
+            # Reconnected: whatever finished meanwhile comes from the store.
+            time.sleep(0.5)
+            with self._lock:
+                open_ids = list(self._futures)
+            try:
+                self._catch_up(open_ids)
+            except BaseException:  # noqa: BLE001
+                pass
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        self._queue.put(None)
+        if cancel_futures:
+            # The tasks go on at the endpoint (reattach to them by id); these futures stop here.
+            with self._lock:
+                pending = list(self._futures.values())
+                self._futures.clear()
+            for f in pending:
+                if f.cancel():
+                    f.set_running_or_notify_cancel()
+        if wait:
+            self._sender.join()
+            with self._lock:
+                pending = list(self._futures.values())
+            concurrent.futures.wait(pending)
+        self._stop.set()
+
+
+__all__ = ["Executor", "TaskFuture"]
