@@ -408,6 +408,7 @@ pub(crate) fn endpoint_with(
         store_ttl: None,
         result_inline_max: 1 << 20,
         python: None,
+        block_nodes: 1,
     };
     adjust(&mut args);
     let mut ep = start_local(&args)?;

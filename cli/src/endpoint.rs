@@ -120,6 +120,9 @@ pub struct StartArgs {
     /// The Python interpreter workers start for Python functions (default: python3).
     #[arg(long)]
     pub python: Option<String>,
+    /// Nodes per block (set from the provider's `nodes_per_block`; local blocks have one).
+    #[arg(skip = 1u32)]
+    pub block_nodes: u32,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
@@ -405,6 +408,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
             max_retries: a.max_retries,
             heartbeat_threshold: a.heartbeat_threshold,
             cold_routing_interval: a.cold_routing_interval,
+            block_nodes: a.block_nodes,
             ..DispatchConfig::default()
         },
         heartbeat_period: a.heartbeat_period,
@@ -579,6 +583,11 @@ fn from_config(
         store_capacity: e.store_capacity,
         result_inline_max: e.result_inline_max,
         python: a.python.clone().or_else(|| cfg.python.executable.clone()),
+        block_nodes: if local {
+            1
+        } else {
+            cfg.provider.nodes_per_block.max(1)
+        },
         store_ttl: e
             .store_ttl
             .as_deref()

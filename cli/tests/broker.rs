@@ -521,3 +521,51 @@ fn routing_across_endpoints_and_offline_endpoints_and_the_cli() {
     assert_eq!(text.matches("event: result").count(), 2, "{text}");
     assert!(text.contains("event: end"));
 }
+
+#[test]
+fn the_command_line_registers_python_and_mpi_functions_and_lists_them_by_kind() {
+    let w = World::new();
+    let token = w.user("alice");
+    let _broker = w.broker(&[]);
+    let src = w.dir.path().join("f.py");
+    std::fs::write(&src, "def twice(x):\n    return 2 * x\n").unwrap();
+    for args in [
+        vec![
+            "--name",
+            "m",
+            "--mpi",
+            "hostname; true",
+            "--num-nodes",
+            "2",
+            "--ranks-per-node",
+            "4",
+        ],
+        vec![
+            "--name",
+            "p",
+            "--python",
+            &format!("{}:twice", src.display()),
+        ],
+    ] {
+        let out = w
+            .fxr("alice", &token)
+            .args(["function", "register"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = w
+        .fxr("alice", &token)
+        .args(["function", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mpi `hostname; true` on 2×4 ranks"), "{text}");
+    assert!(text.contains("python twice()"), "{text}");
+    assert!(!text.contains("shell"), "{text}");
+}

@@ -209,38 +209,67 @@ fn a_two_node_slurm_block_runs_tasks_and_an_mpi_task_then_drains_when_idle() {
     assert_eq!(results.len(), 40);
     assert!(results.iter().all(|r| r.is_success()));
 
-    // An MPI task over both nodes of the block.
-    let mpi = Task {
-        id: TaskId(1000),
+    // MPI tasks over both nodes of the block, two ranks per node, each rank running the whole
+    // command line (both commands, not the first alone); one asking for more nodes than a
+    // block has is refused at once; a launch that fails is a failure, not a success.
+    let mpi = |id: u64, command: &str, num_nodes: u32| Task {
+        id: TaskId(id),
         function: Function::Mpi(Box::new(MpiSpec {
             shell: ShellSpec {
-                command: "printenv SLURM_PROCID".into(),
+                command: command.into(),
                 env: vec![],
                 cwd: None,
                 walltime_ms: 60_000,
             },
-            num_nodes: 2,
-            ranks_per_node: 1,
+            num_nodes,
+            ranks_per_node: 2,
         })),
-        args: vec![],
+        args: br#"{"word": "it's"}"#.to_vec(),
         attempt: 0,
         container: None,
     };
-    let r = client::submit_and_wait(
+    let mut r = client::submit_and_wait(
         &mut ep.client(),
-        vec![mpi],
-        1,
+        vec![
+            mpi(
+                1000,
+                "echo rank $SLURM_PROCID; echo {word} $SLURM_PROCID",
+                2,
+            ),
+            mpi(1001, "true", 3),
+            mpi(1002, "exit 3", 2),
+        ],
+        3,
         Duration::from_secs(60),
         &mut |_, _| {},
     )
     .unwrap();
+    r.sort_by_key(|r| r.id);
     let Outcome::Success(v) = &r[0].outcome else {
         panic!("mpi task failed: {:?}", r[0].outcome)
     };
     let v: serde_json::Value = serde_json::from_slice(v).unwrap();
-    let mut ranks: Vec<&str> = v["stdout"].as_str().unwrap().lines().collect();
-    ranks.sort_unstable();
-    assert_eq!(ranks, vec!["0", "1"], "two ranks ran: {v}");
+    let mut lines: Vec<&str> = v["stdout"].as_str().unwrap().lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        vec!["it's 0", "it's 1", "it's 2", "it's 3", "rank 0", "rank 1", "rank 2", "rank 3"],
+        "four ranks ran both commands: {v}"
+    );
+    match &r[1].outcome {
+        Outcome::Failure { kind, message } => {
+            assert_eq!(*kind, fxr_protocol::FailureKind::Rejected);
+            assert!(
+                message.contains("asks for 3 nodes") && message.contains("have 2"),
+                "{message}"
+            );
+        }
+        other => panic!("a 3-node task on 2-node blocks ran: {other:?}"),
+    }
+    match &r[2].outcome {
+        Outcome::Failure { message, .. } => assert!(message.contains("exited with 3"), "{message}"),
+        other => panic!("a failed launch passed as a success: {other:?}"),
+    }
 
     if required("FXR_REQUIRE_MPI") {
         assert!(

@@ -124,8 +124,10 @@ pub fn mpi_prefix(launcher: &str, nodes: u32, ranks_per_node: u32) -> String {
     let n = nodes.max(1);
     let r = ranks_per_node.max(1);
     match launcher {
+        // The block's job asks for one task per node (the pilot); `--overcommit` lets a step
+        // place several ranks on each of those nodes.
         "srun" => format!(
-            "srun --overlap --nodes={n} --ntasks={} --ntasks-per-node={r} --mpi=pmi2",
+            "srun --overlap --overcommit --nodes={n} --ntasks={} --ntasks-per-node={r} --mpi=pmi2",
             n * r
         ),
         "aprun" => format!("aprun -n {} -N {r}", n * r),
@@ -133,16 +135,54 @@ pub fn mpi_prefix(launcher: &str, nodes: u32, ranks_per_node: u32) -> String {
     }
 }
 
-/// Runs an MPI task: its command behind the block's launcher; the result is as for shell.
+/// Runs an MPI task: its command, filled from the arguments, run by `/bin/sh` on every rank
+/// behind the block's launcher (so `a; b` runs both under the launcher, not `a` alone). The
+/// result is as for shell, but a non-zero exit fails the task: the launcher's own failure
+/// (no such nodes, a bad option) cannot be told apart from the ranks' and must not pass as a
+/// success.
 pub fn run_mpi(spec: &fxr_protocol::MpiSpec, args: &[u8]) -> Outcome {
     let launcher = std::env::var("FXR_MPI_LAUNCHER").unwrap_or_else(|_| "mpiexec".into());
+    let command = match fill_template(&spec.shell.command, args) {
+        Ok(c) => c,
+        Err(e) => return fail(FailureKind::FunctionError, e),
+    };
     let mut shell = spec.shell.clone();
-    // The prefix is ours, not the user's: escape braces so the template leaves it alone.
-    let prefix = mpi_prefix(&launcher, spec.num_nodes, spec.ranks_per_node)
-        .replace('{', "{{")
-        .replace('}', "}}");
-    shell.command = format!("{prefix} {}", spec.shell.command);
-    run_shell(&shell, args)
+    // Filled already: escape braces so the second pass leaves the line as it is.
+    shell.command = format!(
+        "{} /bin/sh -c {}",
+        mpi_prefix(&launcher, spec.num_nodes, spec.ranks_per_node),
+        shell_quote(&command)
+    )
+    .replace('{', "{{")
+    .replace('}', "}}");
+    match run_shell(&shell, &[]) {
+        Outcome::Success(v) => {
+            let parsed: serde_json::Value = serde_json::from_slice(&v).unwrap_or_default();
+            match parsed["returncode"].as_i64() {
+                Some(0) => Outcome::Success(v),
+                code => {
+                    let stderr = parsed["stderr"].as_str().unwrap_or_default();
+                    let tail: String = stderr
+                        .chars()
+                        .rev()
+                        .take(2000)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    fail(
+                        FailureKind::FunctionError,
+                        format!(
+                            "the MPI launch `{launcher}` exited with {}: {}",
+                            code.map_or_else(|| "no code".to_string(), |c| c.to_string()),
+                            tail.trim()
+                        ),
+                    )
+                }
+            }
+        }
+        other => other,
+    }
 }
 
 /// Quotes a string for `/bin/sh`.

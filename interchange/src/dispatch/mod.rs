@@ -51,6 +51,9 @@ pub struct DispatchConfig {
     /// Under the `warm` policy, how often a task may go where it forces a container switch.
     pub cold_routing_interval: Duration,
     pub seed: u64,
+    /// Nodes in each of this endpoint's blocks: an MPI task asking for more is refused at
+    /// once rather than failing when it runs.
+    pub block_nodes: u32,
 }
 
 impl Default for DispatchConfig {
@@ -67,6 +70,7 @@ impl Default for DispatchConfig {
             heartbeat_threshold: Duration::from_secs(20),
             cold_routing_interval: Duration::from_secs(1),
             seed: 0x0f0e_0d0c,
+            block_nodes: 1,
         }
     }
 }
@@ -338,6 +342,20 @@ impl Dispatcher {
                     ),
                 ));
                 continue;
+            }
+            if let fxr_protocol::Function::Mpi(m) = &task.function {
+                if m.num_nodes > self.config.block_nodes {
+                    self.counters.failed += 1;
+                    out.results.push(TaskResult::failure(
+                        task.id,
+                        FailureKind::Rejected,
+                        format!(
+                            "the MPI task asks for {} nodes; this endpoint's blocks have {} (provider.nodes_per_block)",
+                            m.num_nodes, self.config.block_nodes
+                        ),
+                    ));
+                    continue;
+                }
             }
             let kind = kind_of(&task);
             self.enqueue(task, kind, false);
