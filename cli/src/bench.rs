@@ -45,7 +45,7 @@ pub struct Common {
     /// Pilot processes.
     #[arg(long, default_value_t = 1)]
     pub blocks: u32,
-    /// noop | sleep:MS | shell-true
+    /// noop | sleep:MS | shell-true | python-noop
     #[arg(long, default_value = "noop")]
     pub function: String,
     #[arg(long, default_value_t = 4)]
@@ -109,6 +109,8 @@ impl ViaBroker {
         let api = crate::api::Api::new(&url, &token);
         let body = if function == "shell-true" {
             serde_json::json!({"name": "f", "kind": "shell", "command": "/bin/true"})
+        } else if function == "python-noop" {
+            serde_json::json!({"name": "f", "kind": "python", "source": PYTHON_NOOP, "entry": "noop"})
         } else {
             let name = function.split(':').next().unwrap_or("noop");
             serde_json::json!({"name": "f", "kind": "builtin", "builtin": name})
@@ -348,7 +350,22 @@ pub struct LatencyArgs {
     pub tasks: usize,
 }
 
+/// The Python no-op of the `python-noop` benchmark function.
+const PYTHON_NOOP: &str = "def noop():\n    return None\n";
+
 fn function(name: &str) -> anyhow::Result<(Function, Vec<u8>)> {
+    if name == "python-noop" {
+        return Ok((
+            Function::Python(Box::new(fxr_protocol::PythonSpec {
+                id: fxr_protocol::PythonSpec::identity(PYTHON_NOOP, "noop"),
+                source: PYTHON_NOOP.into(),
+                entry: "noop".into(),
+                walltime_ms: 0,
+                python_version: String::new(),
+            })),
+            vec![],
+        ));
+    }
     if name == "shell-true" {
         return Ok((
             Function::Shell(Box::new(ShellSpec {

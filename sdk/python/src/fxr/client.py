@@ -103,12 +103,38 @@ def encode_args(args: Sequence, kwargs: Dict[str, Any], serializer: str) -> Any:
         return {"pickle": base64.b64encode(pickle.dumps((tuple(args), kwargs))).decode()}
     if serializer != "json":
         raise ValueError(f"serializer must be one of {SERIALIZERS}, not {serializer!r}")
+    body = {"args": list(args), "kwargs": kwargs}
+    # Plain numbers, strings and None need no check; anything else is encoded once to see
+    # that JSON can carry it (a tuple would come back a list, a set not at all).
+    if all(type(a) in _SCALARS for a in args) and all(
+        type(v) in _SCALARS for v in kwargs.values()
+    ):
+        return body
     try:
-        return json.loads(json.dumps({"args": list(args), "kwargs": kwargs}))
+        json.dumps(body, allow_nan=False)
+        _check_json(body)
+        return body
     except (TypeError, ValueError) as e:
         raise TypeError(
             f"arguments are not JSON ({e}); use serializer='pickle' for any Python object"
         ) from None
+
+
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _check_json(v: Any) -> None:
+    """Refuses values JSON would change on the way (tuples, non-string keys)."""
+    if isinstance(v, tuple):
+        raise TypeError("a tuple would arrive as a list")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise TypeError(f"dict key {k!r} is not a string")
+            _check_json(x)
+    elif isinstance(v, list):
+        for x in v:
+            _check_json(x)
 
 
 def decode_result(value: Any) -> Any:

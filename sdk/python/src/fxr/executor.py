@@ -9,9 +9,9 @@ executor reconnects and asks for the tasks still open.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
-import queue
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -21,21 +21,22 @@ from .client import Client, MPIFunction, ShellFunction, TaskFailed, encode_args
 Fn = Union[Callable, ShellFunction, MPIFunction, str]
 
 
+# One condition for every future's task id: ids are set a batch at a time, so one wake-up per
+# batch instead of one event per future.
+_IDS = threading.Condition()
+
+
 class TaskFuture(concurrent.futures.Future):
     """A future for one task; `task_id` is set once the broker has accepted it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.task_id: Optional[int] = None
-        self._has_id = threading.Event()
-
-    def _set_task_id(self, task_id: int) -> None:
-        self.task_id = task_id
-        self._has_id.set()
 
     def wait_task_id(self, timeout: Optional[float] = None) -> Optional[int]:
-        """Waits until the task has an id (or the submission failed)."""
-        self._has_id.wait(timeout)
+        """Waits until the task has an id (or its submission failed)."""
+        with _IDS:
+            _IDS.wait_for(lambda: self.task_id is not None or self.done(), timeout)
         return self.task_id
 
 
@@ -66,7 +67,10 @@ class Executor(concurrent.futures.Executor):
         self._early: set = set()
         self._futures: Dict[int, TaskFuture] = {}
         self._lock = threading.Lock()
-        self._queue: "queue.Queue[Optional[Tuple[TaskFuture, dict]]]" = queue.Queue()
+        # Submissions waiting for the sender: a deque (appends are atomic) and an event that
+        # wakes the sender when it sleeps.
+        self._queue: "collections.deque[Optional[Tuple[TaskFuture, dict]]]" = collections.deque()
+        self._wakeup = threading.Event()
         self._closed = False
         self._stop = threading.Event()
         self._stream_ready = threading.Event()
@@ -111,9 +115,11 @@ class Executor(concurrent.futures.Executor):
         else:
             task_args = encode_args(args, kwargs, self.serializer)
         fut = TaskFuture()
-        self._queue.put(
+        self._queue.append(
             (fut, {"function_id": fid, "endpoint_id": self.endpoint_id, "args": task_args})
         )
+        if not self._wakeup.is_set():
+            self._wakeup.set()
         return fut
 
     def map(
@@ -142,7 +148,7 @@ class Executor(concurrent.futures.Executor):
                 fut = self._futures.get(t)
                 if fut is None:
                     fut = TaskFuture()
-                    fut._set_task_id(t)
+                    fut.task_id = t
                     self._futures[t] = fut
                 futures.append(fut)
         # Those already finished resolve now; the others arrive on the stream.
@@ -150,35 +156,42 @@ class Executor(concurrent.futures.Executor):
         return futures
 
     def _send(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
+        done = False
+        while not done:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = []
+                while self._queue and len(batch) < self.batch_size:
+                    item = self._queue.popleft()
+                    if item is None:
+                        done = True
+                        break
+                    batch.append(item)
+                if batch:
+                    self._submit(batch)
+                if done:
                     break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            try:
-                ids = self.client.submit_tasks([t for _, t in batch])
-            except BaseException as e:  # noqa: BLE001 - every future must learn of it
-                for fut, _ in batch:
-                    fut.set_exception(e)
-                    fut._has_id.set()
-                continue
-            with self._lock:
-                for (fut, _), tid in zip(batch, ids):
-                    fut._set_task_id(tid)
-                    self._futures[tid] = fut
-            # A result may have arrived before the id was known: ask for those once.
-            early = [tid for tid in ids if tid in self._early]
-            if early:
-                self._catch_up(early)
+
+    def _submit(self, batch: List[Tuple[TaskFuture, dict]]) -> None:
+        try:
+            ids = self.client.submit_tasks([t for _, t in batch])
+        except BaseException as e:  # noqa: BLE001 - every future must learn of it
+            for fut, _ in batch:
+                fut.set_exception(e)
+            with _IDS:
+                _IDS.notify_all()
+            return
+        with self._lock:
+            for (fut, _), tid in zip(batch, ids):
+                fut.task_id = tid
+                self._futures[tid] = fut
+        with _IDS:
+            _IDS.notify_all()
+        # A result may have arrived before the id was known: ask for those once.
+        early = [tid for tid in ids if tid in self._early]
+        if early:
+            self._catch_up(early)
 
     # Results.
 
@@ -235,7 +248,8 @@ class Executor(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._closed = True
-        self._queue.put(None)
+        self._queue.append(None)
+        self._wakeup.set()
         if cancel_futures:
             # The tasks go on at the endpoint (reattach to them by id); these futures stop here.
             with self._lock:
