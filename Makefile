@@ -12,7 +12,7 @@ DEBS := cmake clang libclang-dev pkg-config python3 python3-venv slurmctld slurm
 # Evaluated in each recipe, after `deps` has run.
 FEATURES = $$(command -v mpicc >/dev/null 2>&1 && echo --features fxr-cli/mpi)
 
-.PHONY: all deps pydeps build demo test lint bench clean experiments experiment-anchors
+.PHONY: all deps pydeps build demo test lint bench clean experiments experiment-anchors compare-python
 EXPERIMENTS := scaling latency throughput routing data
 VENV := target/anchors-venv
 
@@ -70,6 +70,17 @@ experiment-anchors:
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python scripts/anchors.py results/anchors/anchors.json 10000 1000
 	@printf '# Setup\n\n- machine: %s cores, %s\n- commit: %s\n- date: %s\n- command: make experiment-anchors\n' \
 		"$$(nproc)" "$$(head -1 /proc/meminfo)" "$$(git rev-parse HEAD)" "$$(date -u)" > results/anchors/SETUP.md
+
+# Python no-op functions, 2 workers: fxr through the SDK's Executor (a real broker and endpoint),
+# Parsl HTEX, Ray and Dask distributed, in one run, all on the interpreter of $(VENV).
+compare-python: build
+	@if [ ! -x $(VENV)/bin/python ] || ! $(VENV)/bin/python -c 'import parsl, ray, distributed' 2>/dev/null; then \
+		python3 -m venv $(VENV) && $(VENV)/bin/pip install -q parsl "ray[default]" "dask[distributed]"; \
+	fi
+	@mkdir -p results/python
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python scripts/python_compare.py $(FXR) results/python/compare.json 10000 500 3
+	@printf '# Setup\n\n- machine: %s cores, %s\n- commit: %s\n- date: %s\n- command: make compare-python\n' \
+		"$$(nproc)" "$$(head -1 /proc/meminfo)" "$$(git rev-parse HEAD)" "$$(date -u)" > results/python/SETUP.md
 
 clean:
 	$(CARGO) clean

@@ -27,6 +27,10 @@ pub struct ImageArgs {
     /// Also import it into podman's local store as this image name.
     #[arg(long)]
     pub podman: Option<String>,
+    /// Also copy this host's `python3` (the interpreter, its standard library without tests,
+    /// and the libraries they link) so the image can run Python functions.
+    #[arg(long)]
+    pub python: bool,
 }
 
 pub fn run(cmd: ContainerCmd, json: bool) -> anyhow::Result<u8> {
@@ -34,6 +38,9 @@ pub fn run(cmd: ContainerCmd, json: bool) -> anyhow::Result<u8> {
         ContainerCmd::Image(a) => {
             let exe = std::env::current_exe().context("cannot find this executable")?;
             build_rootfs(&a.dir, &exe, &a.label)?;
+            if a.python {
+                add_python(&a.dir)?;
+            }
             if let Some(name) = &a.podman {
                 podman_import(&a.dir, name)?;
             }
@@ -94,6 +101,84 @@ pub fn build_rootfs(dir: &Path, exe: &Path, label: &str) -> anyhow::Result<()> {
     for f in ["etc/hosts", "etc/resolv.conf"] {
         std::fs::write(dir.join(f), b"")?;
     }
+    Ok(())
+}
+
+/// Standard-library directories left out of images: tests, GUIs and installers.
+const PYTHON_SKIP: &[&str] = &[
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "__pycache__",
+    "site-packages",
+    "dist-packages",
+];
+
+/// Copies this host's `python3` into the image at the same paths, with `/usr/bin/python3`
+/// pointing to it.
+fn add_python(dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys,sysconfig\nprint(os.path.realpath(sys.executable))\nprint(sysconfig.get_path('stdlib'))\nprint(sysconfig.get_config_var('LIBDIR') or '')\nprint(sysconfig.get_config_var('INSTSONAME') or '')",
+        ])
+        .output()
+        .context("cannot run python3 to find its installation")?;
+    anyhow::ensure!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let (Some(exe), Some(stdlib)) = (lines.next(), lines.next()) else {
+        bail!("python3 did not name its executable and standard library");
+    };
+    let (libdir, soname) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let copy = |from: &Path| -> anyhow::Result<()> {
+        let to = dir.join(from.strip_prefix("/").unwrap_or(from));
+        if let Some(p) = to.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        Ok(())
+    };
+    let mut shared = vec![PathBuf::from(exe)];
+    let shared_lib = Path::new(libdir).join(soname);
+    if !soname.is_empty() && shared_lib.is_file() {
+        shared.push(shared_lib);
+    }
+    // The standard library, file by file, skipping tests and the like.
+    let mut stack = vec![PathBuf::from(stdlib)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))? {
+            let p = e?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_dir() {
+                if !PYTHON_SKIP.contains(&name) {
+                    stack.push(p);
+                }
+            } else if p.is_file() {
+                if name.ends_with(".so") {
+                    shared.push(p.clone());
+                }
+                copy(&p)?;
+            }
+        }
+    }
+    let mut libs = Vec::new();
+    for s in &shared {
+        copy(s)?;
+        libs.extend(linked_libraries(s)?);
+    }
+    libs.sort();
+    libs.dedup();
+    for l in &libs {
+        copy(l)?;
+    }
+    let link = dir.join("usr/bin/python3");
+    std::fs::create_dir_all(dir.join("usr/bin"))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(exe, &link)?;
     Ok(())
 }
 

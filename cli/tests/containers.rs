@@ -37,13 +37,18 @@ struct Image {
 
 impl Image {
     fn build(label: &str, podman: bool) -> Image {
+        Image::build_with(label, podman, &[])
+    }
+
+    fn build_with(label: &str, podman: bool, extra: &[&str]) -> Image {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("rootfs");
         let name = format!("localhost/fxr-test-{}-{label}", std::process::id());
         let mut c = Command::new(FXR);
         c.args(["container", "image"])
             .arg(&dir)
-            .args(["--label", label]);
+            .args(["--label", label])
+            .args(extra);
         if podman {
             c.args(["--podman", &name]);
         }
@@ -238,6 +243,45 @@ fn tasks_in_containers_share_the_nodes_store_with_tasks_on_the_node() {
         ]);
         assert_eq!(r["result"]["stdout"], "node data", "{name}: {r}");
     }
+}
+
+#[test]
+fn a_python_function_bound_to_a_container_runs_in_that_containers_interpreter() {
+    if !runtime("bwrap", "bwrap") || !have("python3") {
+        return;
+    }
+    let img = Image::build_with("python-image", false, &["--python"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("f.py");
+    std::fs::write(
+        &src,
+        "import os\ndef where(tag):\n    return {'image': open('/etc/fxr-image').read().strip(), 'pid': os.getpid(), 'tag': tag}\n",
+    )
+    .unwrap();
+    let ep = local(&[]);
+    let container = format!("bwrap:{}", img.path());
+    let f = format!("{}:where", src.display());
+    let run = |tag: &str| {
+        ep.run(&[
+            "--python",
+            &f,
+            "--container",
+            &container,
+            "--args",
+            &json!({"args": [tag]}).to_string(),
+        ])
+    };
+    let a = run("first");
+    assert_eq!(a["result"]["image"], "python-image", "{a}");
+    assert_eq!(a["result"]["tag"], "first");
+    // The container's worker keeps its interpreter: the next task of the type reuses it.
+    let b = run("second");
+    assert_eq!(b["result"]["image"], "python-image", "{b}");
+    let pids: std::collections::HashSet<_> = [&a, &b]
+        .iter()
+        .map(|r| r["result"]["pid"].clone())
+        .collect();
+    assert!(pids.len() <= 2, "{a} {b}");
 }
 
 #[test]
