@@ -114,6 +114,8 @@ pub struct EndpointRuntime {
     open: u64,
     /// Estimated bytes of tasks sent and not finished.
     inflight_bytes: u64,
+    /// Python functions whose source went down this connection already.
+    python_sent: std::collections::HashSet<String>,
 }
 
 impl EndpointRuntime {
@@ -130,6 +132,7 @@ impl EndpointRuntime {
             offline_since: Instant::now(),
             open: 0,
             inflight_bytes: 0,
+            python_sent: Default::default(),
         }
     }
 
@@ -307,7 +310,9 @@ impl Hub {
                 ep.queue.pop_front();
                 Self::set_state(&mut self.counts, l, LiveState::Dispatched);
                 bytes += l.bytes;
-                batch.push(l.task.clone());
+                let mut task = l.task.clone();
+                fxr_protocol::PythonSpec::strip_known(&mut task, &mut ep.python_sent);
+                batch.push(task);
             }
             if batch.is_empty() {
                 break;
@@ -350,6 +355,7 @@ impl Hub {
         ep.kick = Some(kick);
         ep.credit = 0;
         ep.inflight_bytes = 0;
+        ep.python_sent.clear();
         ep.generation += 1;
         ep.generation
     }

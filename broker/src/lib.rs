@@ -234,7 +234,7 @@ fn function_of(body: &FunctionBody) -> Result<Function, String> {
             }
             Ok(Function::Python(Box::new(fxr_protocol::PythonSpec {
                 id: fxr_protocol::PythonSpec::identity(&source, &entry),
-                source,
+                source: source.into(),
                 entry,
                 walltime_ms: body.walltime_ms.unwrap_or(0),
                 python_version,

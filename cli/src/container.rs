@@ -127,7 +127,11 @@ fn add_python(dir: &Path) -> anyhow::Result<()> {
         ])
         .output()
         .context("cannot run python3 to find its installation")?;
-    anyhow::ensure!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut lines = text.lines();
     let (Some(exe), Some(stdlib)) = (lines.next(), lines.next()) else {

@@ -74,7 +74,7 @@ impl FunctionArgs {
             let (source, entry) = python_source(p)?;
             return Ok(Function::Python(Box::new(PythonSpec {
                 id: PythonSpec::identity(&source, &entry),
-                source,
+                source: source.into(),
                 entry,
                 walltime_ms: self.walltime.map_or(0, |d| d.as_millis() as u64),
                 python_version: String::new(),

@@ -36,6 +36,8 @@ const SHORT_TASK_US: f64 = 500.0;
 const MAX_WORKER_BATCH: usize = 64;
 const MAX_RESULT_BATCH: usize = 4096;
 const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
+/// Most Python functions whose source a manager keeps.
+const MAX_PYTHON_FUNCTIONS: usize = 100_000;
 /// How long a draining manager waits for the interchange to take its last messages.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -166,6 +168,8 @@ pub struct Core {
     draining: bool,
     /// The drain is the endpoint's shutdown, not this manager's alone.
     endpoint_stopping: bool,
+    /// Python sources by function id: the interchange sends each once per connection.
+    python_sources: HashMap<String, std::sync::Arc<str>>,
     drained_at: Option<Instant>,
     counters: WorkerCounters,
     prestarted: bool,
@@ -202,6 +206,7 @@ impl Core {
             seen_results: false,
             draining: false,
             endpoint_stopping: false,
+            python_sources: HashMap::new(),
             drained_at: None,
             counters: WorkerCounters::default(),
             prestarted: false,
@@ -338,11 +343,20 @@ impl Core {
             InterchangeMsg::Refused { reason } => return Some(Exit::Refused(reason)),
             InterchangeMsg::Tasks { seq, tasks } => {
                 self.acks.push(seq);
-                for t in tasks {
+                for mut t in tasks {
                     if self.draining {
                         // Arrived after the drain began: give it straight back.
                         out.push(Action::Send(ManagerMsg::Returned { tasks: vec![t.id] }));
-                    } else if self.known.insert(t.id) {
+                    } else if self.known.contains(&t.id) {
+                    } else if let Err(e) = fxr_protocol::PythonSpec::fill_known(
+                        &mut t,
+                        &mut self.python_sources,
+                        MAX_PYTHON_FUNCTIONS,
+                    ) {
+                        self.results
+                            .push(TaskResult::failure(t.id, FailureKind::Rejected, e));
+                    } else {
+                        self.known.insert(t.id);
                         self.enqueue(t, false);
                     }
                 }

@@ -110,7 +110,7 @@ impl Interpreter {
             }
             let mut head = serde_json::json!({"fid": spec.id, "entry": spec.entry});
             if !self.known.contains(&spec.id) {
-                head["source"] = Value::String(spec.source.clone());
+                head["source"] = Value::String(spec.source.to_string());
             }
             if !spec.python_version.is_empty() {
                 head["python"] = Value::String(spec.python_version.clone());

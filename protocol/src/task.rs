@@ -28,9 +28,12 @@ pub enum Function {
 /// case the value comes back pickled the same way: `{"pickle": BASE64}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PythonSpec {
-    /// The function's identity (its id at the broker, or a hash of its source).
+    /// The function's identity (a hash of its source and entry).
     pub id: String,
-    pub source: String,
+    /// The source; empty when the receiver has it already. Each hop (broker → endpoint,
+    /// interchange → manager) sends a function's source with the first of its tasks only, and
+    /// the receiver keeps it by `id` and fills it back in.
+    pub source: std::sync::Arc<str>,
     /// The name of the function the source defines.
     pub entry: String,
     /// Wall-clock limit in milliseconds; 0 means none. Past it the interpreter is killed and
@@ -42,6 +45,62 @@ pub struct PythonSpec {
 }
 
 impl PythonSpec {
+    /// The same function without its source, for a receiver that has it.
+    pub fn without_source(&self) -> PythonSpec {
+        PythonSpec {
+            source: std::sync::Arc::from(""),
+            ..self.clone()
+        }
+    }
+
+    /// Strips the source from `task` if `sent` shows the receiver has it, and records that it
+    /// will have it otherwise. Tasks of other kinds are left alone.
+    pub fn strip_known<S: std::hash::BuildHasher>(
+        task: &mut Task,
+        sent: &mut std::collections::HashSet<String, S>,
+    ) {
+        if let Function::Python(p) = &mut task.function {
+            if sent.contains(&p.id) {
+                **p = p.without_source();
+            } else {
+                sent.insert(p.id.clone());
+            }
+        }
+    }
+
+    /// Fills in a stripped source from `known`, or records a source that came along. Fails,
+    /// naming the function, when the source is neither here nor known. At most `max` sources
+    /// are kept.
+    pub fn fill_known(
+        task: &mut Task,
+        known: &mut std::collections::HashMap<String, std::sync::Arc<str>>,
+        max: usize,
+    ) -> Result<(), String> {
+        let Function::Python(p) = &mut task.function else {
+            return Ok(());
+        };
+        if p.source.is_empty() {
+            match known.get(&p.id) {
+                Some(s) => p.source = s.clone(),
+                None => {
+                    return Err(format!(
+                        "the source of Python function {} ({}) never arrived",
+                        p.id, p.entry
+                    ))
+                }
+            }
+        } else if !known.contains_key(&p.id) {
+            if known.len() >= max {
+                return Err(format!(
+                    "this endpoint already keeps {max} Python functions; {} is one too many",
+                    p.entry
+                ));
+            }
+            known.insert(p.id.clone(), p.source.clone());
+        }
+        Ok(())
+    }
+
     /// An identity for `source` and `entry` (FNV-1a of both): the same function always gets the
     /// same id, on every endpoint, so workers may keep it compiled under that id.
     pub fn identity(source: &str, entry: &str) -> String {
@@ -340,5 +399,73 @@ impl Task {
                             .sum::<usize>()
                 }
             }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    fn task(source: &str) -> Task {
+        Task {
+            id: TaskId(1),
+            function: Function::Python(Box::new(PythonSpec {
+                id: PythonSpec::identity("src", "f"),
+                source: source.into(),
+                entry: "f".into(),
+                walltime_ms: 0,
+                python_version: String::new(),
+            })),
+            args: vec![],
+            attempt: 0,
+            container: None,
+        }
+    }
+
+    fn source_of(t: &Task) -> String {
+        match &t.function {
+            Function::Python(p) => p.source.to_string(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_source_is_sent_once_and_filled_back_in() {
+        let mut sent = HashSet::new();
+        let (mut a, mut b) = (task("src"), task("src"));
+        PythonSpec::strip_known(&mut a, &mut sent);
+        PythonSpec::strip_known(&mut b, &mut sent);
+        assert_eq!(
+            (source_of(&a), source_of(&b)),
+            ("src".into(), String::new())
+        );
+        let mut known = HashMap::new();
+        PythonSpec::fill_known(&mut a, &mut known, 10).unwrap();
+        PythonSpec::fill_known(&mut b, &mut known, 10).unwrap();
+        assert_eq!(source_of(&b), "src");
+        // A stripped task whose source never came is an error naming the function.
+        let mut lost = task("");
+        let e = PythonSpec::fill_known(&mut lost, &mut HashMap::new(), 10).unwrap_err();
+        assert!(e.contains("never arrived") && e.contains("(f)"), "{e}");
+        // The number of sources kept is bounded.
+        let e = PythonSpec::fill_known(&mut task("src"), &mut HashMap::new(), 0).unwrap_err();
+        assert!(e.contains("one too many"), "{e}");
+    }
+
+    #[test]
+    fn the_same_function_has_the_same_id_and_another_does_not() {
+        assert_eq!(
+            PythonSpec::identity("a", "f"),
+            PythonSpec::identity("a", "f")
+        );
+        assert_ne!(
+            PythonSpec::identity("a", "f"),
+            PythonSpec::identity("a", "g")
+        );
+        assert_ne!(
+            PythonSpec::identity("af", ""),
+            PythonSpec::identity("a", "f")
+        );
     }
 }

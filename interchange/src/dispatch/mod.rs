@@ -132,6 +132,8 @@ struct Manager {
     held: HashMap<String, usize>,
     /// Order of registration, for round-robin.
     order: u64,
+    /// Python functions whose source this manager has been sent.
+    python_sent: HashSet<String>,
 }
 
 impl Manager {
@@ -412,6 +414,7 @@ impl Dispatcher {
                 counters: WorkerCounters::default(),
                 held: HashMap::default(),
                 order: self.next_order,
+                python_sent: HashSet::default(),
             },
         );
         self.touch(id);
@@ -722,7 +725,9 @@ impl Dispatcher {
             bytes += entry.task.approx_size();
             m.in_flight.insert(id);
             ids.push(id);
-            batch.push(entry.task.clone());
+            let mut task = entry.task.clone();
+            fxr_protocol::PythonSpec::strip_known(&mut task, &mut m.python_sent);
+            batch.push(task);
         }
         if batch.is_empty() {
             return Sent::QueueEmpty;

@@ -521,3 +521,75 @@ fn random_ignores_warmth() {
     }
     assert_eq!(to.len(), 2, "random sends type a to both managers");
 }
+
+fn python_task(id: u64) -> Task {
+    Task {
+        id: TaskId(id),
+        function: Function::Python(Box::new(fxr_protocol::PythonSpec {
+            id: "py-1".into(),
+            source: "def f():\n    return 1\n".into(),
+            entry: "f".into(),
+            walltime_ms: 0,
+            python_version: String::new(),
+        })),
+        args: vec![],
+        attempt: 0,
+        container: None,
+    }
+}
+
+/// Sources of the Python tasks sent, in order.
+fn sources(out: &Outbox) -> Vec<(ManagerId, String)> {
+    out.to_managers
+        .iter()
+        .filter_map(|(m, msg)| match msg {
+            InterchangeMsg::Tasks { tasks, .. } => Some(tasks.iter().map(move |t| (*m, t))),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|(m, t)| match &t.function {
+            Function::Python(p) => Some((m, p.source.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_python_functions_source_goes_to_each_manager_once_per_connection() {
+    let now = Instant::now();
+    let mut d = dispatcher(Policy::RoundRobin);
+    let mut out = Outbox::default();
+    d.register(reg(1, 1, 0), now, &mut out);
+    d.submit(vec![python_task(0), python_task(1)], &mut out);
+    d.dispatch(now, &mut out);
+    // One slot: the first task goes alone, with the source.
+    assert_eq!(
+        sources(&out),
+        vec![(ManagerId(1), "def f():\n    return 1\n".into())]
+    );
+    out = Outbox::default();
+    d.on_message(ManagerId(1), ManagerMsg::Ack { seq: 1 }, now, &mut out);
+    d.on_message(
+        ManagerId(1),
+        ManagerMsg::Results {
+            results: vec![ok(TaskId(0))],
+            capacity: vec![],
+            counters: WorkerCounters::default(),
+        },
+        now,
+        &mut out,
+    );
+    d.dispatch(now, &mut out);
+    assert_eq!(
+        sources(&out),
+        vec![(ManagerId(1), String::new())],
+        "the manager has it"
+    );
+    // A new connection of the same manager starts knowing nothing: the source goes again.
+    out = Outbox::default();
+    d.register(reg(1, 1, 0), now, &mut out);
+    d.dispatch(now, &mut out);
+    let again = sources(&out);
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].1.is_empty(), "{again:?}");
+}

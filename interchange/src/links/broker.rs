@@ -40,8 +40,13 @@ pub enum BrokerLinkError {
     Io(#[from] std::io::Error),
 }
 
+/// Most Python functions whose source the link keeps.
+const MAX_PYTHON_FUNCTIONS: usize = 100_000;
+
 struct State {
     cfg: BrokerLinkConfig,
+    /// Python sources by function id: the broker sends each once per connection.
+    python_sources: HashMap<String, std::sync::Arc<str>>,
     /// The endpoint's secret, to read stored results from the nodes for the broker.
     secret: Arc<str>,
     core: LocalSender,
@@ -83,6 +88,7 @@ pub(crate) fn start(
             };
             let mut st = State {
                 cfg,
+                python_sources: HashMap::new(),
                 secret,
                 core,
                 inflight: HashSet::new(),
@@ -242,14 +248,24 @@ impl State {
                 let mut fresh = Vec::with_capacity(tasks.len());
                 let mut again = Vec::new();
                 let mut freed = 0u64;
-                for t in tasks {
+                for mut t in tasks {
                     if let Some(r) = self.unacked.get(&t.id) {
                         again.push(r.clone());
                         freed += 1;
-                    } else if self.inflight.insert(t.id) {
-                        fresh.push(t);
-                    } else {
+                    } else if self.inflight.contains(&t.id) {
                         freed += 1;
+                    } else if let Err(e) = fxr_protocol::PythonSpec::fill_known(
+                        &mut t,
+                        &mut self.python_sources,
+                        MAX_PYTHON_FUNCTIONS,
+                    ) {
+                        // Answered at once; its credit returns when the broker stores it.
+                        let r = TaskResult::failure(t.id, FailureKind::Rejected, e);
+                        self.unacked.insert(t.id, r.clone());
+                        again.push(r);
+                    } else {
+                        self.inflight.insert(t.id);
+                        fresh.push(t);
                     }
                 }
                 if !fresh.is_empty() && self.core.send(ClientMsg::Submit { tasks: fresh }).is_err()
