@@ -495,6 +495,12 @@ fn read_stream(url: &str, token: &str, query: &str) -> (u16, Vec<u64>) {
                     let v: Value = serde_json::from_str(d).unwrap();
                     ids.push(v["id"].as_u64().unwrap());
                 }
+                // With `grouped`: the results finished together, as one array.
+                "results" => {
+                    let v: Vec<Value> = serde_json::from_str(d).unwrap();
+                    assert!(!v.is_empty());
+                    ids.extend(v.iter().map(|t| t["id"].as_u64().unwrap()));
+                }
                 "end" => break,
                 _ => {}
             }
@@ -542,11 +548,19 @@ fn a_batch_is_followed_over_the_event_stream_without_naming_ids() {
         got.iter().copied().collect::<HashSet<_>>(),
         ids1.iter().copied().collect::<HashSet<_>>()
     );
-    // Followed again after it finished: every result at once, then the end.
+    // Followed again after it finished: every result at once, then the end; grouped, the
+    // same results in fewer events.
     assert_eq!(
         read_stream(&w.url, &alice, &format!("batch={b1}")).1.len(),
         300
     );
+    let (s, grouped) = read_stream(&w.url, &alice, &format!("batch={b1}&grouped=true"));
+    assert_eq!(s, 200);
+    assert_eq!(
+        grouped.iter().copied().collect::<HashSet<_>>(),
+        ids1.iter().copied().collect::<HashSet<_>>()
+    );
+    assert_eq!(grouped.len(), 300, "each once");
     assert_eq!(read_stream(&w.url, &bob, &format!("batch={b1}")).0, 404);
 }
 

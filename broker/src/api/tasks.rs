@@ -511,6 +511,9 @@ pub struct StreamQuery {
     /// Follow every task of the caller from now on (the stream does not end).
     #[serde(default)]
     all: Option<bool>,
+    /// Send results finished together as one `results` event whose data is a JSON array.
+    #[serde(default)]
+    grouped: Option<bool>,
 }
 
 /// What a stream follows, resolved.
@@ -518,6 +521,8 @@ struct Follow {
     ids: Vec<u64>,
     batches: Vec<u64>,
     all: bool,
+    /// Results ready together go in one `results` event (a JSON array).
+    grouped: bool,
 }
 
 async fn follow(broker: Arc<Broker>, user: i64, f: Follow) -> Result<Response, ApiError> {
@@ -578,30 +583,40 @@ async fn follow(broker: Arc<Broker>, user: i64, f: Follow) -> Result<Response, A
         endless: f.all,
         ended: false,
     };
-    let s = futures_util::stream::unfold(state, |mut st| async move {
+    let grouped = f.grouped;
+    let s = futures_util::stream::unfold(state, move |mut st| async move {
         if st.ended {
             return None;
         }
-        let mut events = Vec::new();
-        for d in std::mem::take(&mut st.first) {
-            events.push(result_event(&d));
-        }
-        if events.is_empty() {
+        let mut done = std::mem::take(&mut st.first);
+        if done.is_empty() {
             if st.open.is_empty() && !st.endless {
                 st.ended = true;
                 return Some((vec![Event::default().event("end").data("{}")], st));
             }
             match st.watch.rx.recv().await {
-                Some(d) => st.take(d, &mut events),
+                Some(d) => st.take(d, &mut done),
                 None => return None,
             }
-            while events.len() < 1000 {
+            while done.len() < 1000 {
                 match st.watch.rx.try_recv() {
-                    Ok(d) => st.take(d, &mut events),
+                    Ok(d) => st.take(d, &mut done),
                     Err(_) => break,
                 }
             }
         }
+        let events = if grouped {
+            let all: Vec<&TaskInfo> = done.iter().map(|d| &**d).collect();
+            if all.is_empty() {
+                Vec::new()
+            } else {
+                vec![Event::default()
+                    .event("results")
+                    .data(serde_json::to_string(&all).unwrap_or_default())]
+            }
+        } else {
+            done.iter().map(|d| result_event(d)).collect()
+        };
         Some((events, st))
     });
     let flat = futures_util::StreamExt::flat_map(s, |evs| {
@@ -622,12 +637,12 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn take(&mut self, d: Done, events: &mut Vec<Event>) {
+    fn take(&mut self, d: Done, done: &mut Vec<Done>) {
         let was_open = self.open.remove(&d.id);
         // A follower of all tasks hears of tasks it never read; each is sent once (the ones
         // read as finished went out first).
         if was_open || (self.endless && !self.seen.contains(&d.id)) {
-            events.push(result_event(&d));
+            done.push(d);
         }
     }
 }
@@ -638,7 +653,8 @@ fn result_event(d: &TaskInfo) -> Event {
         .data(serde_json::to_string(d).unwrap_or_default())
 }
 
-/// Stream results as server-sent events (`event: result`, data a task) as the followed tasks
+/// Stream results as server-sent events (`event: result`, data a task; or with `grouped`,
+/// `event: results`, data an array of the tasks finished together) as the followed tasks
 /// finish, then `event: end`. Follow `ids` (at most 1,000), a `batch`, or `all` of your tasks
 /// (that stream does not end). Tasks already finished are sent first.
 #[utoipa::path(get, path = "/v1/tasks/stream", params(StreamQuery),
@@ -660,6 +676,7 @@ pub async fn stream(
         ids,
         batches: q.batch.into_iter().collect(),
         all: q.all.unwrap_or(false),
+        grouped: q.grouped.unwrap_or(false),
     };
     follow(broker, user.id, f).await
 }
@@ -681,6 +698,7 @@ pub async fn stream_post(
         ids: body.ids,
         batches: body.batches,
         all: body.all,
+        grouped: body.grouped,
     };
     follow(broker, user.id, f).await
 }

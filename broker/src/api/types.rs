@@ -273,6 +273,10 @@ pub struct StreamBody {
     /// Every task of the caller from now on; the stream does not end.
     #[serde(default)]
     pub all: bool,
+    /// Results finished together go as one `results` event whose data is a JSON array of
+    /// tasks (instead of one `result` event per task).
+    #[serde(default)]
+    pub grouped: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]

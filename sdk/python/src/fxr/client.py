@@ -103,6 +103,8 @@ def encode_args(args: Sequence, kwargs: Dict[str, Any], serializer: str) -> Any:
         return {"pickle": base64.b64encode(pickle.dumps((tuple(args), kwargs))).decode()}
     if serializer != "json":
         raise ValueError(f"serializer must be one of {SERIALIZERS}, not {serializer!r}")
+    if not args and not kwargs:
+        return {}
     body = {"args": list(args), "kwargs": kwargs}
     # Plain numbers, strings and None need no check; anything else is encoded once to see
     # that JSON can carry it (a tuple would come back a list, a set not at all).

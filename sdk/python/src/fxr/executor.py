@@ -195,6 +195,21 @@ class Executor(concurrent.futures.Executor):
 
     # Results.
 
+    def _resolve_all(self, infos: List[dict]) -> None:
+        """Resolves a group of results, taking the lock once."""
+        with self._lock:
+            found = [(info, self._futures.pop(info["id"], None)) for info in infos]
+            for info, fut in found:
+                if fut is None:
+                    self._early.add(info["id"])
+        for info, fut in found:
+            if fut is None or fut.done():
+                continue
+            try:
+                fut.set_result(self.client.result_of(info))
+            except BaseException as e:  # noqa: BLE001 - TaskFailed, or a failed download
+                fut.set_exception(e)
+
     def _resolve(self, info: dict) -> None:
         tid = info["id"]
         with self._lock:
@@ -223,9 +238,12 @@ class Executor(concurrent.futures.Executor):
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
-                for event, data in self.client.http.stream("/v1/tasks/stream", {"all": True}):
+                body = {"all": True, "grouped": True}
+                for event, data in self.client.http.stream("/v1/tasks/stream", body):
                     if event == "open":
                         self._stream_ready.set()
+                    elif event == "results":
+                        self._resolve_all(json.loads(data))
                     elif event == "result":
                         self._resolve(json.loads(data))
                     if self._stop.is_set():
