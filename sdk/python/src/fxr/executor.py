@@ -26,12 +26,66 @@ Fn = Union[Callable, ShellFunction, MPIFunction, str]
 _IDS = threading.Condition()
 
 
+# Guards the lazy creation of a future's condition (below).
+_LAZY = threading.Lock()
+
+
 class TaskFuture(concurrent.futures.Future):
-    """A future for one task; `task_id` is set once the broker has accepted it."""
+    """A future for one task; `task_id` is set once the broker has accepted it.
+
+    Its condition variable is made only when something waits on it: most futures of a large
+    run finish before anyone asks, and a `threading.Condition` per task was a third of the
+    client's time. Creating the condition and finishing without one both hold `_LAZY`, so a
+    waiter either finds the future finished or is woken when it finishes."""
 
     def __init__(self) -> None:
-        super().__init__()
+        # What `Future.__init__` sets, except `_condition` (see `__getattr__`).
+        self._state = concurrent.futures._base.PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
         self.task_id: Optional[int] = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "_condition":
+            raise AttributeError(name)
+        with _LAZY:
+            cond = self.__dict__.get("_condition")
+            if cond is None:
+                cond = threading.Condition()
+                self.__dict__["_condition"] = cond
+            return cond
+
+    def _finish_unwatched(self, result: Any, exception: Optional[BaseException]) -> bool:
+        """Finishes the future without a condition if nobody has made one; False if one
+        exists (then the usual path must notify it)."""
+        with _LAZY:
+            if "_condition" in self.__dict__:
+                return False
+            if self._state != concurrent.futures._base.PENDING:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._exception = exception
+            self._state = concurrent.futures._base.FINISHED
+        self._invoke_callbacks()
+        return True
+
+    def set_result(self, result: Any) -> None:
+        if not self._finish_unwatched(result, None):
+            super().set_result(result)
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        # A finished future never changes again: no condition needed to read it.
+        if self._state == concurrent.futures._base.FINISHED:
+            if self._exception is not None:
+                raise self._exception
+            return self._result
+        return super().result(timeout)
+
+    def set_exception(self, exception: Optional[BaseException]) -> None:
+        if not self._finish_unwatched(None, exception):
+            super().set_exception(exception)
 
     def wait_task_id(self, timeout: Optional[float] = None) -> Optional[int]:
         """Waits until the task has an id (or its submission failed)."""
@@ -203,7 +257,7 @@ class Executor(concurrent.futures.Executor):
                 if fut is None:
                     self._early.add(info["id"])
         for info, fut in found:
-            if fut is None or fut.done():
+            if fut is None or fut._state != concurrent.futures._base.PENDING:
                 continue
             try:
                 fut.set_result(self.client.result_of(info))
@@ -218,7 +272,7 @@ class Executor(concurrent.futures.Executor):
                 # Not ours, or its submission's answer has not been read yet.
                 self._early.add(tid)
                 return
-        if fut.done():
+        if fut._state != concurrent.futures._base.PENDING:
             return
         try:
             fut.set_result(self.client.result_of(info))
