@@ -49,7 +49,7 @@ fn touch(b: &[u8]) -> u64 {
 }
 
 fn shm_dir(tag: &str) -> anyhow::Result<tempfile::TempDir> {
-    let base = crate::endpoint::default_store_dir(None);
+    let base = crate::storedir::default_store_dir(None);
     let parent = base.parent().unwrap_or(std::path::Path::new("/tmp"));
     Ok(tempfile::Builder::new()
         .prefix(&format!("fxr-bench-{tag}-"))

@@ -1,6 +1,7 @@
 //! `fxr endpoint`: start a local endpoint (interchange plus local pilots), stop it, ask its status.
 
 use crate::exit;
+use crate::storedir::{configured_store_dir, default_store_dir, StoreDir};
 use anyhow::{bail, Context};
 use fxr_interchange::dispatch::{DispatchConfig, Policy};
 use fxr_interchange::providers::local::LocalBlocks;
@@ -348,50 +349,6 @@ pub struct LocalEndpoint {
     pub scratch: Vec<tempfile::TempDir>,
     /// This node's object store, removed with the endpoint.
     pub store: Option<StoreDir>,
-}
-
-/// An object store directory, removed when dropped (the endpoint stops).
-#[derive(Debug)]
-pub struct StoreDir(pub std::path::PathBuf);
-
-impl Drop for StoreDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the object store");
-            }
-        }
-    }
-}
-
-/// The store directory of an endpoint called `name` (`None`: an ad-hoc one). A configured
-/// endpoint's name carries a hash of its directory, so two endpoints of the same name (two
-/// users, two `FXR_HOME`s) never share a store.
-pub fn default_store_dir(name: Option<&str>) -> std::path::PathBuf {
-    let shm = std::path::Path::new("/dev/shm");
-    let base = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    match name {
-        Some(n) => base.join(format!("fxr-{n}")),
-        None => base.join(format!("fxr-local-{}", std::process::id())),
-    }
-}
-
-/// The default store of the configured endpoint `name` kept in `dir`.
-fn configured_store_dir(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    // FNV-1a: stable across runs and builds, which the standard hasher does not promise.
-    let hash = dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    default_store_dir(Some(&format!("{name}-{:08x}", hash as u32)))
 }
 
 /// Starts the interchange and the pilots of a local endpoint. Blocks are started by a scaling

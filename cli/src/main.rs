@@ -13,6 +13,7 @@ mod function;
 mod opts;
 mod pilot;
 mod routing;
+mod storedir;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -13,15 +13,17 @@
 //!   `max_unacked` unacknowledged batches, because nng drops messages silently when a pipe's
 //!   queue is full.
 
+mod manager;
 mod policy;
+use manager::{Manager, Unacked};
 #[cfg(test)]
 mod tests;
 
 pub use policy::{DispatchPolicy, Load, Lookup, Policy, View};
 
 use fxr_protocol::{
-    BlockId, Capacity, ContainerSpec, FailureKind, InterchangeMsg, ManagerId, ManagerMsg,
-    ManagerStatus, Outcome, Registration, Task, TaskId, TaskResult, WorkerCounters, MAX_BODY,
+    BlockId, ContainerSpec, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus,
+    Outcome, Registration, Task, TaskId, TaskResult, WorkerCounters, MAX_BODY,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::{BTreeMap, VecDeque};
@@ -104,97 +106,6 @@ struct Entry {
     place: Place,
     /// Its container type, worked out once when it arrives.
     kind: String,
-}
-
-#[derive(Debug)]
-struct Unacked {
-    tasks: Vec<TaskId>,
-    sent: Instant,
-}
-
-#[derive(Debug)]
-struct Manager {
-    reg: Registration,
-    slots: usize,
-    /// `slots` widened by the burst prefetch while tasks are short.
-    limit: usize,
-    /// Moving mean of the run time of this manager's tasks, in microseconds.
-    mean_run_us: f64,
-    results_seen: u64,
-    in_flight: HashSet<TaskId>,
-    unacked: BTreeMap<u64, Unacked>,
-    next_seq: u64,
-    last_seen: Instant,
-    draining: bool,
-    capacity: Vec<Capacity>,
-    counters: WorkerCounters,
-    /// Tasks in flight per container type.
-    held: HashMap<String, usize>,
-    /// Order of registration, for round-robin.
-    order: u64,
-    /// Python functions whose source this manager has been sent.
-    python_sent: HashSet<String>,
-}
-
-impl Manager {
-    fn free(&self) -> usize {
-        self.limit.saturating_sub(self.in_flight.len())
-    }
-
-    fn observe(&mut self, run_us: u64, burst: usize, short_us: u64) {
-        self.mean_run_us = if self.results_seen == 0 {
-            run_us as f64
-        } else {
-            0.95 * self.mean_run_us + 0.05 * run_us as f64
-        };
-        self.results_seen += 1;
-        self.limit = if self.mean_run_us < short_us as f64 {
-            self.slots.max(self.reg.workers as usize + burst)
-        } else {
-            self.slots
-        };
-    }
-    fn can_take(&self, max_unacked: usize) -> bool {
-        !self.draining && self.free() > 0 && self.unacked.len() < max_unacked
-    }
-    /// Whether it may run `container`: the bare node always; a container when the manager
-    /// registered no list of runtimes (any), or lists the type or its runtime.
-    fn runs(&self, container: &str) -> bool {
-        let runtime = container.split(':').next().unwrap_or_default();
-        container.is_empty()
-            || self.reg.containers.is_empty()
-            || self
-                .reg
-                .containers
-                .iter()
-                .any(|c| c == container || c == runtime)
-    }
-
-    fn view(&self, container: &str) -> View<'_> {
-        View {
-            runs: self.runs(container),
-            capacity: &self.capacity,
-            held: &self.held,
-            workers: self.reg.workers,
-        }
-    }
-
-    fn hold(&mut self, kind: &str, delta: isize) {
-        if delta > 0 {
-            // Look up before inserting: `entry` would allocate the key on every batch.
-            match self.held.get_mut(kind) {
-                Some(n) => *n += delta as usize,
-                None => {
-                    self.held.insert(kind.to_string(), delta as usize);
-                }
-            }
-        } else if let Some(n) = self.held.get_mut(kind) {
-            *n = n.saturating_sub(delta.unsigned_abs());
-            if *n == 0 {
-                self.held.remove(kind);
-            }
-        }
-    }
 }
 
 /// The container type of a task (`""` for the bare node).

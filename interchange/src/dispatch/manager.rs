@@ -1,0 +1,100 @@
+//! What the dispatcher knows of each manager: its registration, room, tasks in flight,
+//! unacknowledged batches and last capacity report.
+
+use super::policy::View;
+use fxr_protocol::{Capacity, Registration, TaskId, WorkerCounters};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+#[derive(Debug)]
+pub(super) struct Unacked {
+    pub(super) tasks: Vec<TaskId>,
+    pub(super) sent: Instant,
+}
+
+#[derive(Debug)]
+pub(super) struct Manager {
+    pub(super) reg: Registration,
+    pub(super) slots: usize,
+    /// `slots` widened by the burst prefetch while tasks are short.
+    pub(super) limit: usize,
+    /// Moving mean of the run time of this manager's tasks, in microseconds.
+    pub(super) mean_run_us: f64,
+    pub(super) results_seen: u64,
+    pub(super) in_flight: HashSet<TaskId>,
+    pub(super) unacked: BTreeMap<u64, Unacked>,
+    pub(super) next_seq: u64,
+    pub(super) last_seen: Instant,
+    pub(super) draining: bool,
+    pub(super) capacity: Vec<Capacity>,
+    pub(super) counters: WorkerCounters,
+    /// Tasks in flight per container type.
+    pub(super) held: HashMap<String, usize>,
+    /// Order of registration, for round-robin.
+    pub(super) order: u64,
+    /// Python functions whose source this manager has been sent.
+    pub(super) python_sent: HashSet<String>,
+}
+
+impl Manager {
+    pub(super) fn free(&self) -> usize {
+        self.limit.saturating_sub(self.in_flight.len())
+    }
+
+    pub(super) fn observe(&mut self, run_us: u64, burst: usize, short_us: u64) {
+        self.mean_run_us = if self.results_seen == 0 {
+            run_us as f64
+        } else {
+            0.95 * self.mean_run_us + 0.05 * run_us as f64
+        };
+        self.results_seen += 1;
+        self.limit = if self.mean_run_us < short_us as f64 {
+            self.slots.max(self.reg.workers as usize + burst)
+        } else {
+            self.slots
+        };
+    }
+    pub(super) fn can_take(&self, max_unacked: usize) -> bool {
+        !self.draining && self.free() > 0 && self.unacked.len() < max_unacked
+    }
+    /// Whether it may run `container`: the bare node always; a container when the manager
+    /// registered no list of runtimes (any), or lists the type or its runtime.
+    pub(super) fn runs(&self, container: &str) -> bool {
+        let runtime = container.split(':').next().unwrap_or_default();
+        container.is_empty()
+            || self.reg.containers.is_empty()
+            || self
+                .reg
+                .containers
+                .iter()
+                .any(|c| c == container || c == runtime)
+    }
+
+    pub(super) fn view(&self, container: &str) -> View<'_> {
+        View {
+            runs: self.runs(container),
+            capacity: &self.capacity,
+            held: &self.held,
+            workers: self.reg.workers,
+        }
+    }
+
+    pub(super) fn hold(&mut self, kind: &str, delta: isize) {
+        if delta > 0 {
+            // Look up before inserting: `entry` would allocate the key on every batch.
+            match self.held.get_mut(kind) {
+                Some(n) => *n += delta as usize,
+                None => {
+                    self.held.insert(kind.to_string(), delta as usize);
+                }
+            }
+        } else if let Some(n) = self.held.get_mut(kind) {
+            *n = n.saturating_sub(delta.unsigned_abs());
+            if *n == 0 {
+                self.held.remove(kind);
+            }
+        }
+    }
+}
