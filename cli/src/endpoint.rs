@@ -506,6 +506,27 @@ fn pilot_command(
     ))
 }
 
+/// Takes the endpoint's lock, or says which process runs it already.
+fn hold_endpoint(dir: &std::path::Path, name: &str) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("endpoint.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = std::fs::read_to_string(dir.join("endpoint.pid")).unwrap_or_default();
+        bail!(
+            "endpoint {name} is already running (pid {}); stop it with `fxr endpoint stop {name}`",
+            pid.trim()
+        );
+    }
+    Ok(f)
+}
+
 /// Settings of a configured endpoint, as `StartArgs`.
 fn from_config(
     a: &StartArgs,
@@ -589,6 +610,12 @@ fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
         }
         None if a.local => (a, None, None, None),
         None => bail!("name a configured endpoint, or pass --local for an ad-hoc local one"),
+    };
+    // One running copy per endpoint: held until this process exits (the descriptor is
+    // close-on-exec, so pilots never inherit it).
+    let _running = match (&dir, &a.name) {
+        (Some(d), Some(name)) => Some(hold_endpoint(d, name)?),
+        _ => None,
     };
     let mut ep = start_local(&a)?;
     if let (Some(cfg), Some(dir)) = (&config, &dir) {

@@ -569,3 +569,26 @@ fn the_command_line_registers_python_and_mpi_functions_and_lists_them_by_kind() 
     assert!(text.contains("python twice()"), "{text}");
     assert!(!text.contains("shell"), "{text}");
 }
+
+#[test]
+fn a_second_start_of_a_running_endpoint_is_refused_naming_the_first() {
+    let w = World::new();
+    let token = w.user("alice");
+    let _broker = w.broker(&[]);
+    let ep = w.create_endpoint("alice", &token, "once", 1);
+    let first = w.endpoint("alice", &token, "once");
+    wait_connected(&w.url, &token, &ep);
+    let out = w
+        .fxr("alice", &token)
+        .args(["endpoint", "start", "once"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already running") && err.contains(&format!("pid {}", first.0.id())),
+        "{err}"
+    );
+    // The first one is untouched: still connected.
+    wait_connected(&w.url, &token, &ep);
+}

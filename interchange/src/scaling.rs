@@ -70,6 +70,52 @@ impl Scaler {
     }
 }
 
+/// How many earlier blocks' scripts and job outputs an endpoint keeps.
+const KEEP_BLOCKS: usize = 100;
+
+/// The block number in a file name of block `NAME-N`: its script `NAME-N.sh`, or a job
+/// output `fxr-NAME-N.JOB.out`.
+fn block_number(file: &str, name: &str) -> Option<u64> {
+    let file = file.strip_prefix("fxr-").unwrap_or(file);
+    let rest = file.strip_prefix(name)?.strip_prefix('-')?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let after = &rest[digits.len()..];
+    if digits.is_empty() || !after.starts_with('.') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The numbers of the blocks whose files are in `dir`, in increasing order.
+fn earlier_blocks(dir: &std::path::Path, name: &str) -> Vec<u64> {
+    let mut found: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| block_number(&e.file_name().into_string().ok()?, name))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// Removes the files of all but the newest [`KEEP_BLOCKS`] of `blocks`.
+fn prune_blocks(dir: &std::path::Path, name: &str, blocks: &[u64]) {
+    let old = blocks.len().saturating_sub(KEEP_BLOCKS);
+    let gone: std::collections::HashSet<u64> = blocks[..old].iter().copied().collect();
+    if gone.is_empty() {
+        return;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(file) = e.file_name().into_string() else {
+            continue;
+        };
+        if block_number(&file, name).is_some_and(|n| gone.contains(&n)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn run(
     mut door: LocalClient,
     mut provider: Box<dyn BatchProvider>,
@@ -77,6 +123,10 @@ fn run(
     stop: &AtomicBool,
 ) {
     let mut strategy = Strategy::new(cfg.strategy.clone(), &cfg.name);
+    // Earlier runs' scripts and job outputs stay (the newest KEEP_BLOCKS); numbering goes on.
+    let earlier = earlier_blocks(&cfg.dir, &cfg.name);
+    strategy.number_after(earlier.last().copied().unwrap_or(0));
+    prune_blocks(&cfg.dir, &cfg.name, &earlier);
     let mut last_poll = Instant::now() - cfg.poll;
     let mut last_summary = String::new();
     while !stop.load(Ordering::Relaxed) {
@@ -182,4 +232,36 @@ fn submit(
         source,
     })?;
     provider.submit(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_blocks_are_found_and_the_oldest_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "ep-1.sh",
+            "ep-3.sh",
+            "fxr-ep-7.101.out",
+            "epx-9.sh",
+            "ep-.sh",
+            "other",
+        ] {
+            std::fs::write(d.join(f), "").unwrap();
+        }
+        assert_eq!(earlier_blocks(d, "ep"), vec![1, 3, 7]);
+        let many: Vec<u64> = (1..=KEEP_BLOCKS as u64 + 2).collect();
+        for n in &many {
+            std::fs::write(d.join(format!("ep-{n}.sh")), "").unwrap();
+        }
+        prune_blocks(d, "ep", &many);
+        let left = earlier_blocks(d, "ep");
+        assert_eq!(left.len(), KEEP_BLOCKS);
+        assert_eq!(left.first(), Some(&3));
+        assert!(!d.join("ep-1.sh").exists() && d.join("epx-9.sh").exists());
+        assert!(d.join("fxr-ep-7.101.out").exists());
+    }
 }

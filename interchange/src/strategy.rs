@@ -97,6 +97,12 @@ impl Strategy {
         }
     }
 
+    /// Numbers new blocks after `n` (the highest an earlier run of the endpoint used), so block
+    /// ids stay unique across restarts.
+    pub fn number_after(&mut self, n: u64) {
+        self.next = self.next.max(u32::try_from(n).unwrap_or(u32::MAX).min(u32::MAX / 2));
+    }
+
     fn active(&self) -> impl Iterator<Item = (&String, &Block)> {
         self.blocks
             .iter()
@@ -375,6 +381,16 @@ mod tests {
             "capped at max_blocks"
         );
         assert!(s.decide(t0, 1000, &load(&[])).is_empty());
+    }
+
+    #[test]
+    fn block_numbers_continue_after_an_earlier_run() {
+        let mut s = Strategy::new(cfg(), "b");
+        s.number_after(41);
+        assert_eq!(
+            s.decide(Instant::now(), 0, &load(&[])),
+            vec![Action::Submit("b-42".into())]
+        );
     }
 
     #[test]
