@@ -100,7 +100,9 @@ impl Strategy {
     /// Numbers new blocks after `n` (the highest an earlier run of the endpoint used), so block
     /// ids stay unique across restarts.
     pub fn number_after(&mut self, n: u64) {
-        self.next = self.next.max(u32::try_from(n).unwrap_or(u32::MAX).min(u32::MAX / 2));
+        self.next = self
+            .next
+            .max(u32::try_from(n).unwrap_or(u32::MAX).min(u32::MAX / 2));
     }
 
     fn active(&self) -> impl Iterator<Item = (&String, &Block)> {
