@@ -191,3 +191,17 @@ def test_bad_input_is_a_clear_error(client, endpoint):
     assert e.value.status == 422 and "entry" in e.value.message
     with pytest.raises(ValueError, match="no endpoint"):
         client.endpoint_id("no-such-endpoint")
+
+
+def image_label():
+    return open("/etc/fxr-image").read().strip()
+
+
+def test_a_container_bound_function_runs_in_its_container(client, endpoint):
+    container = os.environ.get("FXR_TEST_CONTAINER")
+    if not container:
+        pytest.skip("no container runtime here (FXR_TEST_CONTAINER unset)")
+    with Executor(endpoint=endpoint, client=client, container=container) as ex:
+        assert ex.submit(image_label).result(120) == "sdk-python-image"
+        # The container's worker keeps its interpreter for the next task of its type.
+        assert ex.submit(image_label).result(120) == "sdk-python-image"
