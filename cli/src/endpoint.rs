@@ -773,6 +773,11 @@ pub fn start_scaler(
             scheduler_options: p.scheduler_options.clone(),
             worker_init: p.worker_init.clone(),
             log_dir: dir.join("blocks").display().to_string(),
+            exclusive: p.exclusive,
+            memory: p.memory.clone(),
+            gpus: p.gpus.clone(),
+            qos: p.qos.clone(),
+            constraint: p.constraint.clone(),
             ..Default::default()
         },
         pilot_cmd,

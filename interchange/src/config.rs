@@ -131,6 +131,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// The launchers the built-in templates know.
+pub const LAUNCHERS: &[&str] = &["srun", "mpiexec", "aprun", "single-node"];
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
@@ -150,6 +153,16 @@ pub struct ProviderConfig {
     pub scheduler_options: String,
     pub worker_init: String,
     pub template: String,
+    /// Whole nodes for each block (`--exclusive`, `-l naccesspolicy=singlejob`).
+    pub exclusive: bool,
+    /// Memory per node, as the scheduler writes it (`64G`); empty leaves it out.
+    pub memory: String,
+    /// GPUs per node; empty leaves it out.
+    pub gpus: String,
+    /// Quality of service; empty leaves it out.
+    pub qos: String,
+    /// Node features the scheduler must match (`--constraint`); empty leaves it out.
+    pub constraint: String,
 }
 
 impl Default for ProviderConfig {
@@ -170,6 +183,11 @@ impl Default for ProviderConfig {
             scheduler_options: String::new(),
             worker_init: String::new(),
             template: String::new(),
+            exclusive: false,
+            memory: String::new(),
+            gpus: String::new(),
+            qos: String::new(),
+            constraint: String::new(),
         }
     }
 }
@@ -241,6 +259,14 @@ impl EndpointConfig {
             .map_err(|e| format!("engine.heartbeat_threshold: {e}"))?;
         parse_duration(&self.provider.max_idletime)
             .map_err(|e| format!("provider.max_idletime: {e}"))?;
+        // Found now rather than when the first block is submitted.
+        if !LAUNCHERS.contains(&self.provider.launcher.as_str()) {
+            return Err(format!(
+                "provider.launcher: `{}` is not one fxr knows ({})",
+                self.provider.launcher,
+                LAUNCHERS.join(", ")
+            ));
+        }
         parse_duration(&self.engine.worker_max_idletime)
             .map_err(|e| format!("engine.worker_max_idletime: {e}"))?;
         parse_duration(&self.engine.cold_routing_interval)
@@ -309,6 +335,13 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("engine.result_inline_max"));
+        let c: EndpointConfig =
+            toml::from_str("name = \"x\"\n[provider]\nlauncher = \"mpirun\"\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("provider.launcher") && e.contains("mpirun") && e.contains("srun"),
+            "{e}"
+        );
     }
 
     #[test]
