@@ -21,6 +21,9 @@ from .client import Client, MPIFunction, ShellFunction, TaskFailed, encode_args
 Fn = Union[Callable, ShellFunction, MPIFunction, str]
 
 
+# Most result ids kept while their submissions' answers are awaited.
+_MAX_EARLY = 100_000
+
 # One condition for every future's task id: ids are set a batch at a time, so one wake-up per
 # batch instead of one event per future.
 _IDS = threading.Condition()
@@ -117,8 +120,10 @@ class Executor(concurrent.futures.Executor):
         # The registered objects themselves, so an id() is never reused by another object.
         self._keep: List[Any] = []
         self._register_lock = threading.Lock()
-        # Results that arrived before their submission's answer was read.
-        self._early: set = set()
+        # Results that arrived before their submission's answer was read (or of tasks that
+        # are not this executor's: the stream carries all of the caller's), newest last,
+        # bounded: an id is looked up only just after its submission.
+        self._early: Dict[int, None] = {}
         self._futures: Dict[int, TaskFuture] = {}
         self._lock = threading.Lock()
         # Submissions waiting for the sender: a deque (appends are atomic) and an event that
@@ -243,11 +248,17 @@ class Executor(concurrent.futures.Executor):
         with _IDS:
             _IDS.notify_all()
         # A result may have arrived before the id was known: ask for those once.
-        early = [tid for tid in ids if tid in self._early]
+        with self._lock:
+            early = [tid for tid in ids if tid in self._early]
         if early:
             self._catch_up(early)
 
     # Results.
+
+    def _note_early(self, tid: int) -> None:
+        self._early[tid] = None
+        while len(self._early) > _MAX_EARLY:
+            self._early.pop(next(iter(self._early)))
 
     def _resolve_all(self, infos: List[dict]) -> None:
         """Resolves a group of results, taking the lock once."""
@@ -255,7 +266,7 @@ class Executor(concurrent.futures.Executor):
             found = [(info, self._futures.pop(info["id"], None)) for info in infos]
             for info, fut in found:
                 if fut is None:
-                    self._early.add(info["id"])
+                    self._note_early(info["id"])
         for info, fut in found:
             if fut is None or fut._state != concurrent.futures._base.PENDING:
                 continue
@@ -270,7 +281,7 @@ class Executor(concurrent.futures.Executor):
             fut = self._futures.pop(tid, None)
             if fut is None:
                 # Not ours, or its submission's answer has not been read yet.
-                self._early.add(tid)
+                self._note_early(tid)
                 return
         if fut._state != concurrent.futures._base.PENDING:
             return
@@ -286,7 +297,8 @@ class Executor(concurrent.futures.Executor):
             got = self.client.http.request("POST", "/v1/tasks/query", {"ids": ids[start : start + 10000]})
             for info in got["tasks"]:
                 if info["state"] in ("succeeded", "failed"):
-                    self._early.discard(info["id"])
+                    with self._lock:
+                        self._early.pop(info["id"], None)
                     self._resolve(info)
 
     def _follow(self) -> None:
