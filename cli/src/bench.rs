@@ -421,10 +421,7 @@ pub(crate) fn endpoint_with(
         container_runtimes: Vec::new(),
         simulate_cold_start: Vec::new(),
         store_dir: None,
-        store_capacity: 1 << 30,
-        store_ttl: None,
-        result_inline_max: 1 << 20,
-        python: None,
+        node: crate::opts::NodeArgs::default(),
         block_nodes: 1,
     };
     adjust(&mut args);

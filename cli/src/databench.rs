@@ -365,7 +365,7 @@ pub fn mapreduce(a: MapReduceArgs, json: bool) -> anyhow::Result<u8> {
     let store = shm_dir("mapreduce")?;
     let (ep, workers) = crate::bench::endpoint_with(&common, |s| {
         s.store_dir = Some(store.path().join("store"));
-        s.store_capacity = 16 << 30;
+        s.node.store_capacity = 16 << 30;
     })?;
     let mut door = ep.interchange.local_client();
     let outcome = (|| -> anyhow::Result<serde_json::Value> {

@@ -108,19 +108,8 @@ pub struct StartArgs {
     /// ad-hoc endpoint); removed when the endpoint stops.
     #[arg(long)]
     pub store_dir: Option<std::path::PathBuf>,
-    /// The object store's capacity in bytes.
-    #[arg(long, default_value_t = 1 << 30)]
-    pub store_capacity: u64,
-    /// Objects older than this are removed from each node's store (kept until evicted when
-    /// absent).
-    #[arg(long, value_parser = crate::opts::duration)]
-    pub store_ttl: Option<Duration>,
-    /// Results larger than this many bytes stay in the node's store and travel by reference.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub result_inline_max: u64,
-    /// The Python interpreter workers start for Python functions (default: python3).
-    #[arg(long)]
-    pub python: Option<String>,
+    #[command(flatten)]
+    pub node: crate::opts::NodeArgs,
     /// Nodes per block (set from the provider's `nodes_per_block`; local blocks have one).
     #[arg(skip = 1u32)]
     pub block_nodes: u32,
@@ -402,19 +391,8 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         ep.interchange.manager_port(),
         a.prefetch,
     )?;
-    pilot_cmd.push_str(&format!(
-        " --managers {} --store {} --store-capacity {}",
-        a.managers,
-        fxr_pilot::exec::shell_quote(&store_dir.to_string_lossy()),
-        a.store_capacity
-    ));
-    if let Some(t) = a.store_ttl {
-        pilot_cmd.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
-    }
-    pilot_cmd.push_str(&format!(" --result-inline-max {}", a.result_inline_max));
-    if let Some(py) = &a.python {
-        pilot_cmd.push_str(&format!(" --python {}", fxr_pilot::exec::shell_quote(py)));
-    }
+    pilot_cmd.push_str(&format!(" --managers {}", a.managers));
+    pilot_cmd.push_str(&a.node.pilot_flags(&store_dir));
     if let Some(w) = a.workers_per_node {
         pilot_cmd.push_str(&format!(" --workers {w}"));
     }
@@ -558,20 +536,19 @@ fn from_config(
             .collect(),
         simulate_cold_start: e.simulate_cold_start.clone(),
         store_dir: e.store_dir.clone().map(std::path::PathBuf::from),
-        store_capacity: e.store_capacity,
-        result_inline_max: e.result_inline_max,
-        python: a.python.clone().or_else(|| cfg.python.executable.clone()),
+        node: crate::opts::NodeArgs {
+            python: a
+                .node
+                .python
+                .clone()
+                .or_else(|| cfg.python.executable.clone()),
+            ..crate::opts::NodeArgs::from_config(cfg)?
+        },
         block_nodes: if local {
             1
         } else {
             cfg.provider.nodes_per_block.max(1)
         },
-        store_ttl: e
-            .store_ttl
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
         max_retries: e.max_retries,
         heartbeat_period: parse_duration(&e.heartbeat_period).map_err(anyhow::Error::msg)?,
         heartbeat_threshold: parse_duration(&e.heartbeat_threshold).map_err(anyhow::Error::msg)?,
@@ -721,22 +698,7 @@ pub fn start_scaler(
         || configured_store_dir(&cfg.name, dir),
         std::path::PathBuf::from,
     );
-    pilot_cmd.push_str(&format!(
-        " --store {} --store-capacity {}",
-        fxr_pilot::exec::shell_quote(&store.to_string_lossy()),
-        cfg.engine.store_capacity
-    ));
-    if let Some(t) = &cfg.engine.store_ttl {
-        let t = fxr_interchange::config::parse_duration(t).map_err(anyhow::Error::msg)?;
-        pilot_cmd.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
-    }
-    pilot_cmd.push_str(&format!(
-        " --result-inline-max {}",
-        cfg.engine.result_inline_max
-    ));
-    if let Some(py) = &cfg.python.executable {
-        pilot_cmd.push_str(&format!(" --python {}", fxr_pilot::exec::shell_quote(py)));
-    }
+    pilot_cmd.push_str(&crate::opts::NodeArgs::from_config(cfg)?.pilot_flags(&store));
     if p.launcher != "single-node" {
         pilot_cmd.push_str(" --mpi");
     }

@@ -107,6 +107,72 @@ impl FunctionArgs {
     }
 }
 
+/// What each node's manager is told about its store and its workers' interpreter: the same
+/// flags on `fxr endpoint start --local` and on `fxr pilot`, which the endpoint passes on.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The object store's capacity in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub store_capacity: u64,
+    /// Objects older than this are removed from each node's store (kept until evicted when
+    /// absent).
+    #[arg(long, value_parser = duration)]
+    pub store_ttl: Option<Duration>,
+    /// Results larger than this many bytes stay in the node's store and travel by reference.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub result_inline_max: u64,
+    /// The Python interpreter workers start for Python functions (default: python3).
+    #[arg(long)]
+    pub python: Option<String>,
+}
+
+impl Default for NodeArgs {
+    fn default() -> Self {
+        NodeArgs {
+            store_capacity: 1 << 30,
+            store_ttl: None,
+            result_inline_max: 1 << 20,
+            python: None,
+        }
+    }
+}
+
+impl NodeArgs {
+    /// The settings of a configured endpoint (`[engine]`, `[python]`).
+    pub fn from_config(cfg: &fxr_interchange::config::EndpointConfig) -> anyhow::Result<NodeArgs> {
+        let e = &cfg.engine;
+        Ok(NodeArgs {
+            store_capacity: e.store_capacity,
+            store_ttl: e
+                .store_ttl
+                .as_deref()
+                .map(duration)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            result_inline_max: e.result_inline_max,
+            python: cfg.python.executable.clone(),
+        })
+    }
+
+    /// The `fxr pilot` flags that hand these settings, and the store at `store`, to a node.
+    pub fn pilot_flags(&self, store: &std::path::Path) -> String {
+        let quote = fxr_pilot::exec::shell_quote;
+        let mut f = format!(
+            " --store {} --store-capacity {} --result-inline-max {}",
+            quote(&store.to_string_lossy()),
+            self.store_capacity,
+            self.result_inline_max
+        );
+        if let Some(t) = self.store_ttl {
+            f.push_str(&format!(" --store-ttl {}ms", t.as_millis()));
+        }
+        if let Some(py) = &self.python {
+            f.push_str(&format!(" --python {}", quote(py)));
+        }
+        f
+    }
+}
+
 /// Largest Python source accepted, in bytes.
 const MAX_PYTHON_SOURCE: u64 = 1 << 20;
 

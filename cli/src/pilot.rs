@@ -44,18 +44,8 @@ pub struct PilotArgs {
     /// and workers of this node (none when absent).
     #[arg(long)]
     pub store: Option<std::path::PathBuf>,
-    /// The store's capacity in bytes.
-    #[arg(long, default_value_t = 1 << 30)]
-    pub store_capacity: u64,
-    /// Objects older than this are removed from the store (kept until evicted when absent).
-    #[arg(long, value_parser = crate::opts::duration)]
-    pub store_ttl: Option<Duration>,
-    /// Results larger than this many bytes stay in the store and travel by reference.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub result_inline_max: u64,
-    /// The Python interpreter workers start for Python functions (default: python3).
-    #[arg(long)]
-    pub python: Option<String>,
+    #[command(flatten)]
+    pub node: crate::opts::NodeArgs,
     /// Where the node's data service listens for peers (default: loopback when the
     /// interchange is on this machine, all interfaces otherwise).
     #[arg(long)]
@@ -126,12 +116,12 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
             mode: mode.clone(),
             heartbeat_period: Duration::from_secs(5),
             give_up_after: a.give_up_after,
-            python: a.python.clone(),
+            python: a.node.python.clone(),
             store: a.store.as_ref().map(|root| fxr_pilot::StoreConfig {
                 root: root.clone(),
-                capacity: a.store_capacity,
-                ttl: a.store_ttl,
-                inline_max: a.result_inline_max,
+                capacity: a.node.store_capacity,
+                ttl: a.node.store_ttl,
+                inline_max: a.node.result_inline_max,
                 listen: a.data_listen.clone().unwrap_or_else(|| {
                     let local =
                         a.interchange.contains("127.0.0.1") || a.interchange.contains("localhost");

@@ -34,13 +34,6 @@ pub fn default_store_dir(name: Option<&str>) -> std::path::PathBuf {
 /// The default store of the configured endpoint `name` kept in `dir`.
 pub fn configured_store_dir(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    // FNV-1a: stable across runs and builds, which the standard hasher does not promise.
-    let hash = dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = fxr_protocol::fnv1a(dir.as_os_str().as_encoded_bytes().iter().copied());
     default_store_dir(Some(&format!("{name}-{:08x}", hash as u32)))
 }

@@ -547,16 +547,10 @@ fn the_command_line_registers_python_and_mpi_functions_and_lists_them_by_kind() 
             &format!("{}:twice", src.display()),
         ],
     ] {
-        let out = w
-            .fxr("alice", &token)
-            .args(["function", "register"])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        support::succeed(
+            w.fxr("alice", &token)
+                .args(["function", "register"])
+                .args(&args),
         );
     }
     let out = w

@@ -126,7 +126,7 @@ fn large_tasks_queued_while_the_endpoint_is_down_are_sent_in_messages_that_fit()
     let _broker = w.broker(&[]);
     let ep = w.create_endpoint("alice", &alice, "a", 2);
     // Results travel whole (over the link, cut into messages), not by reference.
-    w.configure_engine("alice", "a", "result_inline_max", "10485760");
+    w.configure("alice", "a", "engine", "result_inline_max", "10485760");
     let f = echo(&w, &alice);
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -147,7 +147,7 @@ fn large_tasks_back_to_back_do_not_deadlock_the_link() {
     let alice = w.user("alice");
     let _broker = w.broker(&[]);
     let ep = w.create_endpoint("alice", &alice, "a", 2);
-    w.configure_engine("alice", "a", "result_inline_max", "10485760");
+    w.configure("alice", "a", "engine", "result_inline_max", "10485760");
     let _endpoint = w.endpoint("alice", &alice, "a");
     wait_connected(&w.url, &alice, &ep);
     let f = echo(&w, &alice);

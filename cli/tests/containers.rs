@@ -52,12 +52,7 @@ impl Image {
         if podman {
             c.args(["--podman", &name]);
         }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::succeed(&mut c);
         assert!(dir.join("etc/fxr-image").is_file());
         Image {
             dir,
@@ -114,17 +109,11 @@ fn functions_registered_with_each_runtime_run_inside_its_container() {
     let mut tasks = Vec::new();
     for (label, _, container) in &cases {
         // Registered through the command line, as a user would.
-        let out = w
-            .fxr("alice", &token)
-            .args(["function", "register", "--name", label])
-            .args(["--shell", "cat /etc/fxr-image; echo type=$FXR_T"])
-            .args(["--container", container])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = support::succeed(
+            w.fxr("alice", &token)
+                .args(["function", "register", "--name", label])
+                .args(["--shell", "cat /etc/fxr-image; echo type=$FXR_T"])
+                .args(["--container", container]),
         );
         let fid = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let (s, v) = support::broker_world::call(
@@ -319,20 +308,15 @@ fn a_container_that_cannot_start_fails_with_container_error_and_the_runtimes_mes
 }
 
 fn routing(image: &Path, policy: &str, types: usize, functions: usize) -> Value {
-    let out = Command::new(FXR)
-        .args(["--output", "json", "bench", "routing", "--mode", "real"])
-        .args(["--runtime", "bwrap", "--image"])
-        .arg(image)
-        .args(["--policy", policy, "--container-types", &types.to_string()])
-        .args(["--functions", &functions.to_string()])
-        .args(["--managers", "2", "--workers", "2", "--duration-ms", "30"])
-        .args(["--cold-routing-interval", "200ms"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::succeed(
+        Command::new(FXR)
+            .args(["--output", "json", "bench", "routing", "--mode", "real"])
+            .args(["--runtime", "bwrap", "--image"])
+            .arg(image)
+            .args(["--policy", policy, "--container-types", &types.to_string()])
+            .args(["--functions", &functions.to_string()])
+            .args(["--managers", "2", "--workers", "2", "--duration-ms", "30"])
+            .args(["--cold-routing-interval", "200ms"]),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -528,15 +528,10 @@ fn sigterm_to_the_endpoint_drains_and_leaves_nothing_behind() {
 
 #[test]
 fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
-    let out = std::process::Command::new(support::FXR)
-        .args(["bench", "latency", "--tasks", "5", "--workers", "1"])
-        .env("FXR_LOG", "info")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::succeed(
+        std::process::Command::new(support::FXR)
+            .args(["bench", "latency", "--tasks", "5", "--workers", "1"])
+            .env("FXR_LOG", "info"),
     );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("INFO"), "info logs were written: {log}");

@@ -60,16 +60,11 @@ fn a_large_result_comes_back_by_reference_through_the_front_door() {
     assert_eq!(stored_results(&store).len(), 1);
     // --output FILE writes the value, read from the node's store through the front door.
     let file = tmp.path().join("value.json");
-    let out = std::process::Command::new(support::FXR)
-        .args(["run", "--endpoint", &ep.addr, "--timeout", "60s"])
-        .args(["--shell", &cmd, "--output"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::succeed(
+        std::process::Command::new(support::FXR)
+            .args(["run", "--endpoint", &ep.addr, "--timeout", "60s"])
+            .args(["--shell", &cmd, "--output"])
+            .arg(&file),
     );
     let v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(v["stdout"].as_str().unwrap().len(), n);
@@ -89,14 +84,13 @@ fn a_large_result_is_fetched_whole_through_the_broker_and_a_corrupt_one_is_refus
     let ep = w.create_endpoint("alice", &token, "ep", 1);
     // This test's own store directory, so it can find and corrupt the object.
     let store = w.dir.path().join("store");
-    let toml = w.home("alice").join("endpoints/ep/endpoint.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let text = text.replacen(
-        "[engine]",
-        &format!("[engine]\nstore_dir = {:?}", store.to_str().unwrap()),
-        1,
+    w.configure(
+        "alice",
+        "ep",
+        "engine",
+        "store_dir",
+        &format!("{:?}", store.to_str().unwrap()),
     );
-    std::fs::write(&toml, text).unwrap();
     let _endpoint = w.endpoint("alice", &token, "ep");
     wait_connected(&w.url, &token, &ep);
     let n = 5_000_000;
@@ -151,16 +145,10 @@ fn a_large_result_is_fetched_whole_through_the_broker_and_a_corrupt_one_is_refus
     assert!(v["stdout"].as_str().unwrap().bytes().all(|b| b == b'a'));
     // `fxr result --output FILE` writes the same bytes.
     let file = w.dir.path().join("big.json");
-    let out = w
-        .fxr("alice", &token)
-        .args(["result", &ids[0].to_string(), "--output"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::succeed(
+        w.fxr("alice", &token)
+            .args(["result", &ids[0].to_string(), "--output"])
+            .arg(&file),
     );
     assert_eq!(std::fs::read(&file).unwrap(), body);
     // A result that came back whole has no stored data; the error says where it is.

@@ -39,7 +39,13 @@ fn the_python_sdk_suite_passes_against_a_real_broker_and_endpoint() {
     let token = w.user("alice");
     let ep = w.create_endpoint("alice", &token, "sdk", 2);
     // The workers' interpreter is the test environment's, which has NumPy.
-    w.configure_python("alice", "sdk", python.to_str().unwrap());
+    w.configure(
+        "alice",
+        "sdk",
+        "python",
+        "executable",
+        &format!("{:?}", python.to_str().unwrap()),
+    );
     let _endpoint = w.endpoint("alice", &token, "sdk");
     wait_connected(&w.url, &token, &ep);
     let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
@@ -52,16 +58,11 @@ fn the_python_sdk_suite_passes_against_a_real_broker_and_endpoint() {
         "FXR_REQUIRE_CONTAINERS is set but bwrap is not installed"
     );
     if containers {
-        let out = std::process::Command::new(support::FXR)
-            .args(["container", "image"])
-            .arg(&rootfs)
-            .args(["--label", "sdk-python-image", "--python"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        support::succeed(
+            std::process::Command::new(support::FXR)
+                .args(["container", "image"])
+                .arg(&rootfs)
+                .args(["--label", "sdk-python-image", "--python"]),
         );
     }
     let mut pytest = std::process::Command::new(&python);

@@ -57,40 +57,19 @@ impl Read for ChunkReader<'_> {
                 offset: self.offset,
                 len: CHUNK.min(self.r.size - self.offset),
             };
-            let fail = |e: String, slot: &mut Option<String>| {
-                *slot = Some(e.clone());
-                std::io::Error::other(e)
-            };
-            match (self.call)(&req) {
-                Ok(Reply::Chunk {
-                    size,
-                    checksum,
-                    offset,
-                    bytes,
-                }) => {
-                    if size != self.r.size || checksum != self.r.checksum {
-                        return Err(fail(
-                            format!(
-                                "{} changed at {}: now {size} bytes, checksum {checksum:08x}",
-                                self.r.key, self.r.node
-                            ),
-                            &mut self.error,
-                        ));
-                    }
-                    if offset != self.offset || bytes.is_empty() {
-                        return Err(fail(
-                            format!("{} sent a chunk out of order", self.r.node),
-                            &mut self.error,
-                        ));
-                    }
+            let chunk = (self.call)(&req)
+                .map_err(|e| format!("{}: {e}", self.r.node))
+                .and_then(|reply| self.r.accept(reply, req.offset, req.len));
+            match chunk {
+                Ok(bytes) => {
                     self.offset += bytes.len() as u64;
                     self.buf = bytes;
                     self.pos = 0;
                 }
-                Ok(Reply::Error(e)) => {
-                    return Err(fail(format!("{}: {e}", self.r.node), &mut self.error))
+                Err(e) => {
+                    self.error = Some(e.clone());
+                    return Err(std::io::Error::other(e));
                 }
-                Err(e) => return Err(fail(format!("{}: {e}", self.r.node), &mut self.error)),
             }
         }
         let n = out.len().min(self.buf.len() - self.pos);

@@ -95,7 +95,6 @@ pub fn fetch(
     out: &mut dyn io::Write,
     timeout: Duration,
 ) -> io::Result<u64> {
-    use fxr_protocol::DataReply;
     let mut hasher = crc32fast::Hasher::new();
     let mut offset = 0u64;
     while offset < r.size {
@@ -120,31 +119,10 @@ pub fn fetch(
                 None => {}
             }
         };
-        match reply {
-            DataReply::Error(e) => return Err(io::Error::other(e)),
-            DataReply::Chunk {
-                size,
-                checksum,
-                offset: at,
-                bytes,
-            } => {
-                if size != r.size || checksum != r.checksum {
-                    return Err(io::Error::other(format!(
-                        "{} changed: now {size} bytes, checksum {checksum:08x}",
-                        r.key
-                    )));
-                }
-                if at != offset || bytes.is_empty() || bytes.len() as u64 > len {
-                    return Err(io::Error::other(format!(
-                        "{} came back out of order",
-                        r.key
-                    )));
-                }
-                hasher.update(&bytes);
-                out.write_all(&bytes)?;
-                offset += bytes.len() as u64;
-            }
-        }
+        let bytes = r.accept(reply, offset, len).map_err(io::Error::other)?;
+        hasher.update(&bytes);
+        out.write_all(&bytes)?;
+        offset += bytes.len() as u64;
     }
     let sum = hasher.finalize();
     if sum != r.checksum {

@@ -13,7 +13,7 @@ pub mod messages;
 pub mod metrics;
 pub mod task;
 
-pub use data::{DataRef, DataReply, DataRequest, DATA_CHUNK};
+pub use data::{fnv1a, DataRef, DataReply, DataRequest, DATA_CHUNK};
 pub use frame::{
     decode, decode_body, encode, encode_into, parse_header, read_frame, FrameError,
     FRAME_HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,

@@ -104,13 +104,7 @@ impl PythonSpec {
     /// An identity for `source` and `entry` (FNV-1a of both): the same function always gets the
     /// same id, on every endpoint, so workers may keep it compiled under that id.
     pub fn identity(source: &str, entry: &str) -> String {
-        let h = source
-            .bytes()
-            .chain([0])
-            .chain(entry.bytes())
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let h = crate::fnv1a(source.bytes().chain([0]).chain(entry.bytes()));
         format!("py-{h:016x}")
     }
 }

@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fxr_protocol::{DataRef, DataReply};
+use fxr_protocol::DataRef;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,29 +131,10 @@ async fn next_chunk(
         return Ok(Vec::new());
     }
     let len = CHUNK.min(r.size - offset);
-    match broker
+    let reply = broker
         .fetch_chunk(endpoint, r, offset, len, CHUNK_WAIT)
         .await
-        .map_err(unavailable)?
-    {
-        DataReply::Error(e) => Err(bad_gateway(format!(
-            "the endpoint could not read the result: {e}"
-        ))),
-        DataReply::Chunk {
-            size,
-            checksum,
-            offset: at,
-            bytes,
-        } => {
-            if size != r.size || checksum != r.checksum {
-                Err(bad_gateway(format!(
-                    "the stored result changed: now {size} bytes, checksum {checksum:08x}"
-                )))
-            } else if at != offset || bytes.is_empty() || bytes.len() as u64 > len {
-                Err(bad_gateway("the endpoint sent a chunk out of order".into()))
-            } else {
-                Ok(bytes)
-            }
-        }
-    }
+        .map_err(unavailable)?;
+    r.accept(reply, offset, len)
+        .map_err(|e| bad_gateway(format!("the endpoint could not read the result: {e}")))
 }

@@ -108,42 +108,30 @@ impl World {
         Proc(p)
     }
 
-    /// Sets `key = value` (for example `result_inline_max`, `10485760`) in the `[engine]` table
-    /// of a created endpoint's `endpoint.toml`.
-    pub fn configure_engine(&self, user: &str, name: &str, key: &str, value: &str) {
+    /// Sets `key = value` (a TOML value: `10485760`, `"/path"`) in table `[table]` of a created
+    /// endpoint's `endpoint.toml`, replacing the key if it is there.
+    pub fn configure(&self, user: &str, name: &str, table: &str, key: &str, value: &str) {
         let toml = self
             .home(user)
             .join("endpoints")
             .join(name)
             .join("endpoint.toml");
         let text = std::fs::read_to_string(&toml).unwrap();
-        assert!(text.contains("[engine]"), "{text}");
-        let kept: Vec<&str> = text
+        let mut lines: Vec<String> = text
             .lines()
             .filter(|l| !l.trim_start().starts_with(&format!("{key} =")))
+            .map(str::to_string)
             .collect();
-        let text = kept
-            .join("\n")
-            .replacen("[engine]", &format!("[engine]\n{key} = {value}"), 1);
-        std::fs::write(&toml, text).unwrap();
-    }
-
-    /// Sets the `[python] executable` of a created endpoint.
-    pub fn configure_python(&self, user: &str, name: &str, executable: &str) {
-        let toml = self
-            .home(user)
-            .join("endpoints")
-            .join(name)
-            .join("endpoint.toml");
-        let text = std::fs::read_to_string(&toml).unwrap();
-        assert!(!text.contains("executable ="), "{text}");
-        let line = format!("[python]\nexecutable = {executable:?}\n");
-        let text = if text.contains("[python]\n") {
-            text.replacen("[python]\n", &line, 1)
-        } else {
-            format!("{text}\n{line}")
+        let header = format!("[{table}]");
+        let at = match lines.iter().position(|l| l.trim() == header) {
+            Some(i) => i + 1,
+            None => {
+                lines.push(header);
+                lines.len()
+            }
         };
-        std::fs::write(&toml, text).unwrap();
+        lines.insert(at, format!("{key} = {value}"));
+        std::fs::write(&toml, lines.join("\n") + "\n").unwrap();
     }
 
     pub fn create_endpoint(&self, user: &str, token: &str, name: &str, workers: u32) -> String {

@@ -10,6 +10,18 @@ use std::time::{Duration, Instant};
 
 pub const FXR: &str = env!("CARGO_BIN_EXE_fxr");
 
+/// Runs `cmd` to the end and asserts that it succeeded, showing its stderr if not.
+pub fn succeed(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Polls `f` until it holds or `limit` passes; whether it held.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -40,6 +40,21 @@ def pid():
     return os.getpid()
 
 
+def failure_of(client, task_id, limit=60.0):
+    """The TaskFailed a task ends with; fails the test if it succeeds or never finishes."""
+    deadline = time.time() + limit
+    while True:
+        try:
+            value = client.get_result(task_id)
+        except TaskPending:
+            assert time.time() < deadline, f"task {task_id} did not finish in {limit} s"
+            time.sleep(0.05)
+            continue
+        except TaskFailed as e:
+            return e
+        pytest.fail(f"task {task_id} succeeded with {value!r}")
+
+
 def test_a_submitted_function_returns_its_value_and_has_a_task_id(executor):
     fut = executor.submit(add, 2, b=3)
     assert fut.result(timeout=60) == 5
@@ -142,19 +157,9 @@ def test_a_syntax_error_is_reported_when_the_worker_loads_the_function(client, e
         "entry": "broken",
     }
     fid = client.http.request("POST", "/v1/functions", body)["id"]
-    tid = client.run(fid, endpoint)
-    deadline = time.time() + 60
-    while True:
-        try:
-            client.get_result(tid)
-            pytest.fail("a broken function ran")
-        except TaskPending:
-            assert time.time() < deadline
-            time.sleep(0.05)
-        except TaskFailed as e:
-            assert e.kind == "function_error"
-            assert "syntax error" in str(e) and "SyntaxError" in str(e)
-            break
+    e = failure_of(client, client.run(fid, endpoint))
+    assert e.kind == "function_error"
+    assert "syntax error" in str(e) and "SyntaxError" in str(e)
 
 
 def test_pickles_across_python_versions_are_refused_with_both_versions_named(client, endpoint):
@@ -169,18 +174,8 @@ def test_pickles_across_python_versions_are_refused_with_both_versions_named(cli
     }
     fid = client.http.request("POST", "/v1/functions", body)["id"]
     pickled = Client(serializer="pickle")
-    tid = pickled.run(fid, endpoint, 1, 2)
-    deadline = time.time() + 60
-    while True:
-        try:
-            pickled.get_result(tid)
-            pytest.fail("a pickle crossed Python versions")
-        except TaskPending:
-            assert time.time() < deadline
-            time.sleep(0.05)
-        except TaskFailed as e:
-            assert "2.7.18" in str(e) and "same Python" in str(e)
-            break
+    e = failure_of(pickled, pickled.run(fid, endpoint, 1, 2))
+    assert "2.7.18" in str(e) and "same Python" in str(e)
 
 
 def test_bad_input_is_a_clear_error(client, endpoint):
