@@ -163,6 +163,16 @@ pub struct ProviderConfig {
     pub qos: String,
     /// Node features the scheduler must match (`--constraint`); empty leaves it out.
     pub constraint: String,
+    /// Blocks that fail in a row (refused, failed or never started) before the endpoint gives
+    /// up submitting.
+    pub max_failures: u32,
+    /// After giving up, try one block again after this long.
+    pub retry_after: String,
+    /// Once the endpoint has given up for this long and has no manager left, queued tasks fail
+    /// (`endpoint_unavailable`, with the scheduler's message) instead of waiting.
+    pub fail_tasks_after: String,
+    /// A block not running within this long is cancelled and counts as a failure.
+    pub pending_timeout: String,
 }
 
 impl Default for ProviderConfig {
@@ -188,7 +198,44 @@ impl Default for ProviderConfig {
             gpus: String::new(),
             qos: String::new(),
             constraint: String::new(),
+            max_failures: 3,
+            retry_after: "5m".into(),
+            fail_tasks_after: "2m".into(),
+            pending_timeout: "10m".into(),
         }
+    }
+}
+
+/// When the endpoint stops trying to start blocks, and what happens to tasks then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureLimits {
+    pub max_failures: u32,
+    pub retry_after: Duration,
+    pub fail_tasks_after: Duration,
+    pub pending_timeout: Duration,
+}
+
+impl Default for FailureLimits {
+    fn default() -> Self {
+        ProviderConfig::default().limits().unwrap_or(FailureLimits {
+            max_failures: 3,
+            retry_after: Duration::from_secs(300),
+            fail_tasks_after: Duration::from_secs(120),
+            pending_timeout: Duration::from_secs(600),
+        })
+    }
+}
+
+impl ProviderConfig {
+    /// `max_failures`, `retry_after`, `fail_tasks_after` and `pending_timeout`, parsed.
+    pub fn limits(&self) -> Result<FailureLimits, String> {
+        let d = |key: &str, v: &str| parse_duration(v).map_err(|e| format!("provider.{key}: {e}"));
+        Ok(FailureLimits {
+            max_failures: self.max_failures.max(1),
+            retry_after: d("retry_after", &self.retry_after)?,
+            fail_tasks_after: d("fail_tasks_after", &self.fail_tasks_after)?,
+            pending_timeout: d("pending_timeout", &self.pending_timeout)?,
+        })
     }
 }
 
@@ -257,8 +304,17 @@ impl EndpointConfig {
             .map_err(|e| format!("engine.heartbeat_period: {e}"))?;
         parse_duration(&self.engine.heartbeat_threshold)
             .map_err(|e| format!("engine.heartbeat_threshold: {e}"))?;
-        parse_duration(&self.provider.max_idletime)
-            .map_err(|e| format!("provider.max_idletime: {e}"))?;
+        for (key, value) in [
+            ("max_idletime", &self.provider.max_idletime),
+            ("retry_after", &self.provider.retry_after),
+            ("fail_tasks_after", &self.provider.fail_tasks_after),
+            ("pending_timeout", &self.provider.pending_timeout),
+        ] {
+            parse_duration(value).map_err(|e| format!("provider.{key}: {e}"))?;
+        }
+        if self.provider.max_failures == 0 {
+            return Err("provider.max_failures must be at least 1".into());
+        }
         // Found now rather than when the first block is submitted.
         if !LAUNCHERS.contains(&self.provider.launcher.as_str()) {
             return Err(format!(

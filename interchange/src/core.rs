@@ -92,7 +92,7 @@ pub(crate) struct Core<C: Comm> {
     next_task: u64,
     shutting_down: Option<Instant>,
     frame: Vec<u8>,
-    provider_summary: String,
+    provider: fxr_protocol::ProviderStatus,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -113,7 +113,7 @@ impl<C: Comm> Core<C> {
             next_task: 1,
             shutting_down: None,
             frame: Vec::with_capacity(4096),
-            provider_summary: String::new(),
+            provider: fxr_protocol::ProviderStatus::default(),
             metrics,
         }
     }
@@ -339,7 +339,8 @@ impl<C: Comm> Core<C> {
                     .collect();
                 self.dispatcher.cancel(&ours, out);
             }
-            ClientMsg::ProviderReport { summary } => self.provider_summary = summary,
+            ClientMsg::ProviderReport { report } => self.provider = report,
+            ClientMsg::FailQueued { reason } => self.dispatcher.fail_queued(&reason, out),
             ClientMsg::Fetch { .. } => self.reply(
                 client,
                 FrontMsg::Error {
@@ -380,7 +381,7 @@ impl<C: Comm> Core<C> {
         let c = self.dispatcher.counters();
         EndpointStatus {
             managers: self.dispatcher.manager_status(),
-            provider: self.provider_summary.clone(),
+            provider: self.provider.clone(),
             queued: self.dispatcher.queued() as u64,
             running: self.dispatcher.in_flight() as u64,
             completed: c.completed,

@@ -5,7 +5,7 @@
 use crate::client;
 use crate::links::front::{FrontDoor, LocalClient};
 use crate::providers::template::{render, ScriptVars};
-use crate::providers::BatchProvider;
+use crate::providers::{BatchProvider, ProviderError};
 use crate::strategy::{Action, BlockLoad, Strategy, StrategyConfig};
 use fxr_protocol::ClientMsg;
 use std::collections::BTreeMap;
@@ -34,6 +34,9 @@ pub struct ScalerConfig {
     pub poll: Duration,
     /// Where to publish block counts.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Once the strategy has given up starting blocks for this long and no manager is left,
+    /// queued tasks fail with the scheduler's reason instead of waiting.
+    pub fail_tasks_after: Duration,
 }
 
 /// The running loop.
@@ -128,7 +131,7 @@ fn run(
     strategy.number_after(earlier.last().copied().unwrap_or(0));
     prune_blocks(&cfg.dir, &cfg.name, &earlier);
     let mut last_poll = Instant::now() - cfg.poll;
-    let mut last_summary = String::new();
+    let mut gave_up = false;
     while !stop.load(Ordering::Relaxed) {
         let Ok(status) = client::status(&mut door, Duration::from_secs(5)) else {
             break;
@@ -151,7 +154,7 @@ fn run(
             match provider.status(&ids) {
                 Ok(states) => {
                     for ((block, _), (_, st)) in jobs.iter().zip(states.iter()) {
-                        strategy.job_state(block, st);
+                        strategy.job_state(Instant::now(), block, st);
                     }
                 }
                 Err(e) => {
@@ -168,7 +171,7 @@ fn run(
                     }
                     Err(e) => {
                         tracing::error!(block_id = %block, provider = provider.name(), error = %e, "block submission failed");
-                        strategy.submit_failed(&block, e.to_string());
+                        strategy.submit_failed(Instant::now(), &block, e.to_string());
                     }
                 },
                 Action::Drain(block) => {
@@ -196,13 +199,27 @@ fn run(
             m.blocks_draining.store(draining, Ordering::Relaxed);
             m.block_failures.store(failures, Ordering::Relaxed);
         }
-        let summary = strategy.summary();
-        if summary != last_summary {
-            let _ = door.send(ClientMsg::ProviderReport {
-                summary: summary.clone(),
-            });
-            last_summary = summary;
+        let now = Instant::now();
+        let report = strategy.report(&cfg.kind, now, unix_ms());
+        if report.gave_up.is_some() != gave_up {
+            gave_up = report.gave_up.is_some();
+            match &report.gave_up {
+                Some(why) => tracing::error!(provider = provider.name(), "{why}"),
+                None => tracing::info!(provider = provider.name(), "submitting blocks again"),
+            }
         }
+        if let (Some(why), Some(down)) = (&report.gave_up, strategy.given_up_for(now)) {
+            if down >= cfg.fail_tasks_after && status.managers.is_empty() && status.queued > 0 {
+                tracing::warn!(
+                    tasks = status.queued,
+                    "failing queued tasks: no block can start"
+                );
+                let _ = door.send(ClientMsg::FailQueued {
+                    reason: format!("endpoint {} cannot start blocks: {why}", cfg.name),
+                });
+            }
+        }
+        let _ = door.send(ClientMsg::ProviderReport { report });
         let until = Instant::now() + cfg.tick;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
@@ -216,18 +233,68 @@ fn run(
     }
 }
 
-fn submit(
-    provider: &mut dyn BatchProvider,
-    cfg: &ScalerConfig,
-    block: &str,
-) -> Result<String, crate::providers::ProviderError> {
+/// The wall clock in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The job script of block `block`.
+pub fn render_block(cfg: &ScalerConfig, block: &str) -> Result<String, ProviderError> {
     let mut vars = cfg.vars.clone();
     vars.job_name = format!("fxr-{block}");
     vars.block_id = block.to_string();
     vars.pilot_cmd = format!("{} --block-id {block}", cfg.pilot_cmd);
-    let script = render(&cfg.kind, &cfg.launcher, cfg.template.as_deref(), &vars)?;
+    Ok(render(
+        &cfg.kind,
+        &cfg.launcher,
+        cfg.template.as_deref(),
+        &vars,
+    )?)
+}
+
+/// The id the next block of this endpoint will get.
+pub fn next_block_id(cfg: &ScalerConfig) -> String {
+    let last = earlier_blocks(&cfg.dir, &cfg.name)
+        .last()
+        .copied()
+        .unwrap_or(0);
+    format!("{}-{}", cfg.name, last + 1)
+}
+
+/// Before the endpoint says it is ready: renders the job script a block would run (so a
+/// template with an unknown variable, or one that cannot be read, is found now) and asks the
+/// scheduler whether it would accept it, without submitting. Returns the script.
+pub fn preflight(
+    provider: &mut dyn BatchProvider,
+    cfg: &ScalerConfig,
+) -> Result<String, ProviderError> {
+    let block = next_block_id(cfg);
+    let script = render_block(cfg, &block)?;
+    std::fs::create_dir_all(&cfg.dir).map_err(|source| ProviderError::Write {
+        path: cfg.dir.display().to_string(),
+        source,
+    })?;
+    // A dot file: never taken for a block's own script.
+    let path = cfg.dir.join(format!(".check-{block}.sh"));
+    std::fs::write(&path, &script).map_err(|source| ProviderError::Write {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let checked = provider.check(&path);
+    let _ = std::fs::remove_file(&path);
+    checked.map(|()| script)
+}
+
+fn submit(
+    provider: &mut dyn BatchProvider,
+    cfg: &ScalerConfig,
+    block: &str,
+) -> Result<String, ProviderError> {
+    let script = render_block(cfg, block)?;
     let path = cfg.dir.join(format!("{block}.sh"));
-    std::fs::write(&path, script).map_err(|source| crate::providers::ProviderError::Write {
+    std::fs::write(&path, script).map_err(|source| ProviderError::Write {
         path: path.display().to_string(),
         source,
     })?;

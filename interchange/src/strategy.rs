@@ -10,10 +10,13 @@
 //!   whose walltime is about to end, so no task is cut off; cancel a drained block once its
 //!   managers have gone;
 //! - a block whose job fails or vanishes before its managers register counts as a failure;
-//!   after `max_failures` failures in a row no more blocks are submitted until one succeeds.
+//!   after `max_failures` failures in a row the strategy gives up: no block is submitted until
+//!   `retry_after` has passed, then one is tried again (a block whose managers register resets
+//!   the count). Every failure is kept, with its time, for status reports.
 
 use crate::providers::JobState;
-use std::collections::BTreeMap;
+use fxr_protocol::{BlockReport, ProviderStatus, SchedulerError};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -32,7 +35,14 @@ pub struct StrategyConfig {
     /// A block still pending (no manager registered) after this long is cancelled and counted
     /// as a failure.
     pub pending_timeout: Duration,
+    /// After giving up, try one block again after this long.
+    pub retry_after: Duration,
 }
+
+/// How many scheduler errors a status report carries.
+const KEEP_ERRORS: usize = 5;
+/// How many ended blocks a status report carries.
+const KEEP_ENDED: usize = 10;
 
 /// What the endpoint sees of one block right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +71,8 @@ pub enum Phase {
 
 #[derive(Clone, Debug)]
 pub struct Block {
+    /// N of its id `NAME-N`.
+    pub number: u32,
     pub job: Option<String>,
     pub phase: Phase,
     pub submitted: Instant,
@@ -68,6 +80,8 @@ pub struct Block {
     pub idle_since: Option<Instant>,
     pub ever_registered: bool,
     pub cancel_sent: bool,
+    /// Why it failed, in the scheduler's words.
+    pub failure: Option<String>,
 }
 
 #[derive(Debug)]
@@ -77,10 +91,13 @@ pub struct Strategy {
     next: u32,
     pub blocks: BTreeMap<String, Block>,
     failures_in_a_row: u32,
-    pub last_error: Option<String>,
+    /// The scheduler's most recent errors, oldest first: when, which block, what it said.
+    errors: VecDeque<(Instant, String, String)>,
     started: bool,
     /// After a failure, no submission before this time (doubling backoff).
     hold_until: Option<Instant>,
+    /// When the strategy gave up submitting blocks (after `max_failures` in a row).
+    gave_up_at: Option<Instant>,
 }
 
 impl Strategy {
@@ -91,9 +108,10 @@ impl Strategy {
             next: 0,
             blocks: BTreeMap::new(),
             failures_in_a_row: 0,
-            last_error: None,
+            errors: VecDeque::new(),
             started: false,
             hold_until: None,
+            gave_up_at: None,
         }
     }
 
@@ -111,9 +129,19 @@ impl Strategy {
             .filter(|(_, b)| matches!(b.phase, Phase::Pending | Phase::Running))
     }
 
-    /// Whether submissions are held back after repeated failures.
+    /// Whether the strategy has given up submitting blocks after repeated failures.
     pub fn stalled(&self) -> bool {
-        self.failures_in_a_row >= self.cfg.max_failures
+        self.gave_up_at.is_some()
+    }
+
+    /// How long ago the strategy gave up, while it has.
+    pub fn given_up_for(&self, now: Instant) -> Option<Duration> {
+        self.gave_up_at.map(|t| now.saturating_duration_since(t))
+    }
+
+    /// The most recent scheduler error.
+    pub fn last_error(&self) -> Option<&str> {
+        self.errors.back().map(|(_, _, m)| m.as_str())
     }
 
     fn new_block(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -122,6 +150,7 @@ impl Strategy {
         self.blocks.insert(
             id.clone(),
             Block {
+                number: self.next,
                 job: None,
                 phase: Phase::Pending,
                 submitted: now,
@@ -129,6 +158,7 @@ impl Strategy {
                 idle_since: None,
                 ever_registered: false,
                 cancel_sent: false,
+                failure: None,
             },
         );
         out.push(Action::Submit(id));
@@ -142,31 +172,41 @@ impl Strategy {
     }
 
     /// The scheduler refused a block; `message` is its own words.
-    pub fn submit_failed(&mut self, block: &str, message: String) {
+    pub fn submit_failed(&mut self, now: Instant, block: &str, message: String) {
         if let Some(b) = self.blocks.get_mut(block) {
             b.phase = Phase::Gone;
         }
-        self.failed(Instant::now(), message);
+        self.failed(now, block, message);
     }
 
     /// A block failed: count it, keep the reason for status reports, and hold back further
-    /// submissions for a doubling delay.
-    fn failed(&mut self, now: Instant, message: String) {
+    /// submissions for a doubling delay; after `max_failures` in a row, give up.
+    fn failed(&mut self, now: Instant, block: &str, message: String) {
+        if let Some(b) = self.blocks.get_mut(block) {
+            b.failure = Some(message.clone());
+        }
         self.failures_in_a_row += 1;
-        self.last_error = Some(message);
+        if self.errors.len() == KEEP_ERRORS {
+            self.errors.pop_front();
+        }
+        self.errors.push_back((now, block.to_string(), message));
         let secs = 1u64 << self.failures_in_a_row.min(6);
         self.hold_until = Some(now + Duration::from_secs(secs));
+        if self.failures_in_a_row >= self.cfg.max_failures.max(1) && self.gave_up_at.is_none() {
+            self.gave_up_at = Some(now);
+        }
+        self.forget_ended();
     }
 
     /// The scheduler's state of a block's job.
-    pub fn job_state(&mut self, block: &str, state: &JobState) {
+    pub fn job_state(&mut self, now: Instant, block: &str, state: &JobState) {
         let Some(b) = self.blocks.get_mut(block) else {
             return;
         };
         match state {
             JobState::Running if b.phase == Phase::Pending => {
                 b.phase = Phase::Running;
-                b.running_since = Some(Instant::now());
+                b.running_since = Some(now);
             }
             JobState::Done | JobState::Failed(_) if b.phase != Phase::Gone => {
                 let never_started = !b.ever_registered && b.phase != Phase::Draining;
@@ -178,11 +218,12 @@ impl Strategy {
                         }
                         _ => format!("block {block} ended before its managers started"),
                     };
-                    self.failed(Instant::now(), message);
+                    self.failed(now, block, message);
                 }
             }
             _ => {}
         }
+        self.forget_ended();
     }
 
     /// Decides what to do given the tasks outstanding and each block's load.
@@ -200,7 +241,7 @@ impl Strategy {
                 if !b.ever_registered {
                     b.ever_registered = true;
                     self.failures_in_a_row = 0;
-                    self.last_error = None;
+                    self.gave_up_at = None;
                 }
                 if b.phase == Phase::Pending {
                     b.phase = Phase::Running;
@@ -234,7 +275,7 @@ impl Strategy {
                 "block {id} did not start within {:?}; cancelled",
                 self.cfg.pending_timeout
             );
-            self.failed(now, message);
+            self.failed(now, &id, message);
             out.push(Action::Cancel(id));
         }
         // Drain blocks near their walltime, and idle ones above the minimum.
@@ -277,6 +318,16 @@ impl Strategy {
             self.started = true;
             target = target.max(self.cfg.init_blocks.min(self.cfg.max_blocks));
         }
+        // After giving up, one block is tried again once `retry_after` has passed.
+        if self
+            .gave_up_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.retry_after)
+        {
+            self.gave_up_at = None;
+            self.failures_in_a_row = self.cfg.max_failures.saturating_sub(1);
+            target = target.min(active + 1);
+        }
+        self.forget_ended();
         let held = self.hold_until.is_some_and(|t| now < t);
         if !self.stalled() && !held {
             for _ in active..target {
@@ -306,25 +357,71 @@ impl Strategy {
         ]
     }
 
-    /// A one-line summary for status reports.
-    pub fn summary(&self) -> String {
-        let count = |p: Phase| self.blocks.values().filter(|b| b.phase == p).count();
-        let mut s = format!(
-            "blocks: {} pending, {} running, {} draining",
-            count(Phase::Pending),
-            count(Phase::Running),
-            count(Phase::Draining)
-        );
-        if let Some(e) = &self.last_error {
-            s.push_str(&format!("; last error: {e}"));
+    /// Drops ended blocks beyond the newest [`KEEP_ENDED`].
+    fn forget_ended(&mut self) {
+        let mut ended: Vec<(u32, String)> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.phase == Phase::Gone)
+            .map(|(id, b)| (b.number, id.clone()))
+            .collect();
+        if ended.len() <= KEEP_ENDED {
+            return;
         }
-        if self.stalled() {
-            s.push_str(&format!(
-                "; submissions paused after {} failures in a row",
-                self.failures_in_a_row
-            ));
+        ended.sort_unstable();
+        for (_, id) in &ended[..ended.len() - KEEP_ENDED] {
+            self.blocks.remove(id);
         }
-        s
+    }
+
+    /// The blocks and the scheduler's last errors, for status reports. `unix_ms` is the wall
+    /// clock at `now`.
+    pub fn report(&self, kind: &str, now: Instant, unix_ms: u64) -> ProviderStatus {
+        let mut blocks: Vec<(&String, &Block)> = self.blocks.iter().collect();
+        blocks.sort_by_key(|(_, b)| b.number);
+        let ago = |t: Instant| now.saturating_duration_since(t).as_millis() as u64;
+        ProviderStatus {
+            kind: kind.to_string(),
+            blocks: blocks
+                .into_iter()
+                .map(|(id, b)| BlockReport {
+                    id: id.clone(),
+                    job: b.job.clone(),
+                    state: match (b.phase, &b.failure) {
+                        (Phase::Pending, _) => "pending",
+                        (Phase::Running, _) => "running",
+                        (Phase::Draining, _) => "draining",
+                        (Phase::Gone, None) => "ended",
+                        (Phase::Gone, Some(_)) => "failed",
+                    }
+                    .to_string(),
+                    nodes: self.cfg.nodes_per_block,
+                    age_ms: ago(b.submitted),
+                    message: b.failure.clone(),
+                })
+                .collect(),
+            errors: self
+                .errors
+                .iter()
+                .map(|(t, block, message)| SchedulerError {
+                    at_ms: unix_ms.saturating_sub(ago(*t)),
+                    block: block.clone(),
+                    message: message.clone(),
+                })
+                .collect(),
+            gave_up: self.gave_up_at.map(|t| {
+                let left = self
+                    .cfg
+                    .retry_after
+                    .saturating_sub(now.saturating_duration_since(t));
+                format!(
+                    "gave up submitting blocks after {} failures in a row (last: {}); trying again in {}s",
+                    self.failures_in_a_row,
+                    self.last_error().unwrap_or("unknown"),
+                    left.as_secs()
+                )
+            }),
+        }
     }
 }
 
@@ -345,6 +442,7 @@ mod tests {
             drain_margin: Duration::from_secs(120),
             max_failures: 2,
             pending_timeout: Duration::from_secs(600),
+            retry_after: Duration::from_secs(300),
         }
     }
 
@@ -446,24 +544,103 @@ mod tests {
             "f",
         );
         s.decide(t0, 0, &load(&[]));
-        s.submit_failed("f-1", "sbatch: error: invalid partition".into());
+        s.submit_failed(t0, "f-1", "sbatch: error: invalid partition".into());
         assert!(
-            s.decide(Instant::now(), 0, &load(&[])).is_empty(),
+            s.decide(t0, 0, &load(&[])).is_empty(),
             "backing off after a failure"
         );
-        let later = Instant::now() + Duration::from_secs(3);
+        let later = t0 + Duration::from_secs(3);
         assert_eq!(
             s.decide(later, 0, &load(&[])),
             vec![Action::Submit("f-2".into())]
         );
         s.submitted("f-2", "7".into());
-        s.job_state("f-2", &JobState::Failed("NODE_FAIL".into()));
+        s.job_state(later, "f-2", &JobState::Failed("NODE_FAIL".into()));
         assert!(s.stalled());
+        assert_eq!(
+            s.given_up_for(later + Duration::from_secs(5)),
+            Some(Duration::from_secs(5))
+        );
         assert!(
-            s.decide(t0, 10, &load(&[])).is_empty(),
+            s.decide(later + Duration::from_secs(100), 10, &load(&[]))
+                .is_empty(),
             "no endless resubmission"
         );
-        assert!(s.summary().contains("NODE_FAIL"), "{}", s.summary());
+        let r = s.report("slurm", later + Duration::from_secs(100), 1_000_000);
+        let gave_up = r.gave_up.expect("the report says it gave up");
+        assert!(
+            gave_up.contains("NODE_FAIL") && gave_up.contains("200s"),
+            "{gave_up}"
+        );
+        assert_eq!(r.errors.len(), 2);
+        assert_eq!(r.errors[0].block, "f-1");
+        assert_eq!(
+            r.errors[0].at_ms,
+            1_000_000 - 103_000,
+            "the time of each error"
+        );
+        assert!(r.errors[1].message.contains("NODE_FAIL"));
+        let states: Vec<(&str, &str, Option<&str>)> = r
+            .blocks
+            .iter()
+            .map(|b| (b.id.as_str(), b.state.as_str(), b.job.as_deref()))
+            .collect();
+        assert_eq!(
+            states,
+            [("f-1", "failed", None), ("f-2", "failed", Some("7"))]
+        );
+        assert_eq!(r.blocks[0].nodes, 2);
+        assert!(r.blocks[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("invalid partition"));
+
+        // After `retry_after`, exactly one block is tried again; one more failure gives up
+        // again at once.
+        let retry = later + Duration::from_secs(301);
+        assert_eq!(
+            s.decide(retry, 10, &load(&[])),
+            vec![Action::Submit("f-3".into())]
+        );
+        assert!(!s.stalled() && s.report("slurm", retry, 0).gave_up.is_none());
+        s.submit_failed(retry, "f-3", "sbatch: error: still wrong".into());
+        assert!(s.stalled());
+        // A block whose managers register clears it.
+        let much_later = retry + Duration::from_secs(301);
+        assert_eq!(s.decide(much_later, 10, &load(&[])).len(), 1);
+        s.decide(much_later, 10, &load(&[("f-4", 1, 1)]));
+        assert!(!s.stalled());
+    }
+
+    #[test]
+    fn ended_blocks_in_reports_are_bounded() {
+        let t0 = Instant::now();
+        let mut s = Strategy::new(
+            StrategyConfig {
+                max_failures: 1000,
+                min_blocks: 1,
+                ..cfg()
+            },
+            "e",
+        );
+        let mut now = t0;
+        for _ in 0..(KEEP_ENDED + 5) {
+            now += Duration::from_secs(100);
+            for a in s.decide(now, 0, &load(&[])) {
+                if let Action::Submit(id) = a {
+                    s.submit_failed(now, &id, format!("refused {id}"));
+                }
+            }
+        }
+        let r = s.report("slurm", now, 0);
+        assert_eq!(r.blocks.len(), KEEP_ENDED);
+        assert_eq!(r.blocks.last().unwrap().id, format!("e-{}", KEEP_ENDED + 5));
+        assert_eq!(r.errors.len(), KEEP_ERRORS);
+        assert_eq!(
+            r.errors.last().unwrap().message,
+            format!("refused e-{}", KEEP_ENDED + 5)
+        );
     }
 
     #[test]
@@ -483,7 +660,9 @@ mod tests {
             .is_empty());
         let a = s.decide(t0 + Duration::from_secs(601), 0, &load(&[]));
         assert_eq!(a, vec![Action::Cancel("p-1".into())]);
-        assert!(s.summary().contains("did not start"));
+        let r = s.report("pbs", t0 + Duration::from_secs(601), 0);
+        assert_eq!(r.blocks[0].state, "draining");
+        assert!(r.errors[0].message.contains("did not start"));
         let a = s.decide(t0 + Duration::from_secs(700), 0, &load(&[]));
         assert_eq!(
             a,

@@ -136,8 +136,11 @@ pub enum ClientMsg {
     DrainManager { manager_id: ManagerId },
     /// Cancel these tasks (the client's own ids) if they have not started.
     Cancel { tasks: Vec<TaskId> },
-    /// The provider's state in one line, shown in status reports.
-    ProviderReport { summary: String },
+    /// The scaling loop's blocks and the scheduler's last errors, shown in status reports.
+    ProviderReport { report: ProviderStatus },
+    /// Fail every task still queued here with this reason (the endpoint gave up starting
+    /// blocks, so nothing would run them).
+    FailQueued { reason: String },
     /// Stop the endpoint: drain every manager, then exit.
     Shutdown,
     /// Read part of an object kept in a node's store (a result returned by reference); answered
@@ -173,14 +176,53 @@ pub enum FrontMsg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct EndpointStatus {
     pub managers: Vec<ManagerStatus>,
-    /// The provider's own summary: blocks by state, the scheduler's last error.
-    pub provider: String,
+    /// The provider's blocks and the scheduler's last errors.
+    pub provider: ProviderStatus,
     pub queued: u64,
     pub running: u64,
     pub completed: u64,
     pub failed: u64,
     /// A shutdown was requested: managers are draining and no block should be replaced.
     pub stopping: bool,
+}
+
+/// What the scaling loop knows of its blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProviderStatus {
+    /// `local`, `slurm` or `pbs`.
+    pub kind: String,
+    /// Blocks pending, running and draining, then the most recent ended ones.
+    pub blocks: Vec<BlockReport>,
+    /// The scheduler's most recent errors, oldest first.
+    pub errors: Vec<SchedulerError>,
+    /// Set while the endpoint has stopped submitting blocks after repeated failures: why, and
+    /// when it tries again.
+    pub gave_up: Option<String>,
+}
+
+/// One block of the scaling loop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockReport {
+    /// fxr's id (`NAME-N`).
+    pub id: String,
+    /// The scheduler's job id, once it accepted the block.
+    pub job: Option<String>,
+    /// `pending`, `running`, `draining`, `ended` or `failed`.
+    pub state: String,
+    pub nodes: u32,
+    /// Milliseconds since the block was submitted.
+    pub age_ms: u64,
+    /// Why it failed, in the scheduler's words.
+    pub message: Option<String>,
+}
+
+/// A scheduler error and when it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerError {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub block: String,
+    pub message: String,
 }
 
 /// One manager as the interchange sees it.

@@ -297,7 +297,7 @@ pub enum FailureKind {
     Cancelled,
     /// It was refused before running: too large, unknown function, bad arguments.
     Rejected,
-    /// Its endpoint stayed offline longer than the broker waits.
+    /// Its endpoint stayed offline longer than the broker waits, or gave up starting blocks.
     EndpointUnavailable,
     /// Its function was deleted before it finished.
     FunctionDeleted,

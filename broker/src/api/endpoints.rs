@@ -19,20 +19,20 @@ async fn info(broker: &Broker, e: &EndpointRow) -> EndpointInfo {
     let owner = broker.user_name(e.owner).await;
     let hub = broker.hub();
     let rt = hub.endpoint(&e.id);
-    let status = rt.and_then(|r| r.status.as_ref());
-    EndpointInfo {
+    let info = EndpointInfo {
         id: e.id.clone(),
         name: e.name.clone(),
         owner,
         connected: rt.is_some_and(|r| r.connected()),
-        managers: status.map_or(0, |s| s.managers.len() as u64),
-        workers: status.map_or(0, |s| s.managers.iter().map(|m| u64::from(m.workers)).sum()),
-        queued: status.map_or(0, |s| s.queued),
-        running: status.map_or(0, |s| s.running),
         backlog: rt.map_or(0, |r| r.backlog() as u64),
         last_heartbeat_ms_ago: rt
             .and_then(|r| r.status_at)
             .map(|t| t.elapsed().as_millis() as u64),
+        ..EndpointInfo::default()
+    };
+    match rt.and_then(|r| r.status.as_ref()) {
+        Some(s) => info.with_status(s),
+        None => info,
     }
 }
 

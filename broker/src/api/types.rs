@@ -208,8 +208,9 @@ pub struct EndpointCreated {
     pub credential: String,
 }
 
-/// An endpoint and its live status.
-#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+/// An endpoint and its live status: the same view whether it is read from the broker or, for a
+/// standalone endpoint, from its front door.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
 pub struct EndpointInfo {
     pub id: String,
     pub name: String,
@@ -217,13 +218,127 @@ pub struct EndpointInfo {
     pub connected: bool,
     pub managers: u64,
     pub workers: u64,
+    /// Workers holding a task, and the rest.
+    pub workers_busy: u64,
+    pub workers_idle: u64,
     /// Tasks queued at the endpoint and running there, from its last report.
     pub queued: u64,
     pub running: u64,
+    /// Tasks the endpoint finished since it started.
+    pub completed: u64,
+    pub failed: u64,
     /// Tasks waiting at the broker for this endpoint.
     pub backlog: u64,
     /// Milliseconds since the endpoint's last status report, if any.
     pub last_heartbeat_ms_ago: Option<u64>,
+    /// `local`, `slurm` or `pbs`; empty before the endpoint's first report.
+    pub provider: String,
+    /// The endpoint's blocks: live ones, then the most recent ended ones.
+    pub blocks: Vec<BlockInfo>,
+    /// The scheduler's most recent errors, oldest first.
+    pub scheduler_errors: Vec<SchedulerErrorInfo>,
+    /// Set while the endpoint has stopped submitting blocks after repeated failures.
+    pub gave_up: Option<String>,
+    /// Containers started cold, workers switched to another container, containers that failed.
+    pub cold_starts: u64,
+    pub container_switches: u64,
+    pub container_errors: u64,
+}
+
+/// One block (a batch job, or a local pilot process) of an endpoint.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct BlockInfo {
+    /// fxr's id, `NAME-N`.
+    pub id: String,
+    /// The scheduler's job id.
+    pub job: Option<String>,
+    /// `pending`, `running`, `draining`, `ended` or `failed`.
+    pub state: String,
+    pub nodes: u32,
+    /// Seconds since it was submitted.
+    pub age_s: u64,
+    pub managers: u64,
+    pub workers: u64,
+    pub workers_busy: u64,
+    /// Why it failed, in the scheduler's words.
+    pub message: Option<String>,
+}
+
+/// A scheduler error.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct SchedulerErrorInfo {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub block: String,
+    pub message: String,
+}
+
+impl EndpointInfo {
+    /// Fills the live fields from an endpoint's status report.
+    pub fn with_status(mut self, s: &fxr_protocol::EndpointStatus) -> EndpointInfo {
+        let busy = |m: &fxr_protocol::ManagerStatus| u64::from(m.in_flight.min(m.workers));
+        self.managers = s.managers.len() as u64;
+        self.workers = s.managers.iter().map(|m| u64::from(m.workers)).sum();
+        self.workers_busy = s.managers.iter().map(busy).sum();
+        self.workers_idle = self.workers - self.workers_busy;
+        self.queued = s.queued;
+        self.running = s.running;
+        self.completed = s.completed;
+        self.failed = s.failed;
+        self.provider = s.provider.kind.clone();
+        self.gave_up = s.provider.gave_up.clone();
+        self.scheduler_errors = s
+            .provider
+            .errors
+            .iter()
+            .map(|e| SchedulerErrorInfo {
+                at_ms: e.at_ms,
+                block: e.block.clone(),
+                message: e.message.clone(),
+            })
+            .collect();
+        self.blocks = s
+            .provider
+            .blocks
+            .iter()
+            .map(|b| BlockInfo {
+                id: b.id.clone(),
+                job: b.job.clone(),
+                state: b.state.clone(),
+                nodes: b.nodes,
+                age_s: b.age_ms / 1000,
+                message: b.message.clone(),
+                ..BlockInfo::default()
+            })
+            .collect();
+        for m in &s.managers {
+            let at = match self.blocks.iter().position(|b| b.id == m.block_id.0) {
+                Some(i) => i,
+                None => {
+                    // A pilot the endpoint did not start (by hand, say) is a block of its own.
+                    self.blocks.push(BlockInfo {
+                        id: m.block_id.0.clone(),
+                        state: "running".into(),
+                        nodes: 1,
+                        ..BlockInfo::default()
+                    });
+                    self.blocks.len() - 1
+                }
+            };
+            let b = &mut self.blocks[at];
+            if b.state == "pending" {
+                // Registered since the scaling loop's last report.
+                b.state = "running".into();
+            }
+            b.managers += 1;
+            b.workers += u64::from(m.workers);
+            b.workers_busy += busy(m);
+            self.cold_starts += m.counters.cold_starts;
+            self.container_switches += m.counters.container_switches;
+            self.container_errors += m.counters.container_errors;
+        }
+        self
+    }
 }
 
 /// One task of a submission.

@@ -684,6 +684,27 @@ impl Dispatcher {
         }
     }
 
+    /// Fails every queued task as `endpoint_unavailable` with `reason` (nothing can run them).
+    pub fn fail_queued(&mut self, reason: &str, out: &mut Outbox) {
+        let queued: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| matches!(e.place, Place::Queued))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in queued {
+            self.tasks.remove(&id);
+            self.queued -= 1;
+            self.counters.failed += 1;
+            out.results.push(TaskResult::failure(
+                id,
+                FailureKind::EndpointUnavailable,
+                reason,
+            ));
+        }
+        self.queues.clear();
+    }
+
     /// A status line per manager.
     pub fn manager_status(&self) -> Vec<ManagerStatus> {
         self.managers

@@ -593,3 +593,36 @@ fn a_python_functions_source_goes_to_each_manager_once_per_connection() {
     assert_eq!(again.len(), 1);
     assert!(!again[0].1.is_empty(), "{again:?}");
 }
+
+#[test]
+fn fail_queued_fails_only_what_no_manager_holds() {
+    let now = Instant::now();
+    let mut d = dispatcher(Policy::LeastLoaded);
+    let mut out = Outbox::default();
+    d.register(reg(1, 1, 0), now, &mut out);
+    d.submit(tasks(0..4), &mut out);
+    d.dispatch(now, &mut out);
+    assert_eq!(d.in_flight(), 1);
+    let mut out = Outbox::default();
+    d.fail_queued(
+        "endpoint ep cannot start blocks: invalid partition",
+        &mut out,
+    );
+    let failed: Vec<(TaskId, bool)> = out
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                matches!(&r.outcome, Outcome::Failure { kind: FailureKind::EndpointUnavailable, message }
+                    if message.contains("invalid partition")),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 3);
+    assert!(failed.iter().all(|(id, why)| *id != TaskId(0) && *why));
+    assert_eq!((d.queued(), d.in_flight(), d.counters().failed), (0, 1, 3));
+    // The queue still works afterwards.
+    d.submit(tasks(10..11), &mut out);
+    assert_eq!(d.queued(), 1);
+}

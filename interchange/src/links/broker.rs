@@ -29,6 +29,9 @@ pub struct BrokerLinkConfig {
     /// Most broker tasks held at this endpoint at once.
     pub window: u64,
     pub status_period: Duration,
+    /// Told the outcome of each attempt to connect (the broker's refusal in its own words),
+    /// without ever blocking the link: how `fxr endpoint start` knows the endpoint is ready.
+    pub connected: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
 }
 
 /// Errors that stop the link for good.
@@ -118,11 +121,17 @@ impl State {
         loop {
             let connected = match self.connect(&url).await {
                 Ok(ws) => {
+                    if let Some(tx) = &self.cfg.connected {
+                        let _ = tx.try_send(Ok(()));
+                    }
                     backoff = Duration::from_millis(100);
                     tracing::info!(endpoint_id = %self.cfg.endpoint_id, "connected to the broker");
                     self.serve(ws, &mut core_rx).await
                 }
                 Err(e) => {
+                    if let Some(tx) = &self.cfg.connected {
+                        let _ = tx.try_send(Err(e.clone()));
+                    }
                     tracing::warn!(endpoint_id = %self.cfg.endpoint_id, error = %e, "cannot reach the broker; retrying");
                     true
                 }
@@ -205,6 +214,10 @@ impl State {
             let _ = out.send(m);
         }
         let mut status = tokio::time::interval(self.cfg.status_period);
+        // When the last task held here finishes, the broker hears so at once (not a status
+        // period later), at most every QUIET_REPORT.
+        const QUIET_REPORT: Duration = Duration::from_millis(250);
+        let mut last_quiet = std::time::Instant::now() - QUIET_REPORT;
         loop {
             tokio::select! {
                 _ = status.tick() => {
@@ -214,8 +227,15 @@ impl State {
                 }
                 m = core_rx.recv() => {
                     let Some(m) = m else { return false };
+                    let results = matches!(m, FrontMsg::Results { .. });
                     for msg in self.on_core_message(m) {
                         let _ = out.send(msg);
+                    }
+                    if results && self.inflight.is_empty() && last_quiet.elapsed() >= QUIET_REPORT {
+                        last_quiet = std::time::Instant::now();
+                        if self.core.send(ClientMsg::Status).is_err() {
+                            return false;
+                        }
                     }
                 }
                 incoming = stream.next() => {

@@ -17,9 +17,20 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Default)]
 pub struct LocalBlocks {
     blocks: Arc<Mutex<Vec<Child>>>,
+    /// Each block's output goes to a log beside its script (`NAME-N.log`) rather than to the
+    /// endpoint's own output.
+    logs: bool,
 }
 
 impl LocalBlocks {
+    /// Blocks that each write a log beside their script.
+    pub fn with_logs() -> LocalBlocks {
+        LocalBlocks {
+            blocks: Arc::default(),
+            logs: true,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Child>> {
         self.blocks
             .lock()
@@ -67,6 +78,22 @@ impl BatchProvider for LocalBlocks {
     fn submit(&mut self, script_path: &std::path::Path) -> Result<String, ProviderError> {
         let mut cmd = Command::new("/bin/bash");
         cmd.arg(script_path).process_group(0);
+        if self.logs {
+            let path = script_path.with_extension("log");
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| ProviderError::Write {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            let err = log.try_clone().map_err(|source| ProviderError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+            cmd.stdout(log).stderr(err);
+        }
         // A local block belongs to this endpoint process: if the endpoint dies (even by kill -9),
         // the block is told to drain and stop rather than wait for an interchange that is gone.
         // The script `exec`s the pilot, which keeps this setting.

@@ -47,6 +47,9 @@ pub enum ProviderError {
     Parse { command: String, output: String },
     #[error(transparent)]
     Template(#[from] template::TemplateError),
+    /// A pre-flight check failed: the scheduler would refuse the endpoint's blocks.
+    #[error("{0}")]
+    Check(String),
     #[error("cannot write the job script {path}: {source}")]
     Write {
         path: String,
@@ -63,6 +66,11 @@ pub trait BatchProvider: Send + std::fmt::Debug {
     /// The state of each of `jobs`.
     fn status(&mut self, jobs: &[String]) -> Result<Vec<(String, JobState)>, ProviderError>;
     fn cancel(&mut self, job: &str) -> Result<(), ProviderError>;
+    /// Asks the scheduler, without submitting, whether it would accept this job script (its
+    /// partition or queue exists, its account and sizes are allowed), as far as it can tell.
+    fn check(&mut self, _script: &std::path::Path) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }
 
 /// Runs a command with a timeout and returns its stdout. A non-zero exit is an error carrying

@@ -189,11 +189,68 @@ impl BatchProvider for Pbs {
     fn cancel(&mut self, job: &str) -> Result<(), ProviderError> {
         run_command("qdel", &[job], self.timeout).map(|_| ())
     }
+
+    /// `qstat -Q QUEUE` for the queue the script asks for: the scheduler must list it.
+    fn check(&mut self, script: &std::path::Path) -> Result<(), ProviderError> {
+        let text = std::fs::read_to_string(script).unwrap_or_default();
+        let Some(queue) = script_queue(&text) else {
+            return Ok(());
+        };
+        let unknown = |why: String| {
+            ProviderError::Check(format!(
+                "queue `{queue}` is not known to the scheduler: {why}"
+            ))
+        };
+        match run_command("qstat", &["-Q", &queue], self.timeout) {
+            Ok(out) if queue_listed(&out, &queue) => Ok(()),
+            Ok(out) => Err(unknown(format!(
+                "`qstat -Q {queue}` does not list it: {}",
+                out.trim()
+            ))),
+            Err(ProviderError::Failed { status, stderr, .. }) => {
+                Err(unknown(if stderr.is_empty() {
+                    format!("`qstat -Q {queue}` failed ({status})")
+                } else {
+                    stderr
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The queue a job script asks for (`#PBS -q X`).
+pub fn script_queue(script: &str) -> Option<String> {
+    script.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("#PBS")?.trim().strip_prefix("-q")?;
+        let v = v.split_whitespace().next()?;
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// Whether `qstat -Q` output lists `queue` (a row starting with its name, PBS Pro and Torque
+/// alike).
+pub fn queue_listed(out: &str, queue: &str) -> bool {
+    out.lines()
+        .any(|l| l.split_whitespace().next() == Some(queue))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queues_in_scripts_and_in_qstat_q() {
+        assert_eq!(
+            script_queue("#!/bin/bash\n#PBS -N x\n#PBS -q workq\n").as_deref(),
+            Some("workq")
+        );
+        assert_eq!(script_queue("#PBS -l nodes=1\n"), None);
+        let out = "Queue              Max   Tot   Ena   Str   Que   Run\n----------------   ---\nworkq                0     0   yes   yes     0     0\n";
+        assert!(queue_listed(out, "workq"));
+        assert!(!queue_listed(out, "work"));
+        assert!(!queue_listed("", "workq"));
+    }
 
     /// Recorded from PBS Pro 2021 (`qstat -f -F json 101.pbs 102.pbs`), trimmed.
     const PBSPRO: &str = r#"qstat: Warning: something sites print

@@ -92,6 +92,52 @@ impl BatchProvider for Slurm {
     fn cancel(&mut self, job: &str) -> Result<(), ProviderError> {
         run_command("scancel", &[job], self.timeout).map(|_| ())
     }
+
+    /// `sinfo` for the partition (with the list of those that exist), then `sbatch
+    /// --test-only`, which checks the whole script (account, nodes, limits) without submitting.
+    fn check(&mut self, script: &std::path::Path) -> Result<(), ProviderError> {
+        let text = std::fs::read_to_string(script).unwrap_or_default();
+        if let Some(partition) = script_partition(&text) {
+            let all = run_command("sinfo", &["-h", "-o", "%P"], self.timeout)?;
+            let names: Vec<&str> = all
+                .split_whitespace()
+                .map(|p| p.trim_end_matches('*'))
+                .collect();
+            if !names.contains(&partition.as_str()) {
+                return Err(ProviderError::Check(format!(
+                    "partition `{partition}` does not exist (sinfo lists: {})",
+                    names.join(", ")
+                )));
+            }
+        }
+        let path = script.to_string_lossy();
+        match run_command_in(
+            "sbatch",
+            &["--test-only", &path],
+            self.timeout,
+            script.parent(),
+        ) {
+            Ok(_) => Ok(()),
+            Err(ProviderError::Failed { stderr, .. }) => Err(ProviderError::Check(format!(
+                "sbatch --test-only refuses the job script: {stderr}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The partition a job script asks for (`#SBATCH -p X`, `--partition=X`, `--partition X`).
+pub fn script_partition(script: &str) -> Option<String> {
+    script.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("#SBATCH")?.trim();
+        let value = rest
+            .strip_prefix("--partition=")
+            .or_else(|| rest.strip_prefix("--partition "))
+            .or_else(|| rest.strip_prefix("-p "))
+            .or_else(|| rest.strip_prefix("-p="))?;
+        let v = value.split_whitespace().next()?.trim_matches('"');
+        (!v.is_empty()).then(|| v.to_string())
+    })
 }
 
 #[cfg(test)]
@@ -117,5 +163,17 @@ mod tests {
         );
         assert_eq!(state("WEIRD"), JobState::Unknown("WEIRD".into()));
         assert!(matches!(state("NODE_FAIL"), JobState::Failed(_)));
+    }
+
+    #[test]
+    fn the_partition_of_a_script() {
+        let s = "#!/bin/bash\n#SBATCH --job-name=x\n#SBATCH --partition=debug\nsrun x -p y\n";
+        assert_eq!(script_partition(s).as_deref(), Some("debug"));
+        assert_eq!(script_partition("#SBATCH -p gpu\n").as_deref(), Some("gpu"));
+        assert_eq!(
+            script_partition("#SBATCH --partition \"long\"\n").as_deref(),
+            Some("long")
+        );
+        assert_eq!(script_partition("srun -p debug\n"), None);
     }
 }
