@@ -9,6 +9,8 @@ work=$(mktemp -d)
 export FXR_HOME="$work/home"
 pids=()
 cleanup() {
+    # Endpoints run in the background; stop any still running, then the broker.
+    for e in east west; do "$FXR" endpoint stop "$e" >/dev/null 2>&1 || true; done
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$work"
@@ -25,11 +27,11 @@ wait_for_file "$work/broker.addr"
 broker=$(cat "$work/broker.addr")
 "$FXR" login --broker "$broker" --token "$token"
 
-echo "== two endpoints, 2 worker processes each"
+echo "== two endpoints, 2 worker processes each, in the background"
 "$FXR" endpoint create east --workers-per-node 2 >/dev/null
 "$FXR" endpoint create west --workers-per-node 2 >/dev/null
-"$FXR" endpoint start east >/dev/null & pids+=($!)
-"$FXR" endpoint start west >/dev/null & pids+=($!)
+"$FXR" endpoint start east
+"$FXR" endpoint start west
 for _ in $(seq 1 200); do
     [[ $("$FXR" --output json endpoint list | python3 -c 'import json,sys; print(sum(e["connected"] and e["workers"] > 0 for e in json.load(sys.stdin)))') == 2 ]] && break
     sleep 0.05
@@ -60,6 +62,8 @@ echo "== a shell task past its walltime"
 
 echo "== endpoint status"
 "$FXR" endpoint status east
+echo "== the end of its log"
+"$FXR" endpoint logs east -n 3
 
 echo "== stopping"
 "$FXR" endpoint stop east

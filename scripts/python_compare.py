@@ -99,7 +99,7 @@ def fxr(binary, n, lat_n, runs, db_dir=None):
             f.write(text)
         procs.append(
             subprocess.Popen(
-                [binary, "endpoint", "start", "bench"],
+                [binary, "endpoint", "start", "bench", "--foreground"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

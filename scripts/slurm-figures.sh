@@ -33,7 +33,7 @@ max_blocks = 1
 launcher = "srun"
 TOML
     t0=$(now)
-    "$FXR" endpoint start "ep$nodes" --dir "$dir" --address-file "$dir/addr" >/dev/null 2>"$dir/log" &
+    "$FXR" endpoint start "ep$nodes" --foreground --dir "$dir" --address-file "$dir/addr" >/dev/null 2>"$dir/log" &
     ep_pid=$!
     for _ in $(seq 1 300); do [[ -s "$dir/addr" ]] && break; sleep 0.02; done
     addr=$(cat "$dir/addr")
@@ -41,7 +41,7 @@ TOML
     first=$(python3 -c "print(round($(now) - $t0, 3))")
     # Wait for every node of the block before measuring throughput.
     for _ in $(seq 1 300); do
-        [[ $("$FXR" --output json endpoint status --endpoint "$addr" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["managers"]))') == "$nodes" ]] && break
+        [[ $("$FXR" --output json endpoint status --endpoint "$addr" | python3 -c 'import json,sys; print(json.load(sys.stdin)["managers"])') == "$nodes" ]] && break
         sleep 0.1
     done
     tasks=100000

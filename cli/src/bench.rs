@@ -147,6 +147,7 @@ impl ViaBroker {
                 credential: self.credential.clone(),
                 window: 100_000,
                 status_period: Duration::from_millis(500),
+                connected: None,
             })?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -423,6 +424,10 @@ pub(crate) fn endpoint_with(
         store_dir: None,
         node: crate::opts::NodeArgs::default(),
         block_nodes: 1,
+        limits: Default::default(),
+        foreground: true,
+        skip_checks: false,
+        wait: Duration::from_secs(120),
     };
     adjust(&mut args);
     let mut ep = start_local(&args)?;
@@ -446,7 +451,8 @@ pub(crate) fn endpoint_with(
         cfg.provider.max_blocks = 1;
         cfg.provider.max_idletime = "1h".into();
         cfg.provider.launcher = "srun".into();
-        let scaler = crate::endpoint::start_scaler(&cfg, dir.path(), &ep.interchange, &ep.secret)?;
+        let scaler =
+            crate::endpoint::start_scaler(&cfg, dir.path(), &ep.interchange, &ep.secret, false)?;
         ep.batch = Some(scaler);
         ep.scratch.push(dir);
         return Ok((ep, u64::from(nodes) * u64::from(c.workers)));

@@ -8,6 +8,7 @@ mod container;
 mod data;
 mod databench;
 mod endpoint;
+mod epstatus;
 mod experiment;
 mod function;
 mod opts;

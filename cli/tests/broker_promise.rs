@@ -573,7 +573,7 @@ fn metrics_parse_and_count_the_tasks_run() {
     let port = free_port();
     let _endpoint = Proc(
         w.fxr("alice", &alice)
-            .args(["endpoint", "start", "a", "--metrics"])
+            .args(["endpoint", "start", "a", "--foreground", "--metrics"])
             .arg(format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .spawn()

@@ -95,14 +95,19 @@ struct Endpoint {
 
 impl Endpoint {
     fn start(cluster: &Cluster, toml: &str) -> Endpoint {
+        Endpoint::start_with(cluster, toml, &[])
+    }
+
+    fn start_with(cluster: &Cluster, toml: &str, extra: &[&str]) -> Endpoint {
         let dir = cluster.dir.path().join("ep");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("endpoint.toml"), toml).unwrap();
         let addr_file = dir.join("addr");
         let child = cluster
             .cmd(FXR)
-            .args(["endpoint", "start", "ep", "--dir"])
+            .args(["endpoint", "start", "ep", "--foreground", "--dir"])
             .arg(&dir)
+            .args(extra)
             .arg("--address-file")
             .arg(&addr_file)
             .env("FXR_LOG", "info")
@@ -379,51 +384,135 @@ fn the_pbs_provider_runs_through_torque_style_commands() {
     ep.stop();
 }
 
+fn count_scripts(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("blocks"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sh")
+        })
+        .count()
+}
+
 #[test]
-fn a_failing_submission_is_reported_and_not_retried_forever() {
+fn a_wrong_partition_is_refused_at_start_or_shown_in_status_and_fails_waiting_tasks() {
     let _one = CLUSTER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(cluster) = Cluster::up() else { return };
     let bad = config("slurm", "srun", 1, "60s")
         .replace("partition = \"debug\"", "partition = \"nosuch\"")
-        .replace("min_blocks = 0", "min_blocks = 1");
-    let ep = Endpoint::start(&cluster, &bad);
+        .replace("min_blocks = 0", "min_blocks = 1")
+        + "max_failures = 2\nfail_tasks_after = \"1s\"\n";
+    let dir = cluster.dir.path().join("ep");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("endpoint.toml"), &bad).unwrap();
+
+    // Found before "ready": start (in the background, by default) fails with the reason.
+    let out = cluster
+        .cmd(FXR)
+        .args(["endpoint", "start", "ep", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {err}");
     assert!(
-        wait_until(Duration::from_secs(60), || ep
+        err.contains("partition `nosuch` does not exist") && err.contains("debug"),
+        "names the partition and those that exist: {err}"
+    );
+    assert!(cluster.squeue().trim().is_empty(), "nothing was submitted");
+
+    // Forced past the check, the scheduler's own message shows in the status within seconds.
+    let ep = Endpoint::start_with(&cluster, &bad, &["--skip-checks"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || ep
             .status()
             .provider
-            .contains("paused")),
-        "status reports the failures: {}",
+            .gave_up
+            .is_some()),
+        "the endpoint gives up: {:?}",
         ep.status().provider
     );
     let st = ep.status();
+    let p = &st.provider;
+    assert_eq!(p.kind, "slurm");
+    assert_eq!(p.errors.len(), 2, "{p:?}");
     assert!(
-        st.provider.contains("nosuch") || st.provider.to_lowercase().contains("partition"),
-        "the scheduler's own message: {}",
-        st.provider
+        p.errors
+            .iter()
+            .all(|e| e.message.contains("invalid partition") && e.at_ms > 0),
+        "sbatch's message, with its time: {p:?}"
     );
-    let scripts = std::fs::read_dir(ep.dir.join("blocks"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
+    assert!(p
+        .blocks
+        .iter()
+        .all(|b| b.state == "failed" && b.job.is_none()));
+    assert!(p.gave_up.as_deref().unwrap().contains("invalid partition"));
+    for json in [false, true] {
+        let mut c = cluster.cmd(FXR);
+        if json {
+            c.args(["--output", "json"]);
+        }
+        let out = support::succeed(c.args(["endpoint", "status", "--endpoint", ep.addr.trim()]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["provider"], "slurm");
+            assert_eq!(v["blocks"][0]["state"], "failed");
+            assert!(v["scheduler_errors"][1]["message"]
+                .as_str()
                 .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "sh")
-        })
-        .count();
-    std::thread::sleep(Duration::from_secs(3));
-    let later = std::fs::read_dir(ep.dir.join("blocks"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "sh")
-        })
-        .count();
-    assert_eq!(scripts, later, "no more submissions after the limit");
+                .contains("invalid partition"));
+            assert!(v["gave_up"].as_str().unwrap().contains("gave up"));
+        } else {
+            assert!(text.contains("ep-1") && text.contains("failed"), "{text}");
+            assert!(text.contains("scheduler errors"), "{text}");
+            assert!(text.contains("invalid partition"), "{text}");
+            assert!(text.contains("gave up submitting blocks"), "{text}");
+        }
+    }
+    // No endless resubmission.
+    let scripts = count_scripts(&ep.dir);
+    assert_eq!(scripts, 2);
+    // A task sent now fails with the reason instead of waiting for a block that never comes.
+    let results = client::submit_and_wait(
+        &mut ep.client(),
+        sleep_tasks(3, 10),
+        3,
+        Duration::from_secs(30),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for r in &results {
+        match &r.outcome {
+            Outcome::Failure { kind, message } => {
+                assert_eq!(*kind, fxr_protocol::FailureKind::EndpointUnavailable);
+                assert!(message.contains("invalid partition"), "{message}");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+    assert_eq!(count_scripts(&ep.dir), scripts);
     ep.stop();
+
+    // PBS: a queue the scheduler does not list is refused at start the same way.
+    if have("qstat") {
+        let pbs = config("pbs", "single-node", 1, "60s") + "queue = \"nosuch\"\n";
+        std::fs::write(dir.join("endpoint.toml"), pbs).unwrap();
+        let out = cluster
+            .cmd(FXR)
+            .args(["endpoint", "start", "ep", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("queue `nosuch`"),
+            "{err}"
+        );
+    }
 }

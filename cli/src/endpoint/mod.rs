@@ -1,28 +1,82 @@
-//! `fxr endpoint`: start a local endpoint (interchange plus local pilots), stop it, ask its status.
+//! `fxr endpoint`: create, configure, start, stop, restart and delete endpoints, read their
+//! status and logs.
+
+mod configure;
+mod lifecycle;
+mod run;
+
+pub use run::{start_local, start_scaler, LocalEndpoint};
 
 use crate::exit;
-use crate::storedir::{configured_store_dir, default_store_dir, StoreDir};
 use anyhow::{bail, Context};
-use fxr_interchange::dispatch::{DispatchConfig, Policy};
-use fxr_interchange::providers::local::LocalBlocks;
-use fxr_interchange::{client, FrontDoor, Interchange, InterchangeConfig, TcpClient};
+use fxr_interchange::dispatch::Policy;
+use fxr_interchange::{client, FrontDoor, TcpClient};
 use fxr_protocol::ClientMsg;
-use std::net::TcpListener;
 use std::time::Duration;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum EndpointCmd {
     /// Register an endpoint with the broker and write its configuration and credential.
     Create(CreateArgs),
-    /// Start an endpoint in the foreground until `fxr endpoint stop` or a signal: a configured
-    /// one by NAME, or an ad-hoc local one with `--local`.
+    /// Start an endpoint: a configured one by NAME (in the background, logging to its
+    /// `endpoint.log`, once its checks pass; `--foreground` to stay), or an ad-hoc local one
+    /// with `--local` (in the foreground).
     Start(Box<StartArgs>),
     /// Drain and stop a running endpoint (by NAME, or a local one by `--endpoint HOST:PORT`).
     Stop(AddrArgs),
+    /// Stop endpoint NAME if it runs, then start it again in the background.
+    Restart(RestartArgs),
+    /// Stop endpoint NAME, remove it from the broker and delete its directory.
+    Delete(DeleteArgs),
+    /// Print endpoint NAME's log, or one block's.
+    Logs(LogsArgs),
+    /// Show or change endpoint NAME's settings, or print the job script a block would run.
+    Configure(configure::ConfigureArgs),
     /// List the endpoints you may use (from the broker).
     List,
-    /// Show an endpoint's managers and queues (by NAME or id at the broker, or `--endpoint HOST:PORT`).
+    /// Show an endpoint's blocks, workers, queues and scheduler errors (by NAME or id, or a
+    /// standalone one by `--endpoint HOST:PORT`).
     Status(AddrArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestartArgs {
+    pub name: String,
+    /// The endpoint's directory (default: $FXR_HOME/endpoints/NAME).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Start even when a pre-flight check fails.
+    #[arg(long)]
+    pub skip_checks: bool,
+    /// How long to wait for the endpoint to be ready.
+    #[arg(long, value_parser = crate::opts::duration, default_value = "2m")]
+    pub wait: Duration,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    pub name: String,
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    pub yes: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    pub name: String,
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// A block's log (its job output) instead of the endpoint's.
+    #[arg(long)]
+    pub block: Option<String>,
+    /// Lines from the end to print first.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub lines: usize,
+    /// Keep printing what is appended until the endpoint stops.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,6 +167,9 @@ pub struct StartArgs {
     /// Nodes per block (set from the provider's `nodes_per_block`; local blocks have one).
     #[arg(skip = 1u32)]
     pub block_nodes: u32,
+    /// When to give up starting blocks (from `[provider]`).
+    #[arg(skip)]
+    pub limits: fxr_interchange::config::FailureLimits,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
@@ -125,6 +182,16 @@ pub struct StartArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (read-only counts).
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Run a configured endpoint in this process instead of in the background.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Start even when a pre-flight check (the job script renders, the scheduler would accept
+    /// it) fails; the scheduler's errors then show in `fxr endpoint status`.
+    #[arg(long)]
+    pub skip_checks: bool,
+    /// How long `start` waits for a background endpoint to be ready.
+    #[arg(long, value_parser = crate::opts::duration, default_value = "2m")]
+    pub wait: Duration,
 }
 
 pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
@@ -132,6 +199,24 @@ pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
         EndpointCmd::Create(a) => create(a, json),
         EndpointCmd::Start(a) => start(*a, json),
         EndpointCmd::Stop(a) => stop(a),
+        EndpointCmd::Restart(a) => {
+            let dir = endpoint_dir(&a.name, a.dir.as_deref());
+            if lifecycle::stop(&a.name, &dir)? && !json {
+                println!("endpoint {} stopped", a.name);
+            }
+            let mut args = start_args(&a.name, &dir, json, a.wait);
+            if a.skip_checks {
+                args.push("--skip-checks".into());
+            }
+            lifecycle::detach(&a.name, &dir, args, json, a.wait)
+        }
+        EndpointCmd::Delete(a) => delete(a, json),
+        EndpointCmd::Logs(a) => {
+            let dir = endpoint_dir(&a.name, a.dir.as_deref());
+            lifecycle::logs(&dir, a.block.as_deref(), a.lines, a.follow)?;
+            Ok(exit::OK)
+        }
+        EndpointCmd::Configure(a) => configure::run(a),
         EndpointCmd::List => {
             let api = crate::api::Api::from_profile()?;
             let all: Vec<serde_json::Value> = api.get("/v1/endpoints")?;
@@ -157,18 +242,17 @@ pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         EndpointCmd::Status(a) => match (a.endpoint, a.name) {
-            (Some(addr), _) => local_status(&addr, json),
+            (Some(addr), _) => local_status(&addr, "", json),
+            (None, Some(name)) if standalone_addr(&name, a.dir.as_deref()).is_some() => {
+                let addr = standalone_addr(&name, a.dir.as_deref()).unwrap_or_default();
+                local_status(&addr, &name, json)
+            }
             (None, Some(name)) => {
                 let api = crate::api::Api::from_profile()?;
                 let id = api.endpoint_id(&name)?;
-                let e: serde_json::Value = api.get(&format!("/v1/endpoints/{id}"))?;
-                if json {
-                    println!("{e}");
-                } else {
-                    for (k, v) in e.as_object().into_iter().flatten() {
-                        println!("{k:24} {v}");
-                    }
-                }
+                let e: fxr_broker::api::types::EndpointInfo =
+                    api.get(&format!("/v1/endpoints/{id}"))?;
+                crate::epstatus::print(&e, None, json)?;
                 Ok(exit::OK)
             }
             (None, None) => bail!("name an endpoint, or give --endpoint HOST:PORT"),
@@ -231,227 +315,118 @@ fn stop(a: AddrArgs) -> anyhow::Result<u8> {
     let name = a
         .name
         .context("name an endpoint, or give --endpoint HOST:PORT")?;
-    let pid_file = endpoint_dir(&name, a.dir.as_deref()).join("endpoint.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| {
-            format!(
-                "endpoint {name} is not running here (no {})",
-                pid_file.display()
-            )
-        })?
-        .trim()
-        .parse()
-        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
-    // SAFETY: kill(2) with a pid read from our own pid file; a stale pid only yields ESRCH.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        let _ = std::fs::remove_file(&pid_file);
-        bail!("endpoint {name} is not running (stale pid file removed)");
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
+    let dir = endpoint_dir(&name, a.dir.as_deref());
+    if !lifecycle::stop(&name, &dir)? {
+        bail!("endpoint {name} is not running");
     }
     Ok(exit::OK)
 }
 
-fn local_status(addr: &str, json: bool) -> anyhow::Result<u8> {
-    let mut c = TcpClient::connect(addr).with_context(|| format!("cannot reach {addr}"))?;
-    let s = client::status(&mut c, Duration::from_secs(10))?;
+/// The front door of configured endpoint NAME when it runs standalone (without a broker).
+fn standalone_addr(name: &str, dir: Option<&std::path::Path>) -> Option<String> {
+    let dir = endpoint_dir(name, dir);
+    lifecycle::running(&dir)?;
+    std::fs::read_to_string(dir.join("endpoint.addr"))
+        .ok()
+        .map(|a| a.trim().to_string())
+}
+
+/// The command line of a detached `fxr endpoint start NAME`.
+fn start_args(
+    name: &str,
+    dir: &std::path::Path,
+    json: bool,
+    wait: Duration,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
     if json {
-        let managers: Vec<_> = s
-            .managers
-            .iter()
-            .map(|m| {
-                let containers: Vec<_> = m
-                    .capacity
-                    .iter()
-                    .map(|c| {
-                        serde_json::json!({"container": c.container, "total": c.total,
-                            "warm": c.warm, "free": c.free, "unused": c.unused})
-                    })
-                    .collect();
-                serde_json::json!({"manager_id": m.manager_id.to_string(), "block_id": m.block_id.0,
-                    "hostname": m.hostname, "workers": m.workers, "in_flight": m.in_flight,
-                    "draining": m.draining, "simulated": m.simulated, "containers": containers,
-                    "cold_starts": m.counters.cold_starts,
-                    "container_switches": m.counters.container_switches,
-                    "container_errors": m.counters.container_errors})
-            })
-            .collect();
+        args.extend(["--output".into(), "json".into()]);
+    }
+    args.extend([
+        "endpoint".into(),
+        "start".into(),
+        name.into(),
+        "--dir".into(),
+    ]);
+    args.push(dir.into());
+    args.extend([
+        "--foreground".into(),
+        "--wait".into(),
+        format!("{}s", wait.as_secs()).into(),
+    ]);
+    args
+}
+
+fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
+    match &a.name {
+        Some(name) if !a.foreground => {
+            let dir = endpoint_dir(name, a.dir.as_deref());
+            anyhow::ensure!(
+                dir.join("endpoint.toml").exists(),
+                "endpoint {name} is not configured here (no {}); create it with `fxr endpoint create {name}`",
+                dir.join("endpoint.toml").display()
+            );
+            // The same command line, run in the foreground by the detached child.
+            let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            args.push("--foreground".into());
+            lifecycle::detach(name, &dir, args, json, a.wait)
+        }
+        _ => run::start(a, json, lifecycle::Ready::from_env()),
+    }
+}
+
+fn delete(a: DeleteArgs, json: bool) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
+    let dir = endpoint_dir(&a.name, a.dir.as_deref());
+    let cfg = fxr_interchange::config::EndpointConfig::load(&dir.join("endpoint.toml"))?;
+    if !a.yes {
+        anyhow::ensure!(
+            std::io::stdin().is_terminal(),
+            "deleting endpoint {} removes {} and its registration; pass --yes to confirm",
+            a.name,
+            dir.display()
+        );
+        eprint!("delete endpoint {} ({})? [y/N] ", a.name, dir.display());
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("not deleted");
+        }
+    }
+    let stopped = lifecycle::stop(&a.name, &dir)?;
+    let mut unregistered = false;
+    if let (Some(_), Some(id)) = (&cfg.broker, &cfg.endpoint_id) {
+        match crate::api::Api::from_profile()?.delete(&format!("/v1/endpoints/{id}")) {
+            Ok(()) => unregistered = true,
+            // Already gone at the broker.
+            Err(e) if format!("{e:#}").contains("404") => {}
+            Err(e) => {
+                return Err(e.context(format!("cannot remove endpoint {} from the broker", a.name)))
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    if json {
         println!(
             "{}",
-            serde_json::json!({"managers": managers, "queued": s.queued, "running": s.running,
-                "completed": s.completed, "failed": s.failed})
+            serde_json::json!({"name": a.name, "stopped": stopped, "unregistered": unregistered, "removed": dir})
         );
     } else {
-        println!(
-            "managers: {}  queued: {}  running: {}  completed: {}  failed: {}",
-            s.managers.len(),
-            s.queued,
-            s.running,
-            s.completed,
-            s.failed
-        );
-        for m in &s.managers {
-            println!(
-                "  {} block={} host={} workers={} in_flight={}{}",
-                m.manager_id,
-                m.block_id,
-                m.hostname,
-                m.workers,
-                m.in_flight,
-                if m.draining { " draining" } else { "" }
-            );
-            for c in m.capacity.iter().filter(|c| c.total > 0) {
-                let name = if c.container.is_empty() {
-                    "(node)"
-                } else {
-                    c.container.as_str()
-                };
-                println!("    {name}: {} workers, {} idle", c.total, c.warm);
-            }
-            let k = m.counters;
-            if k.cold_starts + k.container_switches + k.container_errors > 0 {
-                println!(
-                    "    cold starts {}, container switches {}, container errors {}",
-                    k.cold_starts, k.container_switches, k.container_errors
-                );
-            }
-        }
+        println!("endpoint {} deleted ({} removed)", a.name, dir.display());
     }
     Ok(exit::OK)
 }
 
-/// A running local endpoint: the interchange in this process and its pilot processes.
-pub struct LocalEndpoint {
-    pub interchange: Interchange,
-    /// The local blocks (pilot processes), shared with their scaling loop.
-    pub blocks: LocalBlocks,
-    /// The scaling loop that starts local blocks and replaces lost ones.
-    pub local_scaler: Option<fxr_interchange::scaling::Scaler>,
-    pub secret: String,
-    /// A batch scheduler's scaling loop, when one was added.
-    pub batch: Option<fxr_interchange::scaling::Scaler>,
-    /// Directories of block scripts and secret files, removed with the endpoint.
-    pub scratch: Vec<tempfile::TempDir>,
-    /// This node's object store, removed with the endpoint.
-    pub store: Option<StoreDir>,
-}
-
-/// Starts the interchange and the pilots of a local endpoint. Blocks are started by a scaling
-/// loop over the local provider, which keeps `a.blocks` of them running: a block that exits
-/// is reaped and replaced (within the strategy's failure limits).
-pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
-    // From the OS's cryptographic generator.
-    let secret = fxr_broker::auth::new_secret();
-    let config = InterchangeConfig {
-        manager_url: a.manager_url.clone(),
-        secret: secret.clone(),
-        dispatch: DispatchConfig {
-            policy: a.dispatch,
-            max_retries: a.max_retries,
-            heartbeat_threshold: a.heartbeat_threshold,
-            cold_routing_interval: a.cold_routing_interval,
-            block_nodes: a.block_nodes,
-            ..DispatchConfig::default()
-        },
-        heartbeat_period: a.heartbeat_period,
-        drain_timeout: Duration::from_secs(30),
-        workers: fxr_protocol::WorkerSettings {
-            runtimes: a.container_runtimes.clone(),
-            max_idle_ms: a.worker_max_idletime.as_millis() as u64,
-        },
-    };
-    let interchange = Interchange::start(config)?;
-    let blocks = LocalBlocks::default();
-    let mut ep = LocalEndpoint {
-        interchange,
-        blocks: blocks.clone(),
-        local_scaler: None,
-        secret: secret.clone(),
-        batch: None,
-        scratch: Vec::new(),
-        store: None,
-    };
-    let store_dir = a
-        .store_dir
-        .clone()
-        .unwrap_or_else(|| default_store_dir(a.name.as_deref()));
-    ep.store = Some(StoreDir(store_dir.clone()));
-    if a.blocks == 0 {
-        return Ok(ep);
+fn local_status(addr: &str, name: &str, json: bool) -> anyhow::Result<u8> {
+    let mut c = TcpClient::connect(addr).with_context(|| format!("cannot reach {addr}"))?;
+    let s = client::status(&mut c, Duration::from_secs(10))?;
+    let info = fxr_broker::api::types::EndpointInfo {
+        name: name.to_string(),
+        ..Default::default()
     }
-    let scratch = tempfile::Builder::new().prefix("fxr-local-").tempdir()?;
-    let mut pilot_cmd = pilot_command(
-        scratch.path(),
-        &secret,
-        "127.0.0.1",
-        ep.interchange.manager_port(),
-        a.prefetch,
-    )?;
-    pilot_cmd.push_str(&format!(" --managers {}", a.managers));
-    pilot_cmd.push_str(&a.node.pilot_flags(&store_dir));
-    if let Some(w) = a.workers_per_node {
-        pilot_cmd.push_str(&format!(" --workers {w}"));
-    }
-    if let Some(s) = a.simulate_workers {
-        pilot_cmd.push_str(&format!(" --simulate-workers {s}"));
-        for c in &a.simulate_cold_start {
-            pilot_cmd.push_str(&format!(
-                " --cold-start {}",
-                fxr_pilot::exec::shell_quote(c)
-            ));
-        }
-    }
-    let years = Duration::from_secs(10 * 365 * 24 * 3600);
-    let cfg = fxr_interchange::scaling::ScalerConfig {
-        strategy: fxr_interchange::strategy::StrategyConfig {
-            init_blocks: a.blocks,
-            min_blocks: a.blocks,
-            max_blocks: a.blocks,
-            nodes_per_block: 1,
-            workers_per_node: a.workers_per_node.unwrap_or(1),
-            parallelism: 1.0,
-            max_idletime: years,
-            walltime: years,
-            drain_margin: Duration::ZERO,
-            max_failures: 3,
-            pending_timeout: Duration::from_secs(120),
-        },
-        kind: "local".into(),
-        launcher: "single-node".into(),
-        template: None,
-        vars: fxr_interchange::providers::template::ScriptVars {
-            nodes: 1,
-            walltime: "00:00:00".into(),
-            log_dir: scratch.path().display().to_string(),
-            ..Default::default()
-        },
-        pilot_cmd,
-        dir: scratch.path().to_path_buf(),
-        name: "local".into(),
-        tick: Duration::from_millis(200),
-        poll: Duration::from_millis(200),
-        metrics: Some(ep.interchange.metrics()),
-    };
-    ep.local_scaler = Some(fxr_interchange::scaling::Scaler::start(
-        ep.interchange.local_client(),
-        Box::new(blocks.clone()),
-        cfg,
-    )?);
-    ep.scratch.push(scratch);
-    // The first blocks are started at once; wait for them so their pids can be reported.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while blocks.pids().len() < a.blocks as usize {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the local blocks did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(ep)
+    .with_status(&s);
+    crate::epstatus::print(&info, Some(addr), json)?;
+    Ok(exit::OK)
 }
 
 /// `NAME=TEMPLATE`.
@@ -461,297 +436,4 @@ fn runtime_arg(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not NAME=TEMPLATE"))?;
     fxr_interchange::config::check_runtime(name, template)?;
     Ok((name.to_string(), template.to_string()))
-}
-
-/// The pilot command line a block's job script runs: this executable, the interchange's manager
-/// address, and the endpoint secret in a private file written to `dir`.
-fn pilot_command(
-    dir: &std::path::Path,
-    secret: &str,
-    address: &str,
-    port: u16,
-    prefetch: u32,
-) -> anyhow::Result<String> {
-    use fxr_pilot::exec::shell_quote;
-    let secret_file = dir.join("secret");
-    crate::api::write_private(&secret_file, secret)?;
-    let exe =
-        std::env::current_exe().context("cannot find this executable for the pilot command")?;
-    Ok(format!(
-        "{} pilot --interchange tcp://{address}:{port} --secret-file {} --prefetch {prefetch}",
-        shell_quote(&exe.to_string_lossy()),
-        shell_quote(&secret_file.to_string_lossy()),
-    ))
-}
-
-/// Takes the endpoint's lock, or says which process runs it already.
-fn hold_endpoint(dir: &std::path::Path, name: &str) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("endpoint.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock(2) on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let pid = std::fs::read_to_string(dir.join("endpoint.pid")).unwrap_or_default();
-        bail!(
-            "endpoint {name} is already running (pid {}); stop it with `fxr endpoint stop {name}`",
-            pid.trim()
-        );
-    }
-    Ok(f)
-}
-
-/// Settings of a configured endpoint, as `StartArgs`.
-fn from_config(
-    a: &StartArgs,
-    cfg: &fxr_interchange::config::EndpointConfig,
-) -> anyhow::Result<StartArgs> {
-    use fxr_interchange::config::parse_duration;
-    let e = &cfg.engine;
-    let local = cfg.provider.kind == "local";
-    Ok(StartArgs {
-        // Batch providers get their blocks from the scaling loop instead.
-        blocks: if local {
-            cfg.provider.init_blocks.max(1)
-        } else {
-            0
-        },
-        manager_url: format!("tcp://{}:0", e.address),
-        workers_per_node: e.workers_per_node,
-        prefetch: e.prefetch,
-        simulate_workers: e.simulate_workers,
-        managers: e.managers_per_block.max(1),
-        dispatch: e.dispatch.parse().map_err(anyhow::Error::msg)?,
-        cold_routing_interval: parse_duration(&e.cold_routing_interval)
-            .map_err(anyhow::Error::msg)?,
-        worker_max_idletime: parse_duration(&e.worker_max_idletime).map_err(anyhow::Error::msg)?,
-        container_runtimes: cfg
-            .containers
-            .iter()
-            .map(|(name, c)| (name.clone(), c.command.clone()))
-            .collect(),
-        simulate_cold_start: e.simulate_cold_start.clone(),
-        store_dir: e.store_dir.clone().map(std::path::PathBuf::from),
-        node: crate::opts::NodeArgs {
-            python: a
-                .node
-                .python
-                .clone()
-                .or_else(|| cfg.python.executable.clone()),
-            ..crate::opts::NodeArgs::from_config(cfg)?
-        },
-        block_nodes: if local {
-            1
-        } else {
-            cfg.provider.nodes_per_block.max(1)
-        },
-        max_retries: e.max_retries,
-        heartbeat_period: parse_duration(&e.heartbeat_period).map_err(anyhow::Error::msg)?,
-        heartbeat_threshold: parse_duration(&e.heartbeat_threshold).map_err(anyhow::Error::msg)?,
-        metrics: a.metrics.clone().or_else(|| e.metrics.clone()),
-        ..a.clone()
-    })
-}
-
-fn start(a: StartArgs, json: bool) -> anyhow::Result<u8> {
-    let (a, broker, dir, config) = match &a.name {
-        Some(name) => {
-            let dir = endpoint_dir(name, a.dir.as_deref());
-            let mut cfg =
-                fxr_interchange::config::EndpointConfig::load(&dir.join("endpoint.toml"))?;
-            if cfg.engine.store_dir.is_none() {
-                let store = configured_store_dir(name, &dir);
-                cfg.engine.store_dir = Some(store.to_string_lossy().into_owned());
-            }
-            let broker = match (&cfg.broker, &cfg.endpoint_id) {
-                (Some(url), Some(id)) => {
-                    let credential =
-                        std::fs::read_to_string(dir.join("credential")).with_context(|| {
-                            format!("cannot read the credential in {}", dir.display())
-                        })?;
-                    Some(fxr_interchange::links::broker::BrokerLinkConfig {
-                        broker: url.clone(),
-                        endpoint_id: id.clone(),
-                        credential: credential.trim().to_string(),
-                        window: 100_000,
-                        status_period: Duration::from_secs(2),
-                    })
-                }
-                _ => None,
-            };
-            (from_config(&a, &cfg)?, broker, Some(dir), Some(cfg))
-        }
-        None if a.local => (a, None, None, None),
-        None => bail!("name a configured endpoint, or pass --local for an ad-hoc local one"),
-    };
-    // One running copy per endpoint: held until this process exits (the descriptor is
-    // close-on-exec, so pilots never inherit it).
-    let _running = match (&dir, &a.name) {
-        (Some(d), Some(name)) => Some(hold_endpoint(d, name)?),
-        _ => None,
-    };
-    let mut ep = start_local(&a)?;
-    if let (Some(cfg), Some(dir)) = (&config, &dir) {
-        if cfg.provider.kind != "local" {
-            let scaler = start_scaler(cfg, dir, &ep.interchange, &ep.secret)?;
-            ep.batch = Some(scaler);
-        }
-    }
-    let interchange = &ep.interchange;
-    let mut front = None;
-    match broker {
-        Some(link) => {
-            interchange.start_broker_link(link)?;
-        }
-        None => {
-            let listener = TcpListener::bind(&a.listen)
-                .with_context(|| format!("cannot listen on {}", a.listen))?;
-            front = Some(listener.local_addr()?);
-            interchange.serve_front_door(listener)?;
-        }
-    }
-    if let Some(addr) = &a.metrics {
-        let listener = TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
-        interchange.serve_metrics(listener)?;
-    }
-    if let Some(dir) = &dir {
-        std::fs::write(dir.join("endpoint.pid"), std::process::id().to_string())?;
-    }
-    if let (Some(f), Some(addr)) = (&a.address_file, front) {
-        let tmp = f.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, f))?;
-    }
-    let shown = front.map_or_else(|| "broker link".to_string(), |a| a.to_string());
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"endpoint": shown, "manager_port": interchange.manager_port(), "pilot_pids": ep.blocks.pids(), "pid": std::process::id()})
-        );
-    } else {
-        println!(
-            "endpoint ready at {shown} (managers dial tcp://127.0.0.1:{})",
-            interchange.manager_port()
-        );
-    }
-    let mut local = interchange.local_client();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
-    let sig_handle = signals.handle();
-    let watcher = std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            let _ = local.send(ClientMsg::Shutdown);
-        }
-    });
-    let LocalEndpoint {
-        interchange,
-        blocks,
-        local_scaler,
-        batch,
-        ..
-    } = ep;
-    interchange.join();
-    sig_handle.close();
-    let _ = watcher.join();
-    for s in local_scaler.into_iter().chain(batch) {
-        s.stop();
-    }
-    blocks.stop_all(Duration::from_secs(5));
-    if let Some(dir) = &dir {
-        let _ = std::fs::remove_file(dir.join("endpoint.pid"));
-    }
-    Ok(exit::OK)
-}
-
-/// Starts the scaling loop of a Slurm or PBS endpoint.
-pub fn start_scaler(
-    cfg: &fxr_interchange::config::EndpointConfig,
-    dir: &std::path::Path,
-    interchange: &Interchange,
-    secret: &str,
-) -> anyhow::Result<fxr_interchange::scaling::Scaler> {
-    use fxr_interchange::config::parse_duration;
-    use fxr_interchange::providers::{
-        pbs::Pbs, slurm::Slurm, template::walltime_seconds, BatchProvider,
-    };
-    let p = &cfg.provider;
-    let workers = cfg
-        .engine
-        .workers_per_node
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let mut pilot_cmd = pilot_command(
-        dir,
-        secret,
-        &cfg.engine.address,
-        interchange.manager_port(),
-        cfg.engine.prefetch,
-    )?;
-    pilot_cmd.push_str(&format!(" --workers {workers} --launcher {}", p.launcher));
-    let store = cfg.engine.store_dir.clone().map_or_else(
-        || configured_store_dir(&cfg.name, dir),
-        std::path::PathBuf::from,
-    );
-    pilot_cmd.push_str(&crate::opts::NodeArgs::from_config(cfg)?.pilot_flags(&store));
-    if p.launcher != "single-node" {
-        pilot_cmd.push_str(" --mpi");
-    }
-    let provider: Box<dyn BatchProvider> = match p.kind.as_str() {
-        "slurm" => Box::new(Slurm::default()),
-        "pbs" => Box::new(Pbs::default()),
-        other => bail!("provider.kind `{other}` is not a batch scheduler"),
-    };
-    let walltime = std::time::Duration::from_secs(walltime_seconds(&p.walltime)?);
-    let scaler_cfg = fxr_interchange::scaling::ScalerConfig {
-        strategy: fxr_interchange::strategy::StrategyConfig {
-            init_blocks: p.init_blocks,
-            min_blocks: p.min_blocks,
-            max_blocks: p.max_blocks,
-            nodes_per_block: p.nodes_per_block,
-            workers_per_node: workers,
-            parallelism: p.parallelism,
-            max_idletime: parse_duration(&p.max_idletime).map_err(anyhow::Error::msg)?,
-            walltime,
-            drain_margin: (walltime / 10).min(std::time::Duration::from_secs(300)),
-            max_failures: 3,
-            pending_timeout: std::time::Duration::from_secs(600),
-        },
-        kind: p.kind.clone(),
-        launcher: p.launcher.clone(),
-        template: (!p.template.is_empty()).then(|| std::path::PathBuf::from(&p.template)),
-        vars: fxr_interchange::providers::template::ScriptVars {
-            nodes: p.nodes_per_block,
-            cores_per_node: workers,
-            walltime: p.walltime.clone(),
-            partition: p.partition.clone(),
-            queue: p.queue.clone(),
-            account: p.account.clone(),
-            scheduler_options: p.scheduler_options.clone(),
-            worker_init: p.worker_init.clone(),
-            log_dir: dir.join("blocks").display().to_string(),
-            exclusive: p.exclusive,
-            memory: p.memory.clone(),
-            gpus: p.gpus.clone(),
-            qos: p.qos.clone(),
-            constraint: p.constraint.clone(),
-            ..Default::default()
-        },
-        pilot_cmd,
-        dir: dir.join("blocks"),
-        name: cfg.name.clone(),
-        tick: std::time::Duration::from_secs(1),
-        poll: std::time::Duration::from_secs(2),
-        metrics: Some(interchange.metrics()),
-    };
-    Ok(fxr_interchange::scaling::Scaler::start(
-        interchange.local_client(),
-        provider,
-        scaler_cfg,
-    )?)
 }

@@ -101,7 +101,7 @@ impl World {
     pub fn endpoint(&self, user: &str, token: &str, name: &str) -> Proc {
         let p = self
             .fxr(user, token)
-            .args(["endpoint", "start", name])
+            .args(["endpoint", "start", name, "--foreground"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
