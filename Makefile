@@ -6,7 +6,7 @@ FXR := target/release/fxr
 # (the MPI bindings); Slurm daemons and clients, its Torque wrappers, and MPICH for the
 # batch-system tests; bubblewrap, podman (with runc) and Charliecloud for the container tests;
 # redis-server as the data-transfer baseline.
-DEBS := cmake clang libclang-dev pkg-config python3 python3-venv slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev bubblewrap podman runc charliecloud-runtime redis-server
+DEBS := cmake clang libclang-dev pkg-config python3 python3-venv slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev bubblewrap podman runc charliecloud-runtime redis-server chromium chromium-driver
 
 # The MPI-enabled pilot is built when an MPI compiler wrapper is installed (deps installs MPICH).
 # Evaluated in each recipe, after `deps` has run.

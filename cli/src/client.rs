@@ -2,8 +2,9 @@
 
 use crate::exit;
 use crate::opts::{json_arg, FunctionArgs};
+use crate::progress::Progress;
 use anyhow::Context;
-use fxr_interchange::{client, TcpClient};
+use fxr_interchange::{client, SocketClient};
 use fxr_protocol::{Outcome, Task, TaskId, TaskResult};
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ pub struct RunArgs {
     /// A registered function (name or id), when going through the broker.
     #[arg(long = "function", conflicts_with = "function")]
     pub function_flag: Option<String>,
-    /// An endpoint name or id at the broker, or a local endpoint's front door HOST:PORT.
+    /// An endpoint name or id at the broker, or a local endpoint's front door (the path of its socket).
     #[arg(long)]
     pub endpoint: String,
     /// Arguments as a JSON object.
@@ -37,7 +38,7 @@ pub struct SubmitArgs {
     #[arg(long = "function", conflicts_with = "function")]
     pub function_flag: Option<String>,
     /// Endpoint names or ids at the broker (comma-separated: routed by --policy), or a local
-    /// endpoint's front door HOST:PORT.
+    /// endpoint's front door (the path of its socket).
     #[arg(long)]
     pub endpoint: String,
     /// random | round-robin | least-loaded | warm (the endpoint with idle workers of the
@@ -55,9 +56,13 @@ pub struct SubmitArgs {
     /// Tasks per submission message.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
-    /// Show a progress line while waiting.
+    /// Show progress on stderr while waiting: tasks done, failures, rate, time left.
     #[arg(long)]
     pub progress: bool,
+    /// In text mode, print every result (by default only up to 20 tasks' results, else the
+    /// failures).
+    #[arg(long)]
+    pub show_results: bool,
     #[arg(long, value_parser = crate::opts::duration, default_value = "10m")]
     pub timeout: Duration,
 }
@@ -137,8 +142,11 @@ fn show_broker_task(
         write_value(output, |w| {
             api.download(&format!("/v1/tasks/{id}/data"), w).map(|_| ())
         })
-    } else if output.is_some() || !json {
+    } else if output.is_some() {
         write_value(output, |w| Ok(write!(w, "{}", v["result"])?))
+    } else if !json {
+        print!("{}", value_text(&v["result"]));
+        Ok(())
     } else {
         Ok(())
     }
@@ -146,20 +154,78 @@ fn show_broker_task(
 
 /// Whether `endpoint` names a local front door rather than an endpoint at the broker.
 fn is_local(endpoint: &str) -> bool {
-    endpoint.starts_with("tcp://") || endpoint.parse::<std::net::SocketAddr>().is_ok()
+    fxr_interchange::is_socket_path(endpoint)
 }
 
 fn print_outcome(v: &serde_json::Value, json: bool) {
     if json {
         println!("{v}");
     } else if v["status"] == "succeeded" {
-        println!("{}", v["result"]);
+        print!("{}", value_text(&v["result"]));
     } else {
         println!(
             "failed ({}): {}",
             v["kind"].as_str().unwrap_or("?"),
             v["message"].as_str().unwrap_or("")
         );
+    }
+}
+
+/// A shell or MPI command's result (`{stdout, stderr, returncode}`): its exit code.
+pub fn command_returncode(v: &serde_json::Value) -> Option<i64> {
+    let o = v.as_object()?;
+    (o.contains_key("stdout") && o.contains_key("stderr"))
+        .then(|| o.get("returncode")?.as_i64())
+        .flatten()
+}
+
+/// A result as a person reads it, ending in a newline: a command's output as text (stdout,
+/// then its stderr and exit code when there are any, each named), a string as itself, any other
+/// value as JSON.
+pub fn value_text(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(code) = command_returncode(v) {
+        let stdout = v["stdout"].as_str().unwrap_or("");
+        let stderr = v["stderr"].as_str().unwrap_or("");
+        out.push_str(stdout);
+        if !stdout.is_empty() && !stdout.ends_with('\n') {
+            out.push('\n');
+        }
+        if !stderr.is_empty() {
+            out.push_str("--- stderr\n");
+            out.push_str(stderr);
+            if !stderr.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        for s in ["stdout", "stderr"] {
+            if v[format!("{s}_truncated")] == true {
+                out.push_str(&format!(
+                    "--- {s} cut to what was kept, of {} bytes\n",
+                    v[format!("{s}_bytes")]
+                ));
+            }
+        }
+        if code != 0 {
+            out.push_str(&format!("--- exit code {code}\n"));
+        }
+        return out;
+    }
+    match v {
+        serde_json::Value::String(s) => format!("{s}\n"),
+        other => format!("{other}\n"),
+    }
+}
+
+/// The exit code for a finished task: a failure is `TASK_FAILED`, a command that returned
+/// non-zero `COMMAND_FAILED`.
+fn task_exit(status_ok: bool, value: Option<&serde_json::Value>) -> u8 {
+    if !status_ok {
+        exit::TASK_FAILED
+    } else if value.and_then(command_returncode).is_some_and(|c| c != 0) {
+        exit::COMMAND_FAILED
+    } else {
+        exit::OK
     }
 }
 
@@ -183,21 +249,21 @@ fn broker_follow(
     batches: &[u64],
     total: usize,
     timeout: Duration,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut Progress,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut done: std::collections::BTreeMap<u64, serde_json::Value> = Default::default();
-    let mut last_shown = Instant::now();
+    let mut failed = 0;
     api.follow(
         &serde_json::json!({ "batches": batches }),
         timeout,
         &mut |t| {
             if let Some(id) = t["id"].as_u64() {
-                done.insert(id, t);
+                let ok = t["state"] == "succeeded";
+                if done.insert(id, t).is_none() {
+                    failed += usize::from(!ok);
+                }
             }
-            if last_shown.elapsed() > Duration::from_millis(100) || done.len() == total {
-                last_shown = Instant::now();
-                progress(done.len(), total);
-            }
+            progress.set(done.len(), failed);
             Ok(())
         },
     )?;
@@ -206,7 +272,6 @@ fn broker_follow(
         "the result stream ended with {} of {total} tasks",
         done.len()
     );
-    progress(done.len(), total);
     Ok(done.into_values().collect())
 }
 
@@ -272,11 +337,10 @@ fn broker_run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
         .context("the broker returned no task id")?;
     let t = broker_wait(&api, &[id], a.timeout, &mut |_, _| {})?;
     show_broker_task(&api, &t[0], json, a.output.as_deref())?;
-    Ok(if t[0]["state"] == "succeeded" {
-        exit::OK
-    } else {
-        exit::TASK_FAILED
-    })
+    Ok(task_exit(
+        t[0]["state"] == "succeeded",
+        Some(&t[0]["result"]),
+    ))
 }
 
 #[derive(clap::Args, Debug)]
@@ -301,6 +365,7 @@ pub fn result(a: ResultArgs, json: bool) -> anyhow::Result<u8> {
     }
     Ok(match v["status"].as_str() {
         Some("failed") => exit::TASK_FAILED,
+        Some("succeeded") => task_exit(true, Some(&t["result"])),
         _ => exit::OK,
     })
 }
@@ -316,7 +381,7 @@ pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
         .map(json_arg)
         .transpose()?
         .unwrap_or_default();
-    let mut door = TcpClient::connect(&a.endpoint)
+    let mut door = SocketClient::connect(&a.endpoint)
         .with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
     let task = Task {
         id: TaskId(0),
@@ -339,38 +404,16 @@ pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
                     .with_context(|| format!("cannot read the result from {}", d.node))
             })?;
         }
-        Outcome::Success(_) if !json || a.output.is_some() => {
+        Outcome::Success(_) if a.output.is_some() => {
             write_value(a.output.as_deref(), |w| Ok(write!(w, "{}", v["result"])?))?;
         }
+        Outcome::Success(_) if !json => print!("{}", value_text(&v["result"])),
         Outcome::Failure { kind, message } if !json => {
             println!("failed ({}): {message}", kind.as_str())
         }
         _ => {}
     }
-    Ok(if r.is_success() {
-        exit::OK
-    } else {
-        exit::TASK_FAILED
-    })
-}
-
-fn progress_bar(show: bool) -> impl FnMut(usize, usize) {
-    let mut last = Instant::now();
-    move |done: usize, total: usize| {
-        if show && (last.elapsed() > Duration::from_millis(200) || done == total) {
-            last = Instant::now();
-            let width = 30;
-            let filled = done * width / total.max(1);
-            eprint!(
-                "\r[{}{}] {done}/{total}",
-                "#".repeat(filled),
-                "-".repeat(width - filled)
-            );
-            if done == total {
-                eprintln!();
-            }
-        }
-    }
+    Ok(task_exit(r.is_success(), Some(&v["result"])))
 }
 
 fn read_args(a: &SubmitArgs) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -448,43 +491,98 @@ fn broker_submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
         );
         batches.extend(r["batch_id"].as_u64());
     }
-    let results = broker_follow(
-        &api,
-        &batches,
-        ids.len(),
-        a.timeout,
-        &mut progress_bar(a.progress),
-    )?;
-    let failed = results.iter().filter(|t| t["state"] != "succeeded").count();
+    let mut progress = Progress::new(a.progress, ids.len());
+    let results = broker_follow(&api, &batches, ids.len(), a.timeout, &mut progress)?;
     let lines: Vec<serde_json::Value> = results.iter().map(broker_json).collect();
-    finish_submit(&lines, failed, start, json)
+    finish_submit(&lines, start, json, a.show_results)
 }
 
-/// Prints a submission's results (JSON lines with `--output json`) and the summary line; the
-/// exit code says whether any task failed.
+/// Results a text-mode submission prints one by one unless asked (`--show-results`).
+const SHOW_RESULTS_UP_TO: usize = 20;
+/// Failures a text-mode summary lists.
+const SHOW_FAILURES: usize = 10;
+
+/// One task's line(s) in a text-mode submission: `task 7: hello`, a command's output below
+/// its task when it has several lines.
+fn task_text(l: &serde_json::Value) -> String {
+    let text = if l["status"] != "succeeded" {
+        format!(
+            "failed ({}): {}\n",
+            l["kind"].as_str().unwrap_or("?"),
+            l["message"].as_str().unwrap_or("")
+        )
+    } else if l["result_data"].is_object() {
+        format!(
+            "kept at the endpoint ({} bytes): fxr result {} --output FILE\n",
+            l["result_data"]["size"], l["task"]
+        )
+    } else {
+        value_text(&l["result"])
+    };
+    if text.trim_end().contains('\n') {
+        format!("task {}:\n{text}", l["task"])
+    } else {
+        format!("task {}: {text}", l["task"])
+    }
+}
+
+/// Prints a submission's results (JSON lines with `--output json`; as text for up to
+/// `SHOW_RESULTS_UP_TO` tasks, or all with `show_all`, else the failures) and the summary
+/// line. The exit code says whether a task failed, or else a command returned non-zero.
 fn finish_submit(
     lines: &[serde_json::Value],
-    failed: usize,
     start: Instant,
     json: bool,
+    show_all: bool,
 ) -> anyhow::Result<u8> {
     let secs = start.elapsed().as_secs_f64();
     let total = lines.len();
+    let failed = lines.iter().filter(|l| l["status"] != "succeeded").count();
+    let nonzero = lines
+        .iter()
+        .filter(|l| command_returncode(&l["result"]).is_some_and(|c| c != 0))
+        .count();
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
     if json {
-        let out = std::io::stdout();
-        let mut out = out.lock();
         for l in lines {
             writeln!(out, "{l}")?;
         }
-    }
-    eprintln!(
-        "{total} tasks, {failed} failed, {secs:.3} s, {:.0} tasks/s",
-        total as f64 / secs.max(1e-9)
-    );
-    Ok(if failed == 0 {
-        exit::OK
     } else {
+        let all = show_all || total <= SHOW_RESULTS_UP_TO;
+        let mut failures_shown = 0;
+        for l in lines {
+            let ok = l["status"] == "succeeded";
+            if all || (!ok && failures_shown < SHOW_FAILURES) {
+                failures_shown += usize::from(!ok);
+                write!(out, "{}", task_text(l))?;
+            }
+        }
+        if !all && failed > failures_shown {
+            writeln!(
+                out,
+                "... and {} more failures (fxr task list --state failed)",
+                failed - failures_shown
+            )?;
+        }
+    }
+    out.flush()?;
+    let mut summary = format!(
+        "{} tasks, {} failed, {secs:.3} s, {} tasks/s",
+        crate::progress::thousands(total),
+        crate::progress::thousands(failed),
+        crate::progress::thousands((total as f64 / secs.max(1e-9)).round() as usize)
+    );
+    if nonzero > 0 {
+        summary.push_str(&format!(", {nonzero} commands returned non-zero"));
+    }
+    eprintln!("{summary}");
+    Ok(if failed > 0 {
         exit::TASK_FAILED
+    } else if nonzero > 0 {
+        exit::COMMAND_FAILED
+    } else {
+        exit::OK
     })
 }
 
@@ -505,13 +603,15 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
             container: a.function.container(),
         })
         .collect();
-    let mut door = TcpClient::connect(&a.endpoint)
+    let mut door = SocketClient::connect(&a.endpoint)
         .with_context(|| format!("cannot reach the endpoint at {}", a.endpoint))?;
     let start = Instant::now();
-    let mut progress = progress_bar(a.progress);
-    let mut results = client::submit_and_wait(&mut door, tasks, a.batch, a.timeout, &mut progress)?;
+    let mut progress = Progress::new(a.progress, tasks.len());
+    let mut results =
+        client::submit_and_wait(&mut door, tasks, a.batch, a.timeout, &mut |new, _| {
+            progress.add(new.len(), new.iter().filter(|r| !r.is_success()).count())
+        })?;
     results.sort_by_key(|r| r.id);
-    let failed = results.iter().filter(|r| !r.is_success()).count();
     let lines: Vec<serde_json::Value> = results.iter().map(outcome_json).collect();
-    finish_submit(&lines, failed, start, json)
+    finish_submit(&lines, start, json, a.show_results)
 }

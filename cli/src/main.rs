@@ -13,8 +13,10 @@ mod experiment;
 mod function;
 mod opts;
 mod pilot;
+mod progress;
 mod routing;
 mod storedir;
+mod task;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -43,6 +45,16 @@ enum Command {
     Function(function::FunctionCmd),
     /// Show one task's state and result (from the broker).
     Result(client::ResultArgs),
+    /// Your tasks at the broker: list them by state, function, endpoint and time; show one.
+    #[command(subcommand)]
+    Task(task::TaskCmd),
+    /// The user your saved token belongs to.
+    Whoami,
+    /// Print a shell completion script: `fxr completions bash > /etc/bash_completion.d/fxr`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run and manage endpoints.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCmd),
@@ -78,6 +90,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The command ran, but at least one task failed.
     pub const TASK_FAILED: u8 = 3;
+    /// Every task ran, but a shell or MPI command returned non-zero.
+    pub const COMMAND_FAILED: u8 = 4;
 }
 
 fn main() -> ExitCode {
@@ -112,6 +126,13 @@ fn main() -> ExitCode {
         Command::Login(a) => function::login(a, json),
         Command::Function(c) => function::run(c, json),
         Command::Result(a) => client::result(a, json),
+        Command::Task(c) => task::run(c, json),
+        Command::Whoami => task::whoami(json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "fxr", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
         Command::Endpoint(c) => endpoint::run(c, json),
         Command::Pilot(a) => pilot::run(a),
         Command::Run(a) => client::run(a, json),
@@ -128,7 +149,15 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fxr: error: {e:#}");
+            if json {
+                // One JSON object on stderr, so scripts parse errors as they parse results.
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"error": {"message": format!("{e:#}"), "exit_code": exit::ERROR}})
+                );
+            } else {
+                eprintln!("fxr: error: {e:#}");
+            }
             exit::ERROR
         }
     };

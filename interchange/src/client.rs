@@ -7,13 +7,13 @@ use std::io;
 use std::time::{Duration, Instant};
 
 /// Submits `tasks` in batches of `batch` and waits until each has a result or `timeout` passes
-/// without progress. `progress(done, total)` is called as results arrive.
+/// without progress. `progress(new, total)` is called with the results as they arrive.
 pub fn submit_and_wait(
     door: &mut dyn FrontDoor,
     tasks: Vec<Task>,
     batch: usize,
     timeout: Duration,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(&[TaskResult], usize),
 ) -> io::Result<Vec<TaskResult>> {
     let total = tasks.len();
     let mut results = Vec::with_capacity(total);
@@ -26,9 +26,9 @@ pub fn submit_and_wait(
     while results.len() < total {
         match door.recv(Duration::from_millis(200))? {
             Some(FrontMsg::Results { results: r }) => {
+                progress(&r, total);
                 results.extend(r);
                 last_progress = Instant::now();
-                progress(results.len(), total);
             }
             Some(FrontMsg::Error { message }) => return Err(io::Error::other(message)),
             Some(_) => {}

@@ -348,16 +348,8 @@ pub(super) async fn load_one(broker: &Broker, user: i64, id: &str) -> Result<Tas
         .ok_or_else(|| ApiError::not_found(format!("no task {n}")))
 }
 
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct IdsQuery {
-    /// Comma-separated task ids, at most 1,000 (use `POST /v1/tasks/query` for more).
-    #[param(pattern = "^[0-9]{1,19}(,[0-9]{1,19}){0,999}$")]
-    ids: String,
-}
-
 /// Parses `1,2,3` (digits and commas only, as the documented pattern says).
-fn parse_ids(s: &str) -> Result<Vec<u64>, ApiError> {
+pub(super) fn parse_ids(s: &str) -> Result<Vec<u64>, ApiError> {
     let ids: Vec<u64> = s
         .split(',')
         .map(|p| {
@@ -394,22 +386,52 @@ async fn many(broker: &Broker, user: i64, ids: Vec<u64>) -> Result<TasksResponse
     let mut tasks: Vec<TaskInfo> = rows.into_iter().map(|t| task_info(broker, t)).collect();
     tasks.sort_by_key(|t| order.get(&t.id).copied().unwrap_or(usize::MAX));
     let pending = tasks.iter().filter(|t| t.completed_ms.is_none()).count() as u64;
-    Ok(TasksResponse { tasks, pending })
+    Ok(TasksResponse {
+        tasks,
+        pending,
+        next_cursor: None,
+    })
 }
 
-/// Get many tasks: `GET /v1/tasks?ids=1,2,3` (at most 1,000 ids; more answer `414`).
-#[utoipa::path(get, path = "/v1/tasks", params(IdsQuery),
+/// Get many tasks by id (`GET /v1/tasks?ids=1,2,3`, at most 1,000; more answer `414`), or list
+/// your tasks by filters, newest first, a page at a time (`?state=failed&limit=100`, then
+/// `?cursor=NEXT_CURSOR` with the same filters).
+#[utoipa::path(get, path = "/v1/tasks", params(super::history::ListQuery),
     responses((status = 200, body = TasksResponse), (status = 401, body = super::types::ErrorBody),
               (status = 414, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody),
               (status = 503, body = super::types::ErrorBody)))]
 pub async fn get_many(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
-    q: Result<Query<IdsQuery>, axum::extract::rejection::QueryRejection>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+    q: Result<Query<super::history::ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TasksResponse>, ApiError> {
+    super::history::no_empty_params(raw.as_deref())?;
     let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
-    let ids = parse_ids(&q.ids)?;
-    Ok(Json(many(&broker, user.id, ids).await?))
+    match q.ids() {
+        Some(_) if q.has_filters() => Err(ApiError::bad(
+            "`ids` does not combine with filters, a cursor, an order or a limit",
+        )),
+        Some(ids) => {
+            let ids = parse_ids(ids)?;
+            Ok(Json(many(&broker, user.id, ids).await?))
+        }
+        None => {
+            let filter = q.filter(user.id)?;
+            let limit = filter.limit;
+            let rows = broker.read(move |s| s.list_tasks(&filter)).await?;
+            let next_cursor = (rows.len() == limit)
+                .then(|| rows.last().map(|t| t.id))
+                .flatten();
+            let tasks: Vec<TaskInfo> = rows.into_iter().map(|t| task_info(&broker, t)).collect();
+            let pending = tasks.iter().filter(|t| t.completed_ms.is_none()).count() as u64;
+            Ok(Json(TasksResponse {
+                tasks,
+                pending,
+                next_cursor,
+            }))
+        }
+    }
 }
 
 /// Get many tasks, ids in the body (up to 10,000).
@@ -495,10 +517,12 @@ pub async fn wait(
     Ok(Json(TasksResponse {
         tasks: ordered,
         pending,
+        next_cursor: None,
     }))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Comma-separated task ids, at most 1,000.

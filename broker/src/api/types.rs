@@ -458,6 +458,32 @@ pub struct TasksResponse {
     pub tasks: Vec<TaskInfo>,
     /// How many of the requested tasks have not finished.
     pub pending: u64,
+    /// When listing by filters and more tasks may follow: pass it as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<u64>,
+}
+
+/// Counts over your tasks, for the dashboard.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct TaskStats {
+    /// All your tasks by state (`pending`, `succeeded`, `failed`).
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    /// Failures by kind among the tasks finished in the window.
+    pub failures: std::collections::BTreeMap<String, u64>,
+    /// Tasks finished per bucket in the window, oldest first (buckets with none are left out).
+    pub finished: Vec<FinishedBucket>,
+    pub window_s: u64,
+    pub bucket_s: u64,
+    /// The broker's clock (ms since the epoch) when counted.
+    pub now_ms: i64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+pub struct FinishedBucket {
+    /// The bucket's start, ms since the epoch.
+    pub t_ms: i64,
+    pub succeeded: u64,
+    pub failed: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]

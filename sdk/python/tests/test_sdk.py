@@ -116,7 +116,8 @@ def test_json_refuses_what_it_cannot_carry(executor):
 
 
 def test_a_walltime_fails_the_task_as_timeout_and_the_next_task_runs(client, endpoint):
-    fid = client.register_function(nap, walltime=0.5)
+    # Names are unique per owner: this variant of `nap` gets a name of its own.
+    fid = client.register_function(nap, name="nap_with_walltime", walltime=0.5)
     with Executor(endpoint=endpoint, client=client) as ex:
         with pytest.raises(TaskFailed) as e:
             ex.submit(fid, 30).result(60)

@@ -213,6 +213,10 @@ class Client:
     ) -> str:
         """Registers a Python function (its source, through `inspect.getsource`); its id.
 
+        Names are unique per owner: registering the same function again answers its id, and a
+        different one under a used name (`fn.__name__` by default) raises `BrokerError` 409;
+        give `name=` to register a variant.
+
         `container` is `RUNTIME:IMAGE` or `{"runtime", "image", "options"}`."""
         source = function_source(fn)
         try:
