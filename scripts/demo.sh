@@ -25,7 +25,7 @@ token=$("$FXR" broker user add demo --db "$work/broker.db")
 pids+=($!)
 wait_for_file "$work/broker.addr"
 broker=$(cat "$work/broker.addr")
-"$FXR" login --broker "$broker" --token "$token"
+echo "$token" | "$FXR" login --broker "$broker"   # the token on stdin, never in `ps`
 
 echo "== two endpoints, 2 worker processes each, in the background"
 "$FXR" endpoint create east --workers-per-node 2 >/dev/null

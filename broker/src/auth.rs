@@ -2,28 +2,31 @@
 
 use sha2::{Digest, Sha256};
 
-/// A new random secret, 32 bytes as hex.
-pub fn new_secret() -> String {
-    hex(&random_bytes::<32>())
+/// The OS's cryptographic generator failed: no secret is made without it.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random number generator failed: {0}")]
+pub struct RandomError(String);
+
+/// A new random secret, 32 bytes from the OS's cryptographic generator, as hex.
+pub fn new_secret() -> Result<String, RandomError> {
+    Ok(hex(&random_bytes::<32>()?))
 }
 
-/// A new random identifier, 16 bytes as hex.
-pub fn new_id() -> String {
-    hex(&random_bytes::<16>())
+/// A new random identifier, 16 bytes from the OS's cryptographic generator, as hex.
+pub fn new_id() -> Result<String, RandomError> {
+    Ok(hex(&random_bytes::<16>()?))
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` bytes from the OS's cryptographic generator (`getrandom(2)`), with no fallback.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
     let mut b = [0u8; N];
-    if getrandom::fill(&mut b).is_err() {
-        // The OS generator is unavailable only on exotic systems; fall back to a seeded PRNG
-        // mixed with the clock rather than refusing to run.
-        let mut rng =
-            fastrand::Rng::with_seed(crate::store::now_ms() as u64 ^ u64::from(std::process::id()));
-        for x in &mut b {
-            *x = rng.u8(..);
-        }
-    }
-    b
+    getrandom::fill(&mut b).map_err(|e| RandomError(e.to_string()))?;
+    Ok(b)
+}
+
+/// Compares two hashes in constant time.
+pub fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// The stored form of a secret.
@@ -45,9 +48,9 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     #[test]
     fn secrets_are_distinct_and_hashes_stable() {
-        let a = super::new_secret();
+        let a = super::new_secret().unwrap();
         assert_eq!(a.len(), 64);
-        assert_ne!(a, super::new_secret());
+        assert_ne!(a, super::new_secret().unwrap());
         assert_eq!(super::hash("x"), super::hash("x"));
         assert_eq!(
             super::hash("abc"),

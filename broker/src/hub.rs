@@ -31,6 +31,12 @@ pub struct Limits {
     pub max_backlog_endpoint: u64,
     /// Most tasks without a result owned by one user.
     pub max_backlog_user: u64,
+    /// Most functions one user may register.
+    pub max_functions_user: u64,
+    /// Most endpoints one user may register.
+    pub max_endpoints_user: u64,
+    /// Requests per second one user may make (twice that in a burst); 0 for no limit.
+    pub max_requests_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -40,6 +46,9 @@ impl Default for Limits {
             max_inflight_bytes: 256 << 20,
             max_backlog_endpoint: 2_000_000,
             max_backlog_user: 2_000_000,
+            max_functions_user: 1000,
+            max_endpoints_user: 100,
+            max_requests_per_sec: 2000,
         }
     }
 }

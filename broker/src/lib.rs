@@ -8,6 +8,7 @@
 //! - [`link`]: the endpoint side of the WebSocket.
 //! - [`watch`]: clients waiting for results, by task, batch and owner.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`tls`]: HTTPS, when the broker has a certificate.
 
 pub mod api;
 pub mod auth;
@@ -15,7 +16,9 @@ pub mod fetch;
 pub mod hub;
 pub mod link;
 pub mod metrics;
+pub mod rate;
 pub mod store;
+pub mod tls;
 pub mod watch;
 
 use api::types::FunctionBody;
@@ -89,6 +92,8 @@ pub struct Broker {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Chunks of stored results asked of endpoints and not yet answered.
     pub fetches: Mutex<fetch::Fetches>,
+    /// Requests per user.
+    pub rate: Mutex<rate::RateLimiter>,
 }
 
 /// A finished task for the store, and what watchers are told of it.
@@ -319,6 +324,7 @@ impl Broker {
             store.complete(&orphans)?;
         }
         tracing::info!(requeued, "broker store opened");
+        let rate = rate::RateLimiter::new(config.limits.max_requests_per_sec);
         Ok(Arc::new(Broker {
             config,
             store: Arc::new(Mutex::new(store)),
@@ -329,6 +335,7 @@ impl Broker {
             metrics: metrics::Metrics::default(),
             stopping: tokio::sync::watch::channel(false).0,
             fetches: Mutex::new(fetch::Fetches::default()),
+            rate: Mutex::new(rate),
         }))
     }
 
@@ -475,11 +482,20 @@ impl Broker {
         self.reg().endpoints.values().cloned().collect()
     }
 
-    pub async fn add_function(&self, row: FunctionRow, func: Runnable) -> Result<(), StoreError> {
+    /// Registers a function; the id of an identical one already registered, if any (then
+    /// nothing is added).
+    pub async fn add_function(
+        &self,
+        row: FunctionRow,
+        func: Runnable,
+    ) -> Result<Option<String>, StoreError> {
         let r = row.clone();
-        self.db(move |s| s.put_function(&r)).await?;
-        self.reg_mut().functions.insert(row.id.clone(), (row, func));
-        Ok(())
+        let max = self.config.limits.max_functions_user;
+        let existing = self.db(move |s| s.put_function(&r, max)).await?;
+        if existing.is_none() {
+            self.reg_mut().functions.insert(row.id.clone(), (row, func));
+        }
+        Ok(existing)
     }
 
     /// Deletes a function; its open tasks fail as `function_deleted` (those already at an
@@ -510,7 +526,8 @@ impl Broker {
 
     pub async fn add_endpoint(&self, row: EndpointRow) -> Result<(), StoreError> {
         let r = row.clone();
-        self.db(move |s| s.put_endpoint(&r)).await?;
+        let max = self.config.limits.max_endpoints_user;
+        self.db(move |s| s.put_endpoint(&r, max)).await?;
         self.reg_mut().endpoints.insert(row.id.clone(), row);
         Ok(())
     }
@@ -619,6 +636,34 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Small frames (one task, an acknowledgement) must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    serve_on(listener, broker, shutdown).await
+}
+
+/// [`serve`] over HTTPS (and `wss://` for endpoint links) with `acceptor`'s certificate.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_on(tls::TlsListener::new(listener, acceptor)?, broker, shutdown).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let keeper = broker.clone();
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -633,12 +678,6 @@ pub async fn serve(
         let _ = stopper.stopping.send(true);
     };
     let app = api::router(broker);
-    // Small frames (one task, an acknowledgement) must not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub failed: AtomicU64,
     /// Submissions refused by a backlog limit.
     pub refused: AtomicU64,
+    /// Requests refused by the per-user rate limit.
+    pub rate_limited: AtomicU64,
     /// Results from an endpoint link for tasks that were not routed to that endpoint.
     pub foreign_results: AtomicU64,
     /// Link connections replaced by a newer one of the same endpoint.
@@ -31,6 +33,7 @@ impl Default for Metrics {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             foreign_results: AtomicU64::new(0),
             links_replaced: AtomicU64::new(0),
             links_silent: AtomicU64::new(0),
@@ -94,7 +97,7 @@ pub fn render(broker: &Broker) -> String {
             get(v),
         );
     }
-    let singles: [(&str, &str, &str, f64); 8] = [
+    let singles: [(&str, &str, &str, f64); 9] = [
         (
             "fxr_broker_tasks_submitted_total",
             "counter",
@@ -106,6 +109,12 @@ pub fn render(broker: &Broker) -> String {
             "counter",
             "Submissions answered 429 because a backlog limit would be passed.",
             get(&m.refused),
+        ),
+        (
+            "fxr_broker_requests_rate_limited_total",
+            "counter",
+            "Requests answered 429 because a user passed the per-user request rate.",
+            get(&m.rate_limited),
         ),
         (
             "fxr_broker_foreign_results_total",

@@ -15,6 +15,12 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
+    /// A name the owner already uses.
+    #[error("{0}")]
+    Taken(String),
+    /// The owner has as many of these as allowed.
+    #[error("{0}")]
+    Quota(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -118,6 +124,39 @@ ALTER TABLE tasks ADD COLUMN batch INTEGER NOT NULL DEFAULT 0;
 /// Added with large results by reference: where such a result is kept.
 const MIGRATE_DATA_REF: &str = "ALTER TABLE tasks ADD COLUMN data_ref TEXT;";
 const BATCH_INDEX: &str = "CREATE INDEX IF NOT EXISTS tasks_batch ON tasks(batch);";
+/// Listing a user's tasks newest first, and functions by name.
+const OWNER_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, id);
+CREATE INDEX IF NOT EXISTS functions_name ON functions(owner, name);
+";
+
+/// Which of a user's tasks to list, and where to start.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub owner: i64,
+    pub state: Option<String>,
+    pub function_id: Option<String>,
+    pub endpoint_id: Option<String>,
+    /// Created at or after (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Created before.
+    pub until_ms: Option<i64>,
+    /// Only ids below this (newest first) or above it (oldest first).
+    pub cursor: Option<u64>,
+    pub oldest_first: bool,
+    pub limit: usize,
+}
+
+/// Counts over a user's recent tasks, for the dashboard.
+#[derive(Clone, Debug, Default)]
+pub struct TaskStats {
+    /// Tasks by state, over all the user's tasks.
+    pub by_state: Vec<(String, u64)>,
+    /// Failures by kind, among tasks finished in the window.
+    pub failures: Vec<(String, u64)>,
+    /// Tasks finished per bucket in the window: (bucket start ms, succeeded, failed).
+    pub finished: Vec<(i64, u64, u64)>,
+}
 
 /// Most ids in one `IN (...)` list.
 const IN_CHUNK: usize = 500;
@@ -158,6 +197,7 @@ impl Store {
             conn.execute_batch(MIGRATE_BATCH)?;
         }
         conn.execute_batch(BATCH_INDEX)?;
+        conn.execute_batch(OWNER_INDEXES)?;
         let has_data_ref = conn
             .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'data_ref'")?
             .exists([])?;
@@ -221,12 +261,34 @@ impl Store {
             .optional()?)
     }
 
-    pub fn put_function(&mut self, f: &FunctionRow) -> Result<()> {
+    /// Adds a function; a name is unique per owner (checked on the one writer connection, so
+    /// two registrations cannot both pass). Registering the very same function again (same
+    /// name, same definition) adds nothing and answers the existing id.
+    pub fn put_function(&mut self, f: &FunctionRow, max: u64) -> Result<Option<String>> {
+        let taken: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, spec FROM functions WHERE owner = ?1 AND name = ?2 LIMIT 1",
+                params![f.owner, f.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match taken {
+            Some((id, spec)) if spec == f.spec => return Ok(Some(id)),
+            Some((id, _)) => {
+                return Err(StoreError::Taken(format!(
+                    "you already have a different function named `{}` ({id}); delete it first or choose another name",
+                    f.name
+                )))
+            }
+            None => {}
+        }
+        self.within_quota("functions", f.owner, max)?;
         self.conn.execute(
             "INSERT INTO functions (id, owner, name, description, spec, public, shared_with) VALUES (?1,?2,?3,?4,?5,?6,?7)",
             params![f.id, f.owner, f.name, f.description, f.spec, f.public, ids_to_text(&f.shared_with)],
         )?;
-        Ok(())
+        Ok(None)
     }
 
     fn function_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FunctionRow, String)> {
@@ -278,7 +340,24 @@ impl Store {
             > 0)
     }
 
-    pub fn put_endpoint(&mut self, e: &EndpointRow) -> Result<()> {
+    /// Refuses a new row of `table` when `owner` has `max` already.
+    fn within_quota(&self, table: &str, owner: i64, max: u64) -> Result<()> {
+        let n: i64 = self.conn.query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE owner = ?1"),
+            [owner],
+            |r| r.get(0),
+        )?;
+        if n as u64 >= max {
+            return Err(StoreError::Quota(format!(
+                "you have {n} {table}, the most this broker allows; delete some first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds an endpoint, within the owner's quota.
+    pub fn put_endpoint(&mut self, e: &EndpointRow, max: u64) -> Result<()> {
+        self.within_quota("endpoints", e.owner, max)?;
         self.conn.execute(
             "INSERT INTO endpoints (id, owner, name, credential_hash, shared_with) VALUES (?1,?2,?3,?4,?5)",
             params![e.id, e.owner, e.name, e.credential_hash, ids_to_text(&e.shared_with)],
@@ -443,6 +522,81 @@ impl Store {
             for r in rows {
                 out.push(r?);
             }
+        }
+        Ok(out)
+    }
+
+    /// A page of one user's tasks, newest first (or oldest first), by the filter. Ids only grow,
+    /// so a cursor walk sees every task once, also while tasks are being added.
+    pub fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRow>> {
+        let mut sql = format!("SELECT {} FROM tasks WHERE owner = ?1", Self::TASK_COLS);
+        let mut args: Vec<rusqlite::types::Value> = vec![f.owner.into()];
+        let mut add = |clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(s) = &f.state {
+            add("state =", s.clone().into());
+        }
+        if let Some(x) = &f.function_id {
+            add("function_id =", x.clone().into());
+        }
+        if let Some(x) = &f.endpoint_id {
+            add("endpoint_id =", x.clone().into());
+        }
+        if let Some(t) = f.since_ms {
+            add("created_ms >=", t.into());
+        }
+        if let Some(t) = f.until_ms {
+            add("created_ms <", t.into());
+        }
+        if let Some(c) = f.cursor {
+            let c = c.min(i64::MAX as u64) as i64;
+            add(if f.oldest_first { "id >" } else { "id <" }, c.into());
+        }
+        sql.push_str(if f.oldest_first {
+            " ORDER BY id ASC"
+        } else {
+            " ORDER BY id DESC"
+        });
+        sql.push_str(&format!(" LIMIT {}", f.limit));
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), Self::task_from)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Counts for one user: tasks by state, and of the tasks finished since `since_ms`, failures
+    /// by kind and completions per `bucket_ms`.
+    pub fn task_stats(&self, owner: i64, since_ms: i64, bucket_ms: i64) -> Result<TaskStats> {
+        let mut out = TaskStats::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM tasks WHERE owner = ?1 GROUP BY state")?;
+        for r in stmt.query_map([owner], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))? {
+            out.by_state.push(r?);
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT error_kind, COUNT(*) FROM tasks WHERE completed_ms >= ?2 AND owner = ?1 \
+             AND error_kind IS NOT NULL GROUP BY error_kind",
+        )?;
+        for r in stmt.query_map(params![owner, since_ms], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+        })? {
+            out.failures.push(r?);
+        }
+        let bucket = bucket_ms.max(1);
+        let mut stmt = self.conn.prepare(
+            "SELECT (completed_ms / ?3) * ?3 AS b, SUM(error_kind IS NULL), SUM(error_kind IS NOT NULL) \
+             FROM tasks WHERE completed_ms >= ?2 AND owner = ?1 GROUP BY b ORDER BY b",
+        )?;
+        for r in stmt.query_map(params![owner, since_ms, bucket], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })? {
+            out.finished.push(r?);
         }
         Ok(out)
     }

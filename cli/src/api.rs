@@ -26,8 +26,9 @@ pub struct Profile {
 
 /// Writes a file readable only by its owner.
 pub fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        private_dir(dir)?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -36,7 +37,26 @@ pub fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // `mode` applies only to a new file: one that existed keeps its mode unless it is set.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
     f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Creates `dir` if needed and makes it 0700 when it is ours, whatever its mode was. A shared
+/// directory (sticky, like `/tmp`, or someone else's) is left alone.
+pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    // SAFETY: getuid(2) has no failure mode.
+    let me = unsafe { libc::getuid() };
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.uid() == me && !sticky && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
     Ok(())
 }
 
@@ -56,7 +76,7 @@ impl Profile {
             p.token = t;
         }
         if p.broker.is_empty() || p.token.is_empty() {
-            bail!("not logged in: run `fxr login --broker URL --token TOKEN` (or set FXR_BROKER and FXR_TOKEN)");
+            bail!("not logged in: run `fxr login --broker URL` with the token on standard input (or set FXR_BROKER and FXR_TOKEN)");
         }
         Ok(p)
     }
@@ -75,22 +95,51 @@ pub struct Api {
     agent: ureq::Agent,
 }
 
+/// Certificates `https://` brokers are checked against: the web PKI's roots, or only the CA
+/// bundle (PEM) named by `FXR_CA_CERT`, for a site's own CA.
+pub fn tls_config() -> anyhow::Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig};
+    let Some(path) = std::env::var_os("FXR_CA_CERT") else {
+        return Ok(TlsConfig::default());
+    };
+    let path = PathBuf::from(path);
+    let pem = std::fs::read(&path)
+        .with_context(|| format!("cannot read FXR_CA_CERT {}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let PemItem::Certificate(c) =
+            item.with_context(|| format!("{} is not PEM", path.display()))?
+        {
+            certs.push(c);
+        }
+    }
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "FXR_CA_CERT {} holds no certificate",
+        path.display()
+    );
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&certs))
+        .build())
+}
+
 impl Api {
-    pub fn new(broker: &str, token: &str) -> Api {
+    pub fn new(broker: &str, token: &str) -> anyhow::Result<Api> {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(330)))
+            .tls_config(tls_config()?)
             .build();
-        Api {
+        Ok(Api {
             base: broker.trim_end_matches('/').to_string(),
             token: token.to_string(),
             agent: config.into(),
-        }
+        })
     }
 
     pub fn from_profile() -> anyhow::Result<Api> {
         let p = Profile::load()?;
-        Ok(Api::new(&p.broker, &p.token))
+        Api::new(&p.broker, &p.token)
     }
 
     fn finish<T: DeserializeOwned>(
@@ -214,6 +263,7 @@ impl Api {
             .http_status_as_error(false)
             .timeout_connect(Some(std::time::Duration::from_secs(10)))
             .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
+            .tls_config(tls_config()?)
             .build()
             .into();
         let resp = agent
@@ -263,24 +313,43 @@ impl Api {
     /// Resolves a function given by id or by name.
     pub fn function_id(&self, name_or_id: &str) -> anyhow::Result<String> {
         let all: Vec<serde_json::Value> = self.get("/v1/functions")?;
-        resolve(&all, name_or_id, "function")
+        self.resolve(&all, name_or_id, "function")
     }
 
     /// Resolves an endpoint given by id or by name.
     pub fn endpoint_id(&self, name_or_id: &str) -> anyhow::Result<String> {
         let all: Vec<serde_json::Value> = self.get("/v1/endpoints")?;
-        resolve(&all, name_or_id, "endpoint")
+        self.resolve(&all, name_or_id, "endpoint")
     }
-}
 
-fn resolve(all: &[serde_json::Value], key: &str, what: &str) -> anyhow::Result<String> {
-    if all.iter().any(|f| f["id"] == key) {
-        return Ok(key.to_string());
-    }
-    let named: Vec<&serde_json::Value> = all.iter().filter(|f| f["name"] == key).collect();
-    match named.as_slice() {
-        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
-        [] => bail!("no {what} `{key}` that you may use"),
-        _ => bail!("{} {what}s are named `{key}`; use an id", named.len()),
+    /// An id, or a name: names are unique per owner, so among others' shared things of the
+    /// same name the caller's own wins.
+    fn resolve(&self, all: &[serde_json::Value], key: &str, what: &str) -> anyhow::Result<String> {
+        if all.iter().any(|f| f["id"] == key) {
+            return Ok(key.to_string());
+        }
+        let named: Vec<&serde_json::Value> = all.iter().filter(|f| f["name"] == key).collect();
+        let id = |v: &serde_json::Value| v["id"].as_str().unwrap_or_default().to_string();
+        match named.as_slice() {
+            [one] => Ok(id(one)),
+            [] => bail!("no {what} `{key}` that you may use"),
+            _ => {
+                let me: serde_json::Value = self.get("/v1/whoami")?;
+                let mine: Vec<&&serde_json::Value> =
+                    named.iter().filter(|v| v["owner"] == me["name"]).collect();
+                match mine.as_slice() {
+                    [one] => Ok(id(one)),
+                    _ => bail!(
+                        "{} {what}s named `{key}` are shared with you (owners {}); use an id",
+                        named.len(),
+                        named
+                            .iter()
+                            .map(|v| v["owner"].as_str().unwrap_or("?"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            }
+        }
     }
 }

@@ -90,7 +90,7 @@ impl ViaBroker {
     fn start(ep: &LocalEndpoint, function: &str, connect: bool) -> anyhow::Result<ViaBroker> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("broker.db");
-        let token = fxr_broker::auth::new_secret();
+        let token = fxr_broker::auth::new_secret()?;
         fxr_broker::Store::open(&db)?.add_user("bench", &fxr_broker::auth::hash(&token))?;
         let broker = fxr_broker::Broker::open(fxr_broker::BrokerConfig::new(db))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,7 +106,7 @@ impl ViaBroker {
         rt.spawn(fxr_broker::serve(listener, broker, async move {
             let _ = stopped.await;
         }));
-        let api = crate::api::Api::new(&url, &token);
+        let api = crate::api::Api::new(&url, &token)?;
         let body = if function == "shell-true" {
             serde_json::json!({"name": "f", "kind": "shell", "command": "/bin/true"})
         } else if function == "python-noop" {
@@ -148,6 +148,7 @@ impl ViaBroker {
                 window: 100_000,
                 status_period: Duration::from_millis(500),
                 connected: None,
+                ca_cert: std::env::var_os("FXR_CA_CERT").map(std::path::PathBuf::from),
             })?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -404,7 +405,7 @@ pub(crate) fn endpoint_with(
         name: None,
         dir: None,
         local: true,
-        listen: String::new(),
+        listen: None,
         manager_url: "tcp://127.0.0.1:0".into(),
         blocks: if c.slurm_nodes.is_some() { 0 } else { c.blocks },
         workers_per_node: Some(c.workers),
@@ -413,6 +414,7 @@ pub(crate) fn endpoint_with(
         managers: c.managers,
         dispatch: Policy::LeastLoaded,
         max_retries: 2,
+        register_timeout: Duration::from_secs(10),
         heartbeat_period: Duration::from_secs(5),
         heartbeat_threshold: Duration::from_secs(60),
         address_file: None,
@@ -437,6 +439,7 @@ pub(crate) fn endpoint_with(
             name: "bench".into(),
             broker: None,
             endpoint_id: None,
+            ca_cert: None,
             engine: Default::default(),
             provider: Default::default(),
             containers: Default::default(),

@@ -50,9 +50,25 @@ pub struct ServeArgs {
     /// Most tasks without a result owned by one user; submissions past it get 429.
     #[arg(long, default_value_t = 2_000_000)]
     pub max_backlog_user: u64,
+    /// Most functions one user may register (more get 403 `quota_exceeded`).
+    #[arg(long, default_value_t = 1000)]
+    pub max_functions_per_user: u64,
+    /// Most endpoints one user may register.
+    #[arg(long, default_value_t = 100)]
+    pub max_endpoints_per_user: u64,
+    /// Requests per second one user may make, twice that in a burst (more get 429 with
+    /// `Retry-After`); 0 for no limit.
+    #[arg(long, default_value_t = 2000)]
+    pub max_requests_per_user: u32,
     /// Most bytes of tasks sent to one endpoint and not yet finished.
     #[arg(long, default_value_t = 256 << 20)]
     pub max_link_inflight_bytes: u64,
+    /// Serve HTTPS (and `wss://` links) with this PEM certificate chain (leaf first).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Close an endpoint link silent this long (endpoints report every 2 s).
     #[arg(long, value_parser = crate::opts::duration, default_value = "30s")]
     pub link_idle: Duration,
@@ -67,7 +83,7 @@ pub fn run(cmd: BrokerCmd, json: bool) -> anyhow::Result<u8> {
             );
             let mut store =
                 Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
-            let token = auth::new_secret();
+            let token = auth::new_secret()?;
             store
                 .add_user(&name, &auth::hash(&token))
                 .with_context(|| format!("cannot add user `{name}` (does it exist already?)"))?;
@@ -89,8 +105,17 @@ fn serve(a: ServeArgs, json: bool) -> anyhow::Result<u8> {
     config.max_body_bytes = a.max_body;
     config.limits.max_backlog_endpoint = a.max_backlog_endpoint;
     config.limits.max_backlog_user = a.max_backlog_user;
+    config.limits.max_functions_user = a.max_functions_per_user;
+    config.limits.max_endpoints_user = a.max_endpoints_per_user;
+    config.limits.max_requests_per_sec = a.max_requests_per_user;
     config.limits.max_inflight_bytes = a.max_link_inflight_bytes.max(1);
     config.link_idle = a.link_idle;
+    // Checked before anything listens: a bad certificate is an error at start.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(fxr_broker::tls::acceptor(c, k)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let broker = Broker::open(config)
         .with_context(|| format!("cannot open the store {}", a.db.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -102,12 +127,12 @@ fn serve(a: ServeArgs, json: bool) -> anyhow::Result<u8> {
         let addr = listener.local_addr()?;
         if let Some(f) = &a.address_file {
             let tmp = f.with_extension("tmp");
-            std::fs::write(&tmp, format!("http://{addr}")).and_then(|()| std::fs::rename(&tmp, f))?;
+            std::fs::write(&tmp, format!("{scheme}://{addr}")).and_then(|()| std::fs::rename(&tmp, f))?;
         }
         if json {
-            println!("{}", serde_json::json!({"broker": format!("http://{addr}")}));
+            println!("{}", serde_json::json!({"broker": format!("{scheme}://{addr}")}));
         } else {
-            println!("broker listening on http://{addr}");
+            println!("broker listening on {scheme}://{addr}");
         }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -116,7 +141,10 @@ fn serve(a: ServeArgs, json: bool) -> anyhow::Result<u8> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        fxr_broker::serve(listener, broker, shutdown).await?;
+        match tls {
+            Some(acceptor) => fxr_broker::serve_tls(listener, acceptor, broker, shutdown).await?,
+            None => fxr_broker::serve(listener, broker, shutdown).await?,
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(exit::OK)

@@ -87,7 +87,7 @@ fn via_store_remote(data: &[u8], repeat: usize) -> anyhow::Result<Vec<Sample>> {
     let (da, db) = (shm_dir("far")?, shm_dir("near")?);
     let far = Store::open(da.path(), limits(data.len() as u64))?;
     let near = Store::open(db.path(), limits(data.len() as u64))?;
-    let secret = fxr_broker::auth::new_secret();
+    let secret = fxr_broker::auth::new_secret()?;
     let svc = fxr_pilot::data::DataService::start(far.clone(), secret.clone(), "tcp://127.0.0.1:0")
         .map_err(anyhow::Error::msg)?;
     let mut out = Vec::new();

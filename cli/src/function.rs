@@ -9,18 +9,60 @@ use std::time::Duration;
 pub struct LoginArgs {
     #[arg(long)]
     pub broker: String,
+    /// Read the token from this file; without it, from standard input (asked for, without
+    /// echo, on a terminal). Never on the command line, where `ps` would show it.
     #[arg(long)]
-    pub token: String,
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// Reads one line from standard input; on a terminal, asks for it with echo turned off.
+fn read_secret_line(prompt: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Read};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let mut saved: Option<libc::termios> = None;
+    if tty {
+        eprint!("{prompt}");
+        // SAFETY: tcgetattr/tcsetattr on standard input with a termios we own.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                saved = Some(t);
+                t.c_lflag &= !libc::ECHO;
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+    let mut line = String::new();
+    let read = stdin.lock().take(4096).read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        eprintln!();
+    }
+    read.context("cannot read the token from standard input")?;
+    Ok(line.trim().to_string())
 }
 
 pub fn login(a: LoginArgs, json: bool) -> anyhow::Result<u8> {
-    let api = Api::new(&a.broker, &a.token);
+    let token = match &a.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {}", f.display()))?
+            .trim()
+            .to_string(),
+        None => read_secret_line("token: ")?,
+    };
+    anyhow::ensure!(
+        !token.is_empty(),
+        "no token given (on standard input or with --token-file)"
+    );
+    let api = Api::new(&a.broker, &token)?;
     let me: serde_json::Value = api
         .get("/v1/whoami")
         .context("the broker did not accept the token")?;
     let path = Profile {
         broker: a.broker,
-        token: a.token,
+        token,
     }
     .save()?;
     if json {

@@ -100,7 +100,7 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
     };
     // From the OS's generator: pilots of one block start at the same instant on the same host,
     // where a time-seeded generator could give two of them the same manager ids.
-    let base = u64::from_str_radix(&fxr_broker::auth::new_id()[..16], 16)
+    let base = u64::from_str_radix(&fxr_broker::auth::new_id()?[..16], 16)
         .context("a manager id from the OS's generator")?
         & !0xffff;
     let configs = (0..a.managers)

@@ -653,8 +653,8 @@ fn a_pilot_that_dies_is_reaped_and_replaced() {
     let victim = v["pilot_pids"][0].as_u64().unwrap() as i32;
     // SAFETY: killing a pilot this test's endpoint started.
     unsafe { libc::kill(victim, libc::SIGKILL) };
-    let mut door = fxr_interchange::TcpClient::connect(&addr).unwrap();
-    let status = |door: &mut fxr_interchange::TcpClient| {
+    let mut door = fxr_interchange::SocketClient::connect(&addr).unwrap();
+    let status = |door: &mut fxr_interchange::SocketClient| {
         fxr_interchange::client::status(door, Duration::from_secs(5)).unwrap()
     };
     assert!(

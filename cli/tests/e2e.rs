@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fxr_interchange::{client, FrontDoor, TcpClient};
+use fxr_interchange::{client, FrontDoor, SocketClient};
 use fxr_protocol::{
     Builtin, ClientMsg, FailureKind, Function, Outcome, ShellSpec, Task, TaskId, TaskResult,
 };
@@ -53,8 +53,8 @@ impl Endpoint {
         }
     }
 
-    fn client(&self) -> TcpClient {
-        TcpClient::connect(&self.addr).expect("front door accepts")
+    fn client(&self) -> SocketClient {
+        SocketClient::connect(&self.addr).expect("front door accepts")
     }
 
     fn wait_workers(&self, n: u64) {
@@ -321,7 +321,7 @@ fn shell_tasks_capture_output_and_time_out() {
         .args(["--args", r#"{"greeting":"hello world"}"#])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(4), "the command returned non-zero");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["stdout"], "hello world\n");
     assert_eq!(v["result"]["returncode"], 4);
@@ -423,9 +423,20 @@ fn random_bytes_on_either_port_disturb_nothing() {
         .trim_start_matches("tcp://")
         .to_string();
     let mut rng = fastrand_lite(42);
+    let connect = |addr: &str| -> Option<Box<dyn Write>> {
+        if addr.contains('/') {
+            std::os::unix::net::UnixStream::connect(addr)
+                .ok()
+                .map(|s| Box::new(s) as Box<dyn Write>)
+        } else {
+            std::net::TcpStream::connect(addr)
+                .ok()
+                .map(|s| Box::new(s) as Box<dyn Write>)
+        }
+    };
     for addr in [mgr.as_str(), ep.addr.as_str()] {
         for round in 0..20 {
-            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            if let Some(mut s) = connect(addr) {
                 let mut junk: Vec<u8> = (0..(round * 97 % 4096 + 1)).map(|_| rng()).collect();
                 if round % 3 == 0 {
                     // A plausible frame header with a huge length, then noise.

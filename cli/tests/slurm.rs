@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fxr_interchange::{client, FrontDoor, TcpClient};
+use fxr_interchange::{client, FrontDoor, SocketClient};
 use fxr_protocol::{Builtin, ClientMsg, Function, MpiSpec, Outcome, ShellSpec, Task, TaskId};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -120,8 +120,8 @@ impl Endpoint {
         Endpoint { child, addr, dir }
     }
 
-    fn client(&self) -> TcpClient {
-        TcpClient::connect(&self.addr).unwrap()
+    fn client(&self) -> SocketClient {
+        SocketClient::connect(&self.addr).unwrap()
     }
 
     fn status(&self) -> fxr_protocol::EndpointStatus {

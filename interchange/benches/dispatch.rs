@@ -23,7 +23,7 @@ fn registration(m: u64, prefetch: u32) -> Registration {
         prefetch,
         containers: vec![],
         version: "bench".into(),
-        secret: String::new(),
+        proof: [0; 32],
         simulated: true,
     }
 }

@@ -16,6 +16,10 @@ pub struct EndpointConfig {
     /// The id the broker gave this endpoint.
     #[serde(default)]
     pub endpoint_id: Option<String>,
+    /// A site's own CA bundle (PEM) to check a `https://` broker's certificate against
+    /// (`FXR_CA_CERT` when absent; the web PKI's roots when neither is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
     #[serde(default)]
     pub engine: EngineConfig,
     #[serde(default)]

@@ -71,6 +71,22 @@ impl Comm for Links {
 struct PipeState {
     manager: Option<ManagerId>,
     refused_at: Option<Instant>,
+    /// When the connection opened: one that has not registered within `register_timeout`
+    /// is closed.
+    opened: Instant,
+    /// The manager's nonce and ours, once it said `Hello`.
+    hello: Option<(fxr_protocol::auth::Nonce, fxr_protocol::auth::Nonce)>,
+}
+
+impl PipeState {
+    fn new(now: Instant) -> PipeState {
+        PipeState {
+            manager: None,
+            refused_at: None,
+            opened: now,
+            hello: None,
+        }
+    }
 }
 
 pub(crate) struct CoreSettings {
@@ -79,6 +95,8 @@ pub(crate) struct CoreSettings {
     pub heartbeat_threshold: Duration,
     pub drain_timeout: Duration,
     pub workers: WorkerSettings,
+    /// A connection that has not registered within this long is closed.
+    pub register_timeout: Duration,
 }
 
 pub(crate) struct Core<C: Comm> {
@@ -172,6 +190,9 @@ impl<C: Comm> Core<C> {
     pub(crate) fn handle(&mut self, ev: Event, now: Instant, out: &mut Outbox) {
         match ev {
             Event::FromPipe { pipe_id, body } => self.on_pipe_message(pipe_id, &body, now, out),
+            Event::PipeOpened(pipe_id) => {
+                self.pipes.entry(pipe_id).or_insert(PipeState::new(now));
+            }
             Event::PipeClosed(pipe_id) => {
                 if let Some(state) = self.pipes.remove(&pipe_id) {
                     if let Some(m) = state.manager {
@@ -189,10 +210,7 @@ impl<C: Comm> Core<C> {
     }
 
     fn on_pipe_message(&mut self, pipe_id: u32, body: &[u8], now: Instant, out: &mut Outbox) {
-        let state = self.pipes.entry(pipe_id).or_insert(PipeState {
-            manager: None,
-            refused_at: None,
-        });
+        let state = self.pipes.entry(pipe_id).or_insert(PipeState::new(now));
         if state.refused_at.is_some() {
             return;
         }
@@ -211,14 +229,33 @@ impl<C: Comm> Core<C> {
         };
         match (state.manager, msg) {
             (Some(m), msg) => self.dispatcher.on_message(m, msg, now, out),
+            (None, ManagerMsg::Hello { nonce }) => {
+                use fxr_protocol::auth;
+                let mut ours = [0u8; auth::NONCE];
+                if let Err(e) = getrandom::fill(&mut ours) {
+                    tracing::error!(error = %e, "no random nonce for a manager's handshake");
+                    state.refused_at = Some(now);
+                    return;
+                }
+                state.hello = Some((nonce, ours));
+                let proof = auth::interchange_proof(&self.settings.secret, &nonce, &ours);
+                self.send(pipe_id, &InterchangeMsg::Challenge { nonce: ours, proof });
+            }
             (None, ManagerMsg::Register(reg)) => {
-                if !constant_time_eq(reg.secret.as_bytes(), self.settings.secret.as_bytes()) {
-                    tracing::warn!(manager_id = %reg.manager_id, host = %reg.hostname, "manager refused: wrong or missing secret");
+                use fxr_protocol::auth;
+                let proven = state.hello.take().is_some_and(|(theirs, ours)| {
+                    auth::same(
+                        &reg.proof,
+                        &auth::manager_proof(&self.settings.secret, &ours, &theirs),
+                    )
+                });
+                if !proven {
+                    tracing::warn!(manager_id = %reg.manager_id, host = %reg.hostname, "manager refused: no proof of the endpoint secret for this connection");
                     state.refused_at = Some(now);
                     self.send(
                         pipe_id,
                         &InterchangeMsg::Refused {
-                            reason: "wrong or missing endpoint secret".into(),
+                            reason: "wrong or missing proof of the endpoint secret".into(),
                         },
                     );
                     return;
@@ -266,13 +303,16 @@ impl<C: Comm> Core<C> {
     }
 
     pub(crate) fn reap_refused(&mut self, now: Instant) {
-        // Refused pipes are closed a moment later so the refusal itself can be delivered.
+        // Refused pipes are closed a moment later so the refusal itself can be delivered;
+        // connections that never registered, after `register_timeout`.
+        let limit = self.settings.register_timeout;
         let stale: Vec<u32> = self
             .pipes
             .iter()
             .filter(|(_, s)| {
                 s.refused_at
                     .is_some_and(|t| now.saturating_duration_since(t) > Duration::from_millis(200))
+                    || (s.manager.is_none() && now.saturating_duration_since(s.opened) > limit)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -439,13 +479,6 @@ impl<C: Comm> Core<C> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +517,7 @@ mod tests {
                 heartbeat_threshold: Duration::from_secs(20),
                 drain_timeout: Duration::from_secs(30),
                 workers: WorkerSettings::default(),
+                register_timeout: Duration::from_secs(10),
             },
             Dispatcher::new(DispatchConfig::default()),
             Fake::default(),
@@ -491,7 +525,7 @@ mod tests {
         )
     }
 
-    fn register(id: u64, secret: &str) -> Vec<u8> {
+    fn register_with(id: u64, proof: fxr_protocol::auth::Proof) -> Vec<u8> {
         fxr_protocol::encode(&ManagerMsg::Register(Registration {
             manager_id: ManagerId(id),
             block_id: BlockId("b".into()),
@@ -504,10 +538,44 @@ mod tests {
             prefetch: 0,
             containers: vec![],
             version: "test".into(),
-            secret: secret.into(),
+            proof,
             simulated: true,
         }))
         .unwrap()
+    }
+
+    /// Says `Hello` on `pipe` and answers the interchange's challenge as a manager holding
+    /// `secret` would; returns the registration it sent.
+    fn register(c: &mut Core<Fake>, pipe: u32, id: u64, secret: &str, now: Instant) -> Vec<u8> {
+        use fxr_protocol::auth;
+        let mine = [pipe as u8; auth::NONCE];
+        let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap();
+        feed(
+            c,
+            Event::FromPipe {
+                pipe_id: pipe,
+                body: hello,
+            },
+            now,
+        );
+        let Some((_, InterchangeMsg::Challenge { nonce, proof })) = c.comm.sent.pop() else {
+            panic!("a challenge");
+        };
+        assert!(
+            auth::same(&proof, &auth::interchange_proof("right", &mine, &nonce)),
+            "the interchange proves the secret"
+        );
+        assert_ne!(nonce, [0; auth::NONCE]);
+        let reg = register_with(id, auth::manager_proof(secret, &nonce, &mine));
+        feed(
+            c,
+            Event::FromPipe {
+                pipe_id: pipe,
+                body: reg.clone(),
+            },
+            now,
+        );
+        reg
     }
 
     fn feed(c: &mut Core<Fake>, ev: Event, now: Instant) {
@@ -520,34 +588,81 @@ mod tests {
     fn the_right_secret_registers_and_is_welcomed() {
         let mut c = core();
         let now = Instant::now();
-        feed(
-            &mut c,
-            Event::FromPipe {
-                pipe_id: 7,
-                body: register(1, "right"),
-            },
-            now,
-        );
+        register(&mut c, 7, 1, "right", now);
         assert!(matches!(
             c.comm.sent.as_slice(),
             [(7, InterchangeMsg::Welcome { .. })]
         ));
         assert_eq!(c.status().managers.len(), 1);
         assert!(c.comm.closed.is_empty());
+        // Registered: never closed for being slow to register.
+        c.reap_refused(now + Duration::from_secs(60));
+        assert!(c.comm.closed.is_empty());
+    }
+
+    #[test]
+    fn a_replayed_registration_or_one_without_hello_is_refused() {
+        let mut c = core();
+        let now = Instant::now();
+        let recorded = register(&mut c, 7, 1, "right", now);
+        c.comm.sent.clear();
+        // The same bytes on a new connection, after its own Hello: the nonce differs.
+        let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: [8; 32] }).unwrap();
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 8,
+                body: hello,
+            },
+            now,
+        );
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 8,
+                body: recorded.clone(),
+            },
+            now,
+        );
+        assert!(matches!(
+            c.comm.sent.as_slice(),
+            [
+                (8, InterchangeMsg::Challenge { .. }),
+                (8, InterchangeMsg::Refused { .. })
+            ]
+        ));
+        // Without a Hello at all.
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 9,
+                body: recorded,
+            },
+            now,
+        );
+        assert!(matches!(
+            c.comm.sent.last(),
+            Some((9, InterchangeMsg::Refused { .. }))
+        ));
+        assert_eq!(c.status().managers.len(), 1);
+    }
+
+    #[test]
+    fn a_connection_that_never_registers_is_closed_after_the_deadline() {
+        let mut c = core();
+        let t0 = Instant::now();
+        feed(&mut c, Event::PipeOpened(11), t0);
+        c.reap_refused(t0 + Duration::from_secs(5));
+        assert!(c.comm.closed.is_empty());
+        c.reap_refused(t0 + Duration::from_secs(11));
+        assert_eq!(c.comm.closed, vec![11]);
     }
 
     #[test]
     fn a_wrong_secret_is_refused_then_its_pipe_closed() {
         let mut c = core();
         let t0 = Instant::now();
-        feed(
-            &mut c,
-            Event::FromPipe {
-                pipe_id: 3,
-                body: register(1, "wrong"),
-            },
-            t0,
-        );
+        register(&mut c, 3, 1, "wrong", t0);
         assert!(matches!(
             c.comm.sent.as_slice(),
             [(3, InterchangeMsg::Refused { .. })]
@@ -555,11 +670,12 @@ mod tests {
         assert!(c.status().managers.is_empty());
         // Anything else it sends is ignored; the pipe closes a moment later, so the refusal
         // itself is delivered first.
+        let again = register_with(1, [0; 32]);
         feed(
             &mut c,
             Event::FromPipe {
                 pipe_id: 3,
-                body: register(1, "right"),
+                body: again,
             },
             t0,
         );
@@ -604,14 +720,7 @@ mod tests {
         let mut c = core();
         let now = Instant::now();
         for pipe in [1, 2] {
-            feed(
-                &mut c,
-                Event::FromPipe {
-                    pipe_id: pipe,
-                    body: register(9, "right"),
-                },
-                now,
-            );
+            register(&mut c, pipe, 9, "right", now);
         }
         assert_eq!(c.comm.closed, vec![1]);
         assert_eq!(c.status().managers.len(), 1);
@@ -621,14 +730,7 @@ mod tests {
     fn shutdown_drains_managers_and_refuses_new_work_and_managers() {
         let mut c = core();
         let now = Instant::now();
-        feed(
-            &mut c,
-            Event::FromPipe {
-                pipe_id: 1,
-                body: register(1, "right"),
-            },
-            now,
-        );
+        register(&mut c, 1, 1, "right", now);
         let (tx, _rx) = channel();
         feed(&mut c, Event::ClientConnected(5, tx), now);
         feed(&mut c, Event::Client(5, ClientMsg::Shutdown), now);
@@ -651,14 +753,7 @@ mod tests {
             c.comm.replies.last(),
             Some((5, FrontMsg::Error { .. }))
         ));
-        feed(
-            &mut c,
-            Event::FromPipe {
-                pipe_id: 2,
-                body: register(2, "right"),
-            },
-            now,
-        );
+        register(&mut c, 2, 2, "right", now);
         assert!(matches!(
             c.comm.sent.last(),
             Some((2, InterchangeMsg::Refused { .. }))

@@ -12,6 +12,8 @@ pub type ClientId = u64;
 pub enum Event {
     /// A message arrived on a manager pipe.
     FromPipe { pipe_id: u32, body: Vec<u8> },
+    /// A manager connection opened (it must register within a deadline).
+    PipeOpened(u32),
     /// A manager pipe closed.
     PipeClosed(u32),
     /// A client connected; results for it go to this sender.

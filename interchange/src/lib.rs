@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use links::front::{FrontDoor, TcpClient};
+pub use links::front::{is_socket_path, FrontDoor, SocketClient};
 
 /// How to run an interchange.
 #[derive(Clone, Debug)]
@@ -41,6 +41,8 @@ pub struct InterchangeConfig {
     pub drain_timeout: Duration,
     /// Container runtimes and idle retirement, passed to every manager.
     pub workers: fxr_protocol::WorkerSettings,
+    /// A manager connection that has not registered within this long is closed.
+    pub register_timeout: Duration,
 }
 
 impl Default for InterchangeConfig {
@@ -51,6 +53,7 @@ impl Default for InterchangeConfig {
             dispatch: DispatchConfig::default(),
             heartbeat_period: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            register_timeout: Duration::from_secs(10),
             workers: fxr_protocol::WorkerSettings::default(),
         }
     }
@@ -95,6 +98,7 @@ impl Interchange {
             heartbeat_threshold: config.dispatch.heartbeat_threshold,
             drain_timeout: config.drain_timeout,
             workers: config.workers,
+            register_timeout: config.register_timeout,
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let comm = crate::core::Links {
@@ -133,7 +137,10 @@ impl Interchange {
     }
 
     /// Serves the TCP front door on an already-bound listener, on a thread of its own.
-    pub fn serve_front_door(&self, listener: TcpListener) -> std::io::Result<()> {
+    pub fn serve_front_door(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> std::io::Result<()> {
         let events = self.events.clone();
         let stop = self.front_stop.clone();
         let secret = self.secret.clone();

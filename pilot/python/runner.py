@@ -101,6 +101,8 @@ def run(req):
             a, kw = (args,), {}
     except BaseException:
         return failure("function_error", "cannot decode the arguments\n" + traceback.format_exc())
+    # The attempt number (0 first, more when re-run after a lost worker or manager).
+    fn.__globals__["fxr_task_attempt"] = req.get("attempt", 0)
     try:
         value = fn(*a, **kw)
     except BaseException as e:

@@ -77,8 +77,10 @@ pub enum Exit {
 /// The core's settings.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
-    /// What the manager registers with (the secret included).
+    /// What the manager registers with (its proof is filled in per connection).
     pub registration: Registration,
+    /// The endpoint's secret: proofs are made with it; it is never sent.
+    pub secret: String,
     pub heartbeat_period: Duration,
     pub give_up_after: Duration,
     /// Start a worker on the bare node in every slot at once, so the first tasks find them
@@ -173,6 +175,8 @@ pub struct Core {
     drained_at: Option<Instant>,
     counters: WorkerCounters,
     prestarted: bool,
+    /// This connection's nonce, sent in `Hello` and answered by the interchange's `Challenge`.
+    hello: Option<fxr_protocol::auth::Nonce>,
 }
 
 impl Core {
@@ -210,6 +214,7 @@ impl Core {
             drained_at: None,
             counters: WorkerCounters::default(),
             prestarted: false,
+            hello: None,
         }
     }
 
@@ -245,16 +250,16 @@ impl Core {
     /// One event.
     pub fn handle(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) -> Option<Exit> {
         match ev {
-            Event::LinkUp => {
+            Event::LinkUp { nonce } => {
                 self.connected = true;
                 self.last_heard = now;
-                out.push(Action::Send(ManagerMsg::Register(
-                    self.cfg.registration.clone(),
-                )));
+                self.hello = Some(nonce);
+                out.push(Action::Send(ManagerMsg::Hello { nonce }));
             }
             Event::LinkDown => {
                 self.connected = false;
                 self.registered = false;
+                self.hello = None;
             }
             Event::FromInterchange(msg) => {
                 self.last_heard = now;
@@ -330,6 +335,24 @@ impl Core {
 
     fn on_interchange(&mut self, msg: InterchangeMsg, out: &mut Vec<Action>) -> Option<Exit> {
         match msg {
+            InterchangeMsg::Challenge { nonce, proof } => {
+                use fxr_protocol::auth;
+                // A challenge this connection did not ask for is ignored.
+                let mine = self.hello.take()?;
+                if !auth::same(
+                    &proof,
+                    &auth::interchange_proof(&self.cfg.secret, &mine, &nonce),
+                ) {
+                    return Some(Exit::Refused(
+                        "the interchange did not prove that it holds the endpoint's secret \
+                         (a wrong address, or someone else's listener); nothing was sent to it"
+                            .into(),
+                    ));
+                }
+                let mut reg = self.cfg.registration.clone();
+                reg.proof = auth::manager_proof(&self.cfg.secret, &nonce, &mine);
+                out.push(Action::Send(ManagerMsg::Register(reg)));
+            }
             InterchangeMsg::Welcome {
                 heartbeat_period_ms,
                 workers,

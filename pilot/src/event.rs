@@ -6,7 +6,10 @@ use fxr_protocol::{FromWorker, InterchangeMsg};
 /// Everything that can happen to a manager.
 #[derive(Debug)]
 pub enum Event {
-    LinkUp,
+    /// Connected (again), with a fresh random nonce for this connection's handshake.
+    LinkUp {
+        nonce: fxr_protocol::auth::Nonce,
+    },
     LinkDown,
     FromInterchange(InterchangeMsg),
     Worker {

@@ -27,13 +27,25 @@ fn capture_limit() -> usize {
     })
 }
 
+/// The command with `FXR_TASK_ATTEMPT` set: 0 on its first run, more when it runs again
+/// after a lost worker or manager (execution is at least once).
+fn with_attempt(spec: &ShellSpec, attempt: u32) -> ShellSpec {
+    let mut s = spec.clone();
+    s.env.push(("FXR_TASK_ATTEMPT".into(), attempt.to_string()));
+    s
+}
+
 /// Runs a task to completion in this thread.
 pub fn run(task: &Task) -> TaskResult {
     let start = Instant::now();
     let outcome = match &task.function {
         Function::Builtin(b) => run_builtin(*b, &task.args),
-        Function::Shell(spec) => run_shell(spec, &task.args),
-        Function::Mpi(spec) => run_mpi(spec, &task.args),
+        Function::Shell(spec) => run_shell(&with_attempt(spec, task.attempt), &task.args),
+        Function::Mpi(spec) => {
+            let mut spec = spec.clone();
+            spec.shell = with_attempt(&spec.shell, task.attempt);
+            run_mpi(&spec, &task.args)
+        }
         Function::Python(_) => fail(
             FailureKind::FunctionError,
             "Python functions run in worker processes, with their interpreter",
@@ -448,6 +460,27 @@ mod tests {
         assert_eq!(v["stdout"], "hi there\n");
         assert_eq!(v["stderr"], "err\n");
         assert_eq!(v["returncode"], 3);
+    }
+
+    #[test]
+    fn a_command_knows_its_attempt() {
+        let task = fxr_protocol::Task {
+            id: fxr_protocol::TaskId(1),
+            function: Function::Shell(Box::new(ShellSpec {
+                command: "echo attempt=$FXR_TASK_ATTEMPT".into(),
+                env: vec![],
+                cwd: None,
+                walltime_ms: 0,
+            })),
+            args: vec![],
+            attempt: 2,
+            container: None,
+        };
+        let Outcome::Success(v) = run(&task).outcome else {
+            panic!("expected success")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(v["stdout"], "attempt=2\n");
     }
 
     #[test]

@@ -62,7 +62,15 @@ impl Link {
         socket
             .pipe_notify(move |_, ev| {
                 let e = match ev {
-                    PipeEvent::AddPost => Event::LinkUp,
+                    PipeEvent::AddPost => {
+                        // From the OS's generator; without it there is no handshake to make.
+                        let mut nonce = [0u8; fxr_protocol::auth::NONCE];
+                        if let Err(e) = getrandom::fill(&mut nonce) {
+                            tracing::error!(error = %e, "no random nonce for the handshake");
+                            return;
+                        }
+                        Event::LinkUp { nonce }
+                    }
                     PipeEvent::RemovePost => Event::LinkDown,
                     _ => return,
                 };

@@ -166,6 +166,7 @@ impl Manager {
         let mut core = Core::new(
             CoreConfig {
                 registration: registration(&cfg),
+                secret: cfg.secret.clone(),
                 heartbeat_period: cfg.heartbeat_period,
                 give_up_after: cfg.give_up_after,
                 prestart: true,
@@ -265,7 +266,7 @@ fn registration(cfg: &ManagerConfig) -> Registration {
         prefetch: cfg.prefetch,
         containers: Vec::new(),
         version: fxr_protocol::VERSION.to_string(),
-        secret: cfg.secret.clone(),
+        proof: [0; 32],
         simulated: matches!(cfg.mode, WorkerMode::Simulated { .. }),
     }
 }

@@ -108,7 +108,8 @@ impl Interpreter {
             if i > 0 {
                 body.push(b',');
             }
-            let mut head = serde_json::json!({"fid": spec.id, "entry": spec.entry});
+            let mut head =
+                serde_json::json!({"fid": spec.id, "entry": spec.entry, "attempt": task.attempt});
             if !self.known.contains(&spec.id) {
                 head["source"] = Value::String(spec.source.to_string());
             }

@@ -3,9 +3,10 @@
 //!
 //! This crate is pure data and pure functions: it does no I/O and depends on neither tokio nor nng
 //! (a test checks that with `cargo tree`). Every transport — nng between interchange and managers,
-//! pipes between a manager and its workers, TCP between a client and the interchange — moves the
+//! pipes between a manager and its workers, a Unix socket between a client and the interchange — moves the
 //! same [`frame`]s, so there is exactly one decoder to harden against hostile input.
 
+pub mod auth;
 pub mod data;
 pub mod frame;
 pub mod ids;

@@ -34,8 +34,9 @@ pub struct Registration {
     pub containers: Vec<String>,
     /// Software version of the pilot.
     pub version: String,
-    /// The endpoint's shared secret.
-    pub secret: String,
+    /// Proof that the manager holds the endpoint's secret, for this connection's nonces
+    /// ([`crate::auth::manager_proof`]); the secret itself never travels.
+    pub proof: crate::auth::Proof,
     /// Whether the workers are simulated (run in-process) rather than real processes.
     pub simulated: bool,
 }
@@ -78,6 +79,9 @@ pub struct WorkerCounters {
 /// Manager → interchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ManagerMsg {
+    /// First on every connection: the manager's nonce, answered by a `Challenge`.
+    Hello { nonce: crate::auth::Nonce },
+    /// After checking the interchange's proof: who the manager is, and its own proof.
     Register(Registration),
     /// Sent every heartbeat period, with the current capacity.
     Heartbeat {
@@ -85,9 +89,7 @@ pub enum ManagerMsg {
         counters: WorkerCounters,
     },
     /// Acknowledges a task batch, so the interchange may count it as delivered.
-    Ack {
-        seq: u64,
-    },
+    Ack { seq: u64 },
     /// Finished tasks, and the capacity after them.
     Results {
         results: Vec<TaskResult>,
@@ -95,9 +97,7 @@ pub enum ManagerMsg {
         counters: WorkerCounters,
     },
     /// Tasks the manager gives back unstarted (on drain or shutdown).
-    Returned {
-        tasks: Vec<TaskId>,
-    },
+    Returned { tasks: Vec<TaskId> },
     /// The manager has no task left and is about to exit.
     Drained,
 }
@@ -105,6 +105,11 @@ pub enum ManagerMsg {
 /// Interchange → manager.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InterchangeMsg {
+    /// The answer to `Hello`: the interchange's nonce and its proof that it holds the secret.
+    Challenge {
+        nonce: crate::auth::Nonce,
+        proof: crate::auth::Proof,
+    },
     /// Registration accepted.
     Welcome {
         heartbeat_period_ms: u64,

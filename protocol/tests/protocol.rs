@@ -62,7 +62,7 @@ fn samples() -> Vec<Vec<u8>> {
             prefetch: 4,
             containers: vec![String::new()],
             version: VERSION.into(),
-            secret: "s3cret".into(),
+            proof: [7; 32],
             simulated: false,
         }),
         ManagerMsg::Heartbeat {

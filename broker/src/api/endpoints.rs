@@ -48,9 +48,9 @@ pub async fn register(
         return Err(ApiError::bad("`name` must be 1 to 128 characters"));
     }
     let shared_with = broker.user_ids(&body.shared_with).await?;
-    let credential = auth::new_secret();
+    let credential = auth::new_secret().map_err(ApiError::internal)?;
     let row = EndpointRow {
-        id: auth::new_id(),
+        id: auth::new_id().map_err(ApiError::internal)?,
         owner: user.id,
         name: body.name.clone(),
         credential_hash: auth::hash(&credential),
@@ -119,7 +119,7 @@ pub async fn delete(
 /// The endpoint link: a WebSocket the endpoint's interchange opens with its credential
 /// (`Authorization: Bearer CREDENTIAL`). Binary frames carry protocol messages.
 #[utoipa::path(get, path = "/v1/endpoints/{id}/link", params(("id" = String, Path, description = "endpoint id")),
-    responses((status = 101, description = "switching to the WebSocket link"), (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody), (status = 404, body = super::types::ErrorBody)))]
+    responses((status = 101, description = "switching to the WebSocket link"), (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody)))]
 pub async fn link(
     State(broker): State<Arc<Broker>>,
     Path(id): Path<String>,
@@ -137,15 +137,17 @@ pub async fn link(
                 "the link needs `Authorization: Bearer CREDENTIAL`",
             )
         })?;
-    let endpoint = broker
+    // An unknown id and a wrong credential get the same answer, so ids cannot be probed.
+    let hashed = auth::hash(credential.trim());
+    if broker
         .endpoint(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no endpoint `{id}`")))?;
-    if auth::hash(credential.trim()) != endpoint.credential_hash {
-        tracing::warn!(endpoint_id = %id, "endpoint link refused: wrong credential");
+        .is_none_or(|e| !auth::same(&hashed, &e.credential_hash))
+    {
+        tracing::warn!(endpoint_id = %id, "endpoint link refused: unknown endpoint or wrong credential");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "wrong endpoint credential",
+            "unknown endpoint or wrong credential",
         ));
     }
     let ws =

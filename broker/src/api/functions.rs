@@ -24,7 +24,7 @@ async fn info(broker: &Broker, f: &FunctionRow) -> Result<FunctionInfo, ApiError
 
 /// Register a function.
 #[utoipa::path(post, path = "/v1/functions", request_body = FunctionBody,
-    responses((status = 201, body = FunctionInfo), (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody), (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
+    responses((status = 201, body = FunctionInfo), (status = 200, description = "the same function was registered already: its id", body = FunctionInfo), (status = 400, body = super::types::ErrorBody), (status = 401, body = super::types::ErrorBody), (status = 413, body = super::types::ErrorBody), (status = 415, body = super::types::ErrorBody), (status = 422, body = super::types::ErrorBody), (status = 503, body = super::types::ErrorBody)))]
 pub async fn register(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
@@ -69,7 +69,7 @@ pub async fn register(
     let func = runnable_of(&body).map_err(ApiError::bad)?;
     let shared_with = broker.user_ids(&body.shared_with).await?;
     let row = FunctionRow {
-        id: auth::new_id(),
+        id: auth::new_id().map_err(ApiError::internal)?,
         owner: user.id,
         name: body.name.clone(),
         description: body.description.clone(),
@@ -77,8 +77,13 @@ pub async fn register(
         public: body.visibility == Visibility::Public,
         shared_with,
     };
-    broker.add_function(row.clone(), func).await?;
-    Ok((StatusCode::CREATED, Json(info(&broker, &row).await?)))
+    match broker.add_function(row.clone(), func).await? {
+        None => Ok((StatusCode::CREATED, Json(info(&broker, &row).await?))),
+        Some(id) => match broker.function(&id) {
+            Some((f, _)) => Ok((StatusCode::OK, Json(info(&broker, &f).await?))),
+            None => Err(ApiError::not_found(format!("no function `{id}`"))),
+        },
+    }
 }
 
 /// List the functions the caller may run.

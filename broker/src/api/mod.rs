@@ -4,6 +4,7 @@
 mod data;
 mod endpoints;
 mod functions;
+mod history;
 pub mod tasks;
 pub mod types;
 
@@ -25,6 +26,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds to wait before trying again (`Retry-After`), for refusals that pass.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -33,6 +36,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn bad(message: impl Into<String>) -> ApiError {
@@ -62,13 +66,26 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        ApiError::internal(e)
+        match e {
+            crate::store::StoreError::Taken(m) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", m)
+            }
+            crate::store::StoreError::Quota(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", m)
+            }
+            e => ApiError::internal(e),
+        }
     }
 }
 
@@ -158,11 +175,31 @@ impl FromRequestParts<Arc<Broker>> for Caller {
                 "the Authorization header must be `Bearer TOKEN`",
             )
         })?;
-        broker
-            .user_by_token(token.trim())
-            .await?
-            .map(Caller)
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+        let user = broker.user_by_token(token.trim()).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")
+        })?;
+        let allowed = broker
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(user.id, std::time::Instant::now());
+        if let Err(secs) = allowed {
+            broker
+                .metrics
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} requests per second; retry in {secs} s",
+                    broker.config.limits.max_requests_per_sec
+                ),
+            );
+            e.retry_after = Some(secs);
+            return Err(e);
+        }
+        Ok(Caller(user))
     }
 }
 
@@ -173,7 +210,7 @@ impl FromRequestParts<Arc<Broker>> for Caller {
         whoami,
         functions::register, functions::list, functions::get_one, functions::delete,
         endpoints::register, endpoints::list, endpoints::status, endpoints::delete, endpoints::link,
-        tasks::submit, tasks::get_one, tasks::get_many, tasks::query, tasks::wait, tasks::stream, tasks::stream_post, tasks::cancel, data::get_data,
+        tasks::submit, tasks::get_one, tasks::get_many, history::stats, tasks::query, tasks::wait, tasks::stream, tasks::stream_post, tasks::cancel, data::get_data,
     ),
     modifiers(&BearerAuth)
 )]
@@ -227,6 +264,19 @@ async fn metrics(axum::extract::State(broker): axum::extract::State<Arc<Broker>>
         .into_response()
 }
 
+/// The dashboard: one page, no build step; it asks for the same token as the API and reads
+/// everything through the API.
+async fn dashboard() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("../dashboard.html"),
+    )
+        .into_response()
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such route; see /v1/openapi.json")
 }
@@ -263,6 +313,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
             get(tasks::stream).post(tasks::stream_post),
         )
         .route("/v1/tasks/cancel", post(tasks::cancel))
+        .route("/v1/tasks/stats", get(history::stats))
+        .route("/dashboard", get(dashboard))
         .route("/v1/tasks/{id}", get(tasks::get_one))
         .route("/v1/tasks/{id}/data", get(data::get_data))
         .fallback(fallback)

@@ -80,9 +80,11 @@ pub fn running(dir: &Path) -> Option<i32> {
         return None;
     }
     match try_lock(dir) {
+        // Only a real process id: 0 or -1 given to kill(2) would signal a group or everyone.
         Ok(None) => std::fs::read_to_string(dir.join("endpoint.pid"))
             .ok()
-            .and_then(|p| p.trim().parse().ok()),
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 1),
         _ => None,
     }
 }

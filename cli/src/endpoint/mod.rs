@@ -10,7 +10,7 @@ pub use run::{start_local, start_scaler, LocalEndpoint};
 use crate::exit;
 use anyhow::{bail, Context};
 use fxr_interchange::dispatch::Policy;
-use fxr_interchange::{client, FrontDoor, TcpClient};
+use fxr_interchange::{client, FrontDoor, SocketClient};
 use fxr_protocol::ClientMsg;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub enum EndpointCmd {
     /// `endpoint.log`, once its checks pass; `--foreground` to stay), or an ad-hoc local one
     /// with `--local` (in the foreground).
     Start(Box<StartArgs>),
-    /// Drain and stop a running endpoint (by NAME, or a local one by `--endpoint HOST:PORT`).
+    /// Drain and stop a running endpoint (by NAME, or a local one by `--endpoint SOCKET`).
     Stop(AddrArgs),
     /// Stop endpoint NAME if it runs, then start it again in the background.
     Restart(RestartArgs),
@@ -35,7 +35,7 @@ pub enum EndpointCmd {
     /// List the endpoints you may use (from the broker).
     List,
     /// Show an endpoint's blocks, workers, queues and scheduler errors (by NAME or id, or a
-    /// standalone one by `--endpoint HOST:PORT`).
+    /// standalone one by `--endpoint SOCKET`).
     Status(AddrArgs),
 }
 
@@ -83,7 +83,7 @@ pub struct LogsArgs {
 pub struct AddrArgs {
     /// The endpoint's name (or id, for status).
     pub name: Option<String>,
-    /// A local endpoint's front door, HOST:PORT.
+    /// A local endpoint's front door: the path of its socket.
     #[arg(long, conflicts_with = "name")]
     pub endpoint: Option<String>,
     /// The endpoint's directory (default: $FXR_HOME/endpoints/NAME).
@@ -120,9 +120,10 @@ pub struct StartArgs {
     /// Run an ad-hoc endpoint with the local front door and the local provider (no broker).
     #[arg(long, conflicts_with = "name")]
     pub local: bool,
-    /// Front door address for clients.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: String,
+    /// The front door's Unix socket (default: `endpoint.sock` in a configured endpoint's
+    /// directory, or in a new private directory for an ad-hoc one). Only this user may connect.
+    #[arg(long)]
+    pub listen: Option<std::path::PathBuf>,
     /// Address managers dial.
     #[arg(long, default_value = "tcp://127.0.0.1:0")]
     pub manager_url: String,
@@ -172,6 +173,9 @@ pub struct StartArgs {
     pub limits: fxr_interchange::config::FailureLimits,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
+    /// A connection to the manager port that has not registered within this long is closed.
+    #[arg(long, value_parser = crate::opts::duration, default_value = "10s")]
+    pub register_timeout: Duration,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
     pub heartbeat_period: Duration,
     #[arg(long, value_parser = crate::opts::duration, default_value = "20s")]
@@ -255,7 +259,7 @@ pub fn run(cmd: EndpointCmd, json: bool) -> anyhow::Result<u8> {
                 crate::epstatus::print(&e, None, json)?;
                 Ok(exit::OK)
             }
-            (None, None) => bail!("name an endpoint, or give --endpoint HOST:PORT"),
+            (None, None) => bail!("name an endpoint, or give --endpoint SOCKET"),
         },
     }
 }
@@ -284,6 +288,8 @@ fn create(a: CreateArgs, json: bool) -> anyhow::Result<u8> {
         name: a.name.clone(),
         broker: Some(api.base.clone()),
         endpoint_id: Some(id.clone()),
+        // The endpoint runs in the background: it keeps the CA this command trusted.
+        ca_cert: std::env::var("FXR_CA_CERT").ok(),
         engine: Default::default(),
         provider: Default::default(),
         containers: Default::default(),
@@ -291,6 +297,7 @@ fn create(a: CreateArgs, json: bool) -> anyhow::Result<u8> {
     };
     cfg.engine.workers_per_node = a.workers_per_node;
     cfg.provider.init_blocks = a.blocks;
+    crate::api::private_dir(&crate::api::home())?;
     crate::api::write_private(&dir.join("credential"), credential)?;
     crate::api::write_private(&config_path, &cfg.to_toml())?;
     if json {
@@ -306,7 +313,7 @@ fn create(a: CreateArgs, json: bool) -> anyhow::Result<u8> {
 
 fn stop(a: AddrArgs) -> anyhow::Result<u8> {
     if let Some(addr) = a.endpoint {
-        let mut c = TcpClient::connect(&addr).with_context(|| format!("cannot reach {addr}"))?;
+        let mut c = SocketClient::connect(&addr).with_context(|| format!("cannot reach {addr}"))?;
         c.send(ClientMsg::Shutdown)?;
         // The endpoint closes the connection once it has stopped.
         while c.recv(Duration::from_secs(60)).is_ok_and(|m| m.is_some()) {}
@@ -314,7 +321,7 @@ fn stop(a: AddrArgs) -> anyhow::Result<u8> {
     }
     let name = a
         .name
-        .context("name an endpoint, or give --endpoint HOST:PORT")?;
+        .context("name an endpoint, or give --endpoint SOCKET")?;
     let dir = endpoint_dir(&name, a.dir.as_deref());
     if !lifecycle::stop(&name, &dir)? {
         bail!("endpoint {name} is not running");
@@ -418,7 +425,7 @@ fn delete(a: DeleteArgs, json: bool) -> anyhow::Result<u8> {
 }
 
 fn local_status(addr: &str, name: &str, json: bool) -> anyhow::Result<u8> {
-    let mut c = TcpClient::connect(addr).with_context(|| format!("cannot reach {addr}"))?;
+    let mut c = SocketClient::connect(addr).with_context(|| format!("cannot reach {addr}"))?;
     let s = client::status(&mut c, Duration::from_secs(10))?;
     let info = fxr_broker::api::types::EndpointInfo {
         name: name.to_string(),

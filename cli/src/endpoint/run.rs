@@ -100,7 +100,7 @@ pub fn local_scaler_config(a: &StartArgs, dir: &Path, pilot_cmd: String) -> Scal
 /// ad-hoc one uses a temporary directory.
 pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
     // From the OS's cryptographic generator.
-    let secret = fxr_broker::auth::new_secret();
+    let secret = fxr_broker::auth::new_secret()?;
     let config = InterchangeConfig {
         manager_url: a.manager_url.clone(),
         secret: secret.clone(),
@@ -114,6 +114,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         },
         heartbeat_period: a.heartbeat_period,
         drain_timeout: Duration::from_secs(30),
+        register_timeout: a.register_timeout,
         workers: fxr_protocol::WorkerSettings {
             runtimes: a.container_runtimes.clone(),
             max_idle_ms: a.worker_max_idletime.as_millis() as u64,
@@ -282,6 +283,11 @@ pub fn configured(a: &StartArgs, name: &str) -> anyhow::Result<Configured> {
                 window: 100_000,
                 status_period: Duration::from_secs(2),
                 connected: None,
+                ca_cert: config
+                    .ca_cert
+                    .clone()
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("FXR_CA_CERT").map(PathBuf::from)),
             })
         }
         _ => None,
@@ -340,23 +346,31 @@ fn run(a: StartArgs, json: bool, ready: &mut Ready) -> anyhow::Result<u8> {
             ep.batch = Some(scaler);
         }
     }
-    let interchange = &ep.interchange;
-    let mut front = None;
+    let mut front: Option<PathBuf> = None;
     match broker {
         Some(mut link) => {
             let (tx, rx) = std::sync::mpsc::sync_channel(16);
             link.connected = Some(tx);
             let url = link.broker.clone();
-            interchange.start_broker_link(link)?;
+            ep.interchange.start_broker_link(link)?;
             wait_for_broker(&rx, &url)?;
         }
         None => {
-            let listener = TcpListener::bind(&a.listen)
-                .with_context(|| format!("cannot listen on {}", a.listen))?;
-            front = Some(listener.local_addr()?);
-            interchange.serve_front_door(listener)?;
+            let path = match (&a.listen, &dir) {
+                (Some(p), _) => p.clone(),
+                (None, Some(d)) => d.join("endpoint.sock"),
+                (None, None) => {
+                    let private = tempfile::Builder::new().prefix("fxr-front-").tempdir()?;
+                    let p = private.path().join("endpoint.sock");
+                    ep.scratch.push(private);
+                    p
+                }
+            };
+            ep.interchange.serve_front_door(front_socket(&path)?)?;
+            front = Some(path);
         }
     }
+    let interchange = &ep.interchange;
     if let Some(addr) = &a.metrics {
         let listener = TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
@@ -364,15 +378,17 @@ fn run(a: StartArgs, json: bool, ready: &mut Ready) -> anyhow::Result<u8> {
         interchange.serve_metrics(listener)?;
     }
     // A configured standalone endpoint's front door, for `fxr endpoint status NAME`.
-    let _addr_file = match (&dir, front) {
-        (Some(d), Some(addr)) => Some(RunFile::write(&d.join("endpoint.addr"), &addr.to_string())?),
+    let front = front.map(|p| p.display().to_string());
+    let _addr_file = match (&dir, &front) {
+        (Some(d), Some(addr)) => Some(RunFile::write(&d.join("endpoint.addr"), addr)?),
         _ => None,
     };
-    if let (Some(f), Some(addr)) = (&a.address_file, front) {
+    let _socket = front.as_ref().map(|p| RunFile(PathBuf::from(p)));
+    if let (Some(f), Some(addr)) = (&a.address_file, &front) {
         let tmp = f.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, f))?;
+        std::fs::write(&tmp, addr).and_then(|()| std::fs::rename(&tmp, f))?;
     }
-    let shown = front.map_or_else(|| "broker link".to_string(), |a| a.to_string());
+    let shown = front.clone().unwrap_or_else(|| "broker link".to_string());
     let info = serde_json::json!({"endpoint": shown, "manager_port": interchange.manager_port(),
         "pilot_pids": ep.blocks.pids(), "pid": std::process::id()});
     if json {
@@ -412,6 +428,34 @@ fn run(a: StartArgs, json: bool, ready: &mut Ready) -> anyhow::Result<u8> {
     blocks.stop_all(Duration::from_secs(5));
     tracing::info!("endpoint stopped");
     Ok(exit::OK)
+}
+
+/// Binds the front door's socket at `path`: its directory private, the socket 0600, a stale
+/// socket of an earlier run replaced (one that still answers is someone else's: refused).
+fn front_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        crate::api::private_dir(dir)?;
+    }
+    anyhow::ensure!(
+        path.as_os_str().len() < 100,
+        "the front door's socket path {} is too long for a Unix socket (under 100 bytes)",
+        path.display()
+    );
+    if path.exists() {
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(path).is_err(),
+            "{} is in use by a running front door",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(listener)
 }
 
 /// A file that says something about the running endpoint (`endpoint.pid`, `endpoint.addr`),

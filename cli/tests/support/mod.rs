@@ -76,7 +76,7 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 /// A local endpoint (`fxr endpoint start --local ARGS`) started by a test, stopped when dropped.
 pub struct LocalEndpoint {
     pub child: std::process::Child,
-    /// Its front door, HOST:PORT.
+    /// Its front door: the path of its Unix socket.
     pub addr: String,
     pub pilots: Vec<u32>,
 }

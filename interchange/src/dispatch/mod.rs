@@ -343,7 +343,7 @@ impl Dispatcher {
         };
         m.last_seen = now;
         match msg {
-            ManagerMsg::Register(_) => {}
+            ManagerMsg::Register(_) | ManagerMsg::Hello { .. } => {}
             ManagerMsg::Heartbeat { capacity, counters } => {
                 m.capacity = capacity;
                 m.counters = counters;

@@ -16,7 +16,7 @@ fn reg(id: u64, workers: u32, prefetch: u32) -> Registration {
         prefetch,
         containers: vec![],
         version: "test".into(),
-        secret: String::new(),
+        proof: [0; 32],
         simulated: true,
     }
 }

@@ -29,6 +29,8 @@ pub struct BrokerLinkConfig {
     /// Most broker tasks held at this endpoint at once.
     pub window: u64,
     pub status_period: Duration,
+    /// A site's own CA bundle (PEM) for a `https://` broker; the web PKI's roots otherwise.
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Told the outcome of each attempt to connect (the broker's refusal in its own words),
     /// without ever blocking the link: how `fxr endpoint start` knows the endpoint is ready.
     pub connected: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
@@ -41,6 +43,8 @@ pub enum BrokerLinkError {
     BadUrl(String),
     #[error("cannot start the link: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Most Python functions whose source the link keeps.
@@ -52,6 +56,8 @@ struct State {
     python_sources: HashMap<String, std::sync::Arc<str>>,
     /// The endpoint's secret, to read stored results from the nodes for the broker.
     secret: Arc<str>,
+    /// How `wss://` brokers are checked.
+    tls: Arc<rustls::ClientConfig>,
     core: LocalSender,
     inflight: HashSet<TaskId>,
     unacked: HashMap<TaskId, TaskResult>,
@@ -64,6 +70,7 @@ pub(crate) fn start(
     secret: Arc<str>,
 ) -> Result<std::thread::JoinHandle<()>, BrokerLinkError> {
     let url = ws_url(&cfg)?;
+    let tls = tls_client(cfg.ca_cert.as_deref()).map_err(BrokerLinkError::Tls)?;
     let (core, results) = client.split();
     let (tx, rx) = mpsc::unbounded_channel();
     // The core's channel is a blocking one: a small thread moves its messages into tokio.
@@ -93,6 +100,7 @@ pub(crate) fn start(
                 cfg,
                 python_sources: HashMap::new(),
                 secret,
+                tls,
                 core,
                 inflight: HashSet::new(),
                 unacked: HashMap::new(),
@@ -112,8 +120,45 @@ fn ws_url(cfg: &BrokerLinkConfig) -> Result<String, BrokerLinkError> {
     Ok(format!("{rest}/v1/endpoints/{}/link", cfg.endpoint_id))
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A connection to the broker, in clear (`ws://`) or over TLS (`wss://`).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// The certificates a `wss://` broker is checked against: the web PKI's roots, or only the
+/// CA bundle (PEM) at `ca_cert`, for a site's own CA.
+pub fn tls_client(ca_cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_cert {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect())
+                .map_err(|e| {
+                    format!("cannot read the CA certificates in {}: {e}", path.display())
+                })?;
+            if certs.is_empty() {
+                return Err(format!("{} holds no certificate", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("a CA certificate in {}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
 
 impl State {
     async fn run(&mut self, url: String, mut core_rx: mpsc::UnboundedReceiver<FrontMsg>) {
@@ -167,13 +212,33 @@ impl State {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(fxr_protocol::MAX_FRAME + 64))
             .max_frame_size(Some(fxr_protocol::MAX_FRAME + 64));
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async_with_config(req, Some(config), true),
-        )
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        let uri = req.uri().clone();
+        let secure = uri.scheme_str() == Some("wss");
+        let host = uri.host().ok_or("the broker URL has no host")?.to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let stream: Box<dyn Io> = if secure {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("`{host}`: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {host}: {e}"))?;
+                Box::new(tls)
+            } else {
+                Box::new(tcp)
+            };
+            tokio_tungstenite::client_async_with_config(req, stream, Some(config))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), handshake)
+            .await
+            .map_err(|_| "timed out".to_string())??;
         Ok(ws)
     }
 

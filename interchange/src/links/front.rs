@@ -1,14 +1,18 @@
-//! The local front door: clients submit tasks and receive results, in-process or over TCP.
+//! The local front door: clients submit tasks and receive results, in-process or over a Unix
+//! socket.
 //!
 //! It exists so the endpoint is usable before (and without) a broker. Both kinds of client speak
-//! [`ClientMsg`]/[`FrontMsg`]; over TCP each is one protocol frame. Each TCP connection has a
-//! reading thread (frames to core events) and a writing thread (results to frames), so a slow
-//! client never stalls the core: its results queue in its own channel.
+//! [`ClientMsg`]/[`FrontMsg`]; over the socket each is one protocol frame. The socket is a file
+//! (mode 0600, in a directory only its owner can enter), and every connection's peer must be
+//! the endpoint's own user (`SO_PEERCRED`): what a client may do — run commands, stop the
+//! endpoint — no other user of the machine can. Each connection has a reading thread (frames to
+//! core events) and a writing thread (results to frames), so a slow client never stalls the
+//! core: its results queue in its own channel.
 
 use crate::event::{ClientId, Event};
 use fxr_protocol::{read_frame, ClientMsg, FrameError, FrontMsg};
 use std::io::{self, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -110,20 +114,31 @@ impl FrontDoor for LocalClient {
     }
 }
 
-/// A client connected over TCP.
+/// A client connected to a front door's socket.
 #[derive(Debug)]
-pub struct TcpClient {
-    writer: BufWriter<TcpStream>,
+pub struct SocketClient {
+    writer: BufWriter<UnixStream>,
     rx: Receiver<io::Result<FrontMsg>>,
     frame: Vec<u8>,
 }
 
-impl TcpClient {
-    /// Connects to a front door at `addr` (`HOST:PORT`, optionally prefixed with `tcp://`).
-    pub fn connect(addr: &str) -> io::Result<TcpClient> {
-        let addr = addr.strip_prefix("tcp://").unwrap_or(addr);
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
+/// Whether `addr` names a front door's socket (a path, or `unix:PATH`).
+pub fn is_socket_path(addr: &str) -> bool {
+    addr.starts_with("unix:") || addr.contains('/')
+}
+
+impl SocketClient {
+    /// Connects to the front door whose socket is at `path` (optionally `unix:PATH`).
+    pub fn connect(path: &str) -> io::Result<SocketClient> {
+        let path = path.strip_prefix("unix:").unwrap_or(path);
+        if !is_socket_path(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{path}` is not a front door: give the path of its socket (`fxr endpoint start` prints it)"),
+            ));
+        }
+        let stream = UnixStream::connect(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {path}: {e}")))?;
         let mut reader = stream.try_clone()?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -151,7 +166,7 @@ impl TcpClient {
                     }
                 }
             })?;
-        Ok(TcpClient {
+        Ok(SocketClient {
             writer: BufWriter::new(stream),
             rx,
             frame: Vec::new(),
@@ -159,7 +174,7 @@ impl TcpClient {
     }
 }
 
-impl FrontDoor for TcpClient {
+impl FrontDoor for SocketClient {
     fn send(&mut self, msg: ClientMsg) -> io::Result<()> {
         self.frame.clear();
         fxr_protocol::encode_into(&mut self.frame, &msg).map_err(invalid)?;
@@ -178,9 +193,31 @@ impl FrontDoor for TcpClient {
     }
 }
 
-/// Accepts TCP clients until the listener fails or `stop` is set.
+/// The user at the other end of a Unix socket.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt(2) fills a ucred of the size given, on a socket we own.
+    unsafe {
+        let mut cred: libc::ucred = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        if libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cred.uid)
+    }
+}
+
+/// Accepts clients until the listener fails or `stop` is set; a client of another user is
+/// turned away.
 pub(crate) fn serve(
-    listener: TcpListener,
+    listener: UnixListener,
     events: Sender<Event>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     secret: Arc<str>,
@@ -196,6 +233,19 @@ pub(crate) fn serve(
                 continue;
             }
         };
+        // SAFETY: geteuid(2) has no failure mode.
+        let me = unsafe { libc::geteuid() };
+        match peer_uid(&stream) {
+            Ok(uid) if uid == me => {}
+            Ok(uid) => {
+                tracing::warn!(uid, "front door: a client of another user refused");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "front door: cannot tell the client's user; refused");
+                continue;
+            }
+        }
         let events = events.clone();
         let secret = secret.clone();
         let _ = std::thread::Builder::new()
@@ -204,12 +254,8 @@ pub(crate) fn serve(
     }
 }
 
-fn connection(stream: TcpStream, events: Sender<Event>, secret: &str) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let _ = stream.set_nodelay(true);
+fn connection(stream: UnixStream, events: Sender<Event>, secret: &str) {
+    let peer = "local client";
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -255,7 +301,7 @@ fn connection(stream: TcpStream, events: Sender<Event>, secret: &str) {
     }
 }
 
-fn write_loop(stream: TcpStream, rx: Receiver<FrontMsg>) {
+fn write_loop(stream: UnixStream, rx: Receiver<FrontMsg>) {
     let mut w = BufWriter::with_capacity(1 << 16, stream);
     let mut frame = Vec::new();
     while let Ok(first) = rx.recv() {

@@ -78,10 +78,12 @@ impl ManagerLink {
         let notify = events.clone();
         socket
             .pipe_notify(move |pipe, ev| {
-                if ev == PipeEvent::RemovePost {
-                    // The core may be gone at shutdown; nothing to do then.
-                    let _ = notify.send(Event::PipeClosed(pipe_id(pipe)));
-                }
+                // The core may be gone at shutdown; nothing to do then.
+                let _ = match ev {
+                    PipeEvent::AddPost => notify.send(Event::PipeOpened(pipe_id(pipe))),
+                    PipeEvent::RemovePost => notify.send(Event::PipeClosed(pipe_id(pipe))),
+                    _ => Ok(()),
+                };
             })
             .map_err(LinkError::Open)?;
         let listener = nng::Listener::new(&socket, url).map_err(|source| LinkError::Listen {

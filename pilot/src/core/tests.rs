@@ -14,7 +14,7 @@ fn registration(workers: u32, prefetch: u32) -> Registration {
         prefetch,
         containers: vec![],
         version: "t".into(),
-        secret: "s".into(),
+        proof: [0; 32],
         simulated: true,
     }
 }
@@ -52,6 +52,7 @@ impl World {
             core: Core::new(
                 CoreConfig {
                     registration: registration(workers, 0),
+                    secret: "s".into(),
                     heartbeat_period: Duration::from_secs(1),
                     give_up_after: Duration::from_secs(60),
                     prestart: false,
@@ -62,8 +63,22 @@ impl World {
             out: Vec::new(),
             seq: 0,
         };
-        w.ev(Event::LinkUp);
-        assert!(matches!(w.out[..], [Action::Send(ManagerMsg::Register(_))]));
+        let nonce = [9; 32];
+        w.ev(Event::LinkUp { nonce });
+        assert!(matches!(w.out[..], [Action::Send(ManagerMsg::Hello { nonce: n })] if n == nonce));
+        w.out.clear();
+        let theirs = [5; 32];
+        w.ev(Event::FromInterchange(InterchangeMsg::Challenge {
+            nonce: theirs,
+            proof: fxr_protocol::auth::interchange_proof("s", &nonce, &theirs),
+        }));
+        let [Action::Send(ManagerMsg::Register(reg))] = &w.out[..] else {
+            panic!("registers after a good challenge: {:?}", w.out)
+        };
+        assert_eq!(
+            reg.proof,
+            fxr_protocol::auth::manager_proof("s", &theirs, &nonce)
+        );
         w.ev(Event::FromInterchange(InterchangeMsg::Welcome {
             heartbeat_period_ms: 1000,
             heartbeat_threshold_ms: 10_000,
@@ -453,4 +468,32 @@ fn a_silent_interchange_ends_the_manager() {
     let mut w = World::new(1, 0);
     w.now += Duration::from_secs(61);
     assert!(matches!(w.poll(), Some(Exit::Lost(_))));
+}
+
+#[test]
+fn an_interchange_without_the_secret_gets_no_registration() {
+    let now = Instant::now();
+    let mut core = Core::new(
+        CoreConfig {
+            registration: registration(1, 0),
+            secret: "s".into(),
+            heartbeat_period: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(60),
+            prestart: false,
+        },
+        now,
+    );
+    let mut out = Vec::new();
+    core.handle(Event::LinkUp { nonce: [1; 32] }, now, &mut out);
+    out.clear();
+    let exit = core.handle(
+        Event::FromInterchange(InterchangeMsg::Challenge {
+            nonce: [2; 32],
+            proof: fxr_protocol::auth::interchange_proof("not s", &[1; 32], &[2; 32]),
+        }),
+        now,
+        &mut out,
+    );
+    assert!(matches!(exit, Some(Exit::Refused(r)) if r.contains("did not prove")));
+    assert!(out.is_empty(), "nothing was sent: {out:?}");
 }

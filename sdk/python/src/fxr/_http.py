@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import ssl
 import threading
 import urllib.parse
 from typing import Any, Iterator, Optional
@@ -35,13 +37,14 @@ class Http:
         self._local = threading.local()
 
     def connect(self, timeout: Optional[float] = None) -> http.client.HTTPConnection:
-        """A new connection (streams use their own)."""
-        cls = (
-            http.client.HTTPSConnection
-            if self.scheme == "https"
-            else http.client.HTTPConnection
-        )
-        return cls(self.host, self.port, timeout=timeout or self.timeout)
+        """A new connection (streams use their own). An https:// broker's certificate is
+        checked against the system's CAs, or only against the PEM bundle in FXR_CA_CERT."""
+        if self.scheme == "https":
+            context = ssl.create_default_context(cafile=os.environ.get("FXR_CA_CERT") or None)
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=timeout or self.timeout, context=context
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
 
     def _conn(self) -> http.client.HTTPConnection:
         c = getattr(self._local, "conn", None)
