@@ -54,6 +54,9 @@ pub struct Common {
     /// link → interchange → workers and back.
     #[arg(long)]
     pub via_broker: bool,
+    /// Seal every message between the interchange and its managers.
+    #[arg(long)]
+    pub encrypt: bool,
     /// Instead of local pilots, one block of this many nodes on the Slurm cluster that
     /// `SLURM_CONF` points at (pilots launched by srun), with --workers per node.
     #[arg(long)]
@@ -415,6 +418,7 @@ pub(crate) fn endpoint_with(
         dispatch: Policy::LeastLoaded,
         max_retries: 2,
         register_timeout: Duration::from_secs(10),
+        encrypt: c.encrypt,
         heartbeat_period: Duration::from_secs(5),
         heartbeat_threshold: Duration::from_secs(60),
         address_file: None,

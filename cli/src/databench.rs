@@ -360,6 +360,7 @@ pub fn mapreduce(a: MapReduceArgs, json: bool) -> anyhow::Result<u8> {
         function: "noop".into(),
         prefetch: 0,
         via_broker: false,
+        encrypt: false,
         slurm_nodes: None,
     };
     let store = shm_dir("mapreduce")?;

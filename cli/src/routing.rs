@@ -132,6 +132,7 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
         function: "noop".into(),
         prefetch: 0,
         via_broker: false,
+        encrypt: false,
         slurm_nodes: None,
     };
     let (ep, workers) = endpoint_with(&common, |s| {

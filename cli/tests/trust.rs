@@ -229,7 +229,7 @@ impl TempUser {
     /// printed.
     fn connect(&self, path: &str, bytes: &[u8]) -> String {
         let script = format!(
-            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect({path:?})\nexcept OSError as e:\n print('refused:', e.strerror); sys.exit(0)\ns.sendall(bytes.fromhex({:?}))\ns.settimeout(5)\ntry:\n d=s.recv(100)\n print('answered' if d else 'closed')\nexcept OSError as e:\n print('closed:', e)\n",
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect({path:?})\nexcept OSError as e:\n print('refused:', e.strerror); sys.exit(0)\ntry:\n s.sendall(bytes.fromhex({:?}))\n s.settimeout(5)\n d=s.recv(100)\n print('answered' if d else 'closed')\nexcept OSError as e:\n print('closed:', e)\n",
             bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
         let out = Command::new("setpriv")
@@ -405,4 +405,40 @@ fn a_user_past_the_request_rate_gets_429_with_retry_after() {
     assert_eq!(whoami(&bob).status(), 200, "other users are not held back");
     let m = metrics(&w.url);
     assert!(metric(&m, "fxr_broker_requests_rate_limited_total", &[]) >= 1.0);
+}
+
+#[test]
+fn an_encrypted_endpoint_runs_tasks_end_to_end() {
+    let ep = LocalEndpoint::start(
+        &["--blocks", "2", "--workers-per-node", "1", "--encrypt"],
+        &[],
+    );
+    assert!(wait_until(Duration::from_secs(20), || managers(&ep.addr) == 2));
+    let out = Command::new(FXR)
+        .args([
+            "--output",
+            "json",
+            "submit",
+            "echo",
+            "--endpoint",
+            &ep.addr,
+            "--count",
+            "2000",
+        ])
+        .args(["--args", r#"{"m": "zebra-marker-0451"}"#])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        results.matches("zebra-marker-0451").count(),
+        2000,
+        "every task ran, sealed both ways"
+    );
+    let r = ep.run(&["sleep", "--args", r#"{"ms": 10}"#]);
+    assert_eq!(r["status"], "succeeded", "{r}");
 }

@@ -109,6 +109,9 @@ pub struct EngineConfig {
     /// Results whose value is larger than this many bytes stay in the node's store and travel
     /// by reference (at most 10 MiB, the largest result that travels whole).
     pub result_inline_max: u64,
+    /// Seal every message between the interchange and its managers (ChaCha20-Poly1305, keys
+    /// from the endpoint secret and the connection's nonces).
+    pub encrypt: bool,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +134,7 @@ impl Default for EngineConfig {
             store_capacity: 1 << 30,
             store_ttl: None,
             result_inline_max: 1 << 20,
+            encrypt: false,
         }
     }
 }

@@ -76,6 +76,9 @@ struct PipeState {
     opened: Instant,
     /// The manager's nonce and ours, once it said `Hello`.
     hello: Option<(fxr_protocol::auth::Nonce, fxr_protocol::auth::Nonce)>,
+    /// With `encrypt`, from `Welcome` on: what we send is sealed, what we receive opened.
+    seal: Option<fxr_protocol::auth::Cipher>,
+    open: Option<fxr_protocol::auth::Cipher>,
 }
 
 impl PipeState {
@@ -85,6 +88,8 @@ impl PipeState {
             refused_at: None,
             opened: now,
             hello: None,
+            seal: None,
+            open: None,
         }
     }
 }
@@ -97,6 +102,8 @@ pub(crate) struct CoreSettings {
     pub workers: WorkerSettings,
     /// A connection that has not registered within this long is closed.
     pub register_timeout: Duration,
+    /// Seal every message on manager connections after the handshake.
+    pub encrypt: bool,
 }
 
 pub(crate) struct Core<C: Comm> {
@@ -214,6 +221,28 @@ impl<C: Comm> Core<C> {
         if state.refused_at.is_some() {
             return;
         }
+        let opened;
+        let body = match state.open.as_mut().map(|c| c.open(body)) {
+            None => body,
+            Some(Ok(plain)) => {
+                opened = plain;
+                &opened[..]
+            }
+            Some(Err(_)) => {
+                tracing::warn!(
+                    pipe_id,
+                    "a message that does not open with the connection's key; closing it"
+                );
+                if let Some(m) = state.manager {
+                    self.manager_pipe.remove(&m);
+                    self.dispatcher
+                        .lost(m, "sent a message that does not open", out);
+                }
+                self.pipes.remove(&pipe_id);
+                self.comm.close_pipe(pipe_id);
+                return;
+            }
+        };
         let msg = match fxr_protocol::decode::<ManagerMsg>(body) {
             Ok(m) => m,
             Err(e) => {
@@ -239,11 +268,20 @@ impl<C: Comm> Core<C> {
                 }
                 state.hello = Some((nonce, ours));
                 let proof = auth::interchange_proof(&self.settings.secret, &nonce, &ours);
-                self.send(pipe_id, &InterchangeMsg::Challenge { nonce: ours, proof });
+                let encrypt = self.settings.encrypt;
+                self.send(
+                    pipe_id,
+                    &InterchangeMsg::Challenge {
+                        nonce: ours,
+                        proof,
+                        encrypt,
+                    },
+                );
             }
             (None, ManagerMsg::Register(reg)) => {
                 use fxr_protocol::auth;
-                let proven = state.hello.take().is_some_and(|(theirs, ours)| {
+                let hello = state.hello.take();
+                let proven = hello.is_some_and(|(theirs, ours)| {
                     auth::same(
                         &reg.proof,
                         &auth::manager_proof(&self.settings.secret, &ours, &theirs),
@@ -293,6 +331,15 @@ impl<C: Comm> Core<C> {
                         workers: self.settings.workers.clone(),
                     },
                 );
+                // Everything after `Welcome` is sealed, both ways.
+                if let (true, Some((theirs, ours)), Some(st)) =
+                    (self.settings.encrypt, hello, self.pipes.get_mut(&pipe_id))
+                {
+                    let (m2i, i2m) =
+                        fxr_protocol::auth::session_keys(&self.settings.secret, &theirs, &ours);
+                    st.open = Some(fxr_protocol::auth::Cipher::new(&m2i));
+                    st.seal = Some(fxr_protocol::auth::Cipher::new(&i2m));
+                }
             }
             (None, other) => {
                 tracing::warn!(pipe_id, kind = ?std::mem::discriminant(&other), "message before registration; closing");
@@ -437,8 +484,19 @@ impl<C: Comm> Core<C> {
     fn send(&mut self, pipe_id: u32, msg: &InterchangeMsg) {
         self.frame.clear();
         match fxr_protocol::encode_into(&mut self.frame, msg) {
-            Ok(()) => self.comm.send(pipe_id, &self.frame),
+            Ok(()) => self.send_frame(pipe_id),
             Err(e) => tracing::error!(pipe_id, error = %e, "cannot encode a message for a manager"),
+        }
+    }
+
+    /// Sends `self.frame` on a pipe, sealed when the connection is encrypted.
+    fn send_frame(&mut self, pipe_id: u32) {
+        match self.pipes.get_mut(&pipe_id).and_then(|s| s.seal.as_mut()) {
+            Some(c) => {
+                let sealed = c.seal(&self.frame);
+                self.comm.send(pipe_id, &sealed);
+            }
+            None => self.comm.send(pipe_id, &self.frame),
         }
     }
 
@@ -451,7 +509,7 @@ impl<C: Comm> Core<C> {
             if let Some(&pipe) = self.manager_pipe.get(&m) {
                 self.frame.clear();
                 match fxr_protocol::encode_into(&mut self.frame, &msg) {
-                    Ok(()) => self.comm.send(pipe, &self.frame),
+                    Ok(()) => self.send_frame(pipe),
                     Err(e) => tracing::error!(manager_id = %m, error = %e, "cannot encode a batch"),
                 }
             }
@@ -490,13 +548,18 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         sent: Vec<(u32, InterchangeMsg)>,
+        raw: Vec<Vec<u8>>,
         closed: Vec<u32>,
         replies: Vec<(ClientId, FrontMsg)>,
     }
 
     impl Comm for Fake {
         fn send(&mut self, pipe: u32, frame: &[u8]) {
-            self.sent.push((pipe, fxr_protocol::decode(frame).unwrap()));
+            // A sealed frame is kept as it went; others decoded.
+            match fxr_protocol::decode(frame) {
+                Ok(m) => self.sent.push((pipe, m)),
+                Err(_) => self.raw.push(frame.to_vec()),
+            }
         }
         fn close_pipe(&mut self, pipe: u32) {
             self.closed.push(pipe);
@@ -518,6 +581,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(30),
                 workers: WorkerSettings::default(),
                 register_timeout: Duration::from_secs(10),
+                encrypt: false,
             },
             Dispatcher::new(DispatchConfig::default()),
             Fake::default(),
@@ -558,7 +622,7 @@ mod tests {
             },
             now,
         );
-        let Some((_, InterchangeMsg::Challenge { nonce, proof })) = c.comm.sent.pop() else {
+        let Some((_, InterchangeMsg::Challenge { nonce, proof, .. })) = c.comm.sent.pop() else {
             panic!("a challenge");
         };
         assert!(
@@ -598,6 +662,87 @@ mod tests {
         // Registered: never closed for being slow to register.
         c.reap_refused(now + Duration::from_secs(60));
         assert!(c.comm.closed.is_empty());
+    }
+
+    #[test]
+    fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
+        use fxr_protocol::auth;
+        let mut c = core();
+        c.settings.encrypt = true;
+        let now = Instant::now();
+        let mine = [4u8; auth::NONCE];
+        let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap();
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 4,
+                body: hello,
+            },
+            now,
+        );
+        let Some((
+            _,
+            InterchangeMsg::Challenge {
+                nonce,
+                encrypt: true,
+                ..
+            },
+        )) = c.comm.sent.pop()
+        else {
+            panic!("a challenge that asks for encryption");
+        };
+        let reg = register_with(1, auth::manager_proof("right", &nonce, &mine));
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 4,
+                body: reg,
+            },
+            now,
+        );
+        assert!(
+            matches!(c.comm.sent.pop(), Some((4, InterchangeMsg::Welcome { .. }))),
+            "Welcome in clear"
+        );
+        let (m2i, i2m) = auth::session_keys("right", &mine, &nonce);
+        // A heartbeat sealed with the manager's key is taken; the interchange's next message is
+        // sealed with its own.
+        let hb = fxr_protocol::encode(&ManagerMsg::Heartbeat {
+            capacity: vec![],
+            counters: Default::default(),
+        })
+        .unwrap();
+        let mut to_i = auth::Cipher::new(&m2i);
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 4,
+                body: to_i.seal(&hb),
+            },
+            now,
+        );
+        assert!(c.comm.closed.is_empty());
+        feed(&mut c, Event::Client(1, ClientMsg::Shutdown), now);
+        let raw = c.comm.raw.pop().expect("a drain was sent");
+        assert!(
+            fxr_protocol::decode::<InterchangeMsg>(&raw).is_err(),
+            "not readable in clear"
+        );
+        let plain = auth::Cipher::new(&i2m).open(&raw).unwrap();
+        assert!(matches!(
+            fxr_protocol::decode::<InterchangeMsg>(&plain),
+            Ok(InterchangeMsg::Drain { .. })
+        ));
+        // A message in clear (or replayed) after Welcome closes the connection.
+        feed(
+            &mut c,
+            Event::FromPipe {
+                pipe_id: 4,
+                body: hb,
+            },
+            now,
+        );
+        assert_eq!(c.comm.closed, vec![4]);
     }
 
     #[test]

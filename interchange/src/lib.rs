@@ -43,6 +43,8 @@ pub struct InterchangeConfig {
     pub workers: fxr_protocol::WorkerSettings,
     /// A manager connection that has not registered within this long is closed.
     pub register_timeout: Duration,
+    /// Seal every message on manager connections (ChaCha20-Poly1305) after the handshake.
+    pub encrypt: bool,
 }
 
 impl Default for InterchangeConfig {
@@ -54,6 +56,7 @@ impl Default for InterchangeConfig {
             heartbeat_period: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             register_timeout: Duration::from_secs(10),
+            encrypt: false,
             workers: fxr_protocol::WorkerSettings::default(),
         }
     }
@@ -99,6 +102,7 @@ impl Interchange {
             drain_timeout: config.drain_timeout,
             workers: config.workers,
             register_timeout: config.register_timeout,
+            encrypt: config.encrypt,
         };
         let metrics = Arc::new(metrics::Metrics::default());
         let comm = crate::core::Links {

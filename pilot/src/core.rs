@@ -62,6 +62,12 @@ pub enum Action {
     Stop { slot: usize, generation: u64 },
     /// How workers start, as the interchange said.
     Configure(WorkerSettings),
+    /// Seal and open every message after the coming `Welcome` with these keys (the endpoint
+    /// asked for encryption).
+    Secure {
+        send_key: [u8; 32],
+        recv_key: [u8; 32],
+    },
 }
 
 /// Why the manager's loop should end.
@@ -335,7 +341,11 @@ impl Core {
 
     fn on_interchange(&mut self, msg: InterchangeMsg, out: &mut Vec<Action>) -> Option<Exit> {
         match msg {
-            InterchangeMsg::Challenge { nonce, proof } => {
+            InterchangeMsg::Challenge {
+                nonce,
+                proof,
+                encrypt,
+            } => {
                 use fxr_protocol::auth;
                 // A challenge this connection did not ask for is ignored.
                 let mine = self.hello.take()?;
@@ -348,6 +358,13 @@ impl Core {
                          (a wrong address, or someone else's listener); nothing was sent to it"
                             .into(),
                     ));
+                }
+                if encrypt {
+                    let (m2i, i2m) = auth::session_keys(&self.cfg.secret, &mine, &nonce);
+                    out.push(Action::Secure {
+                        send_key: m2i,
+                        recv_key: i2m,
+                    });
                 }
                 let mut reg = self.cfg.registration.clone();
                 reg.proof = auth::manager_proof(&self.cfg.secret, &nonce, &mine);

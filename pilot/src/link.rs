@@ -5,6 +5,7 @@
 //! REP side expects of a request; its body is one protocol frame.
 
 use crate::event::Event;
+use fxr_protocol::auth::Cipher;
 use fxr_protocol::ManagerMsg;
 use nng::options::{
     Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, RecvTimeout, SendTimeout,
@@ -24,12 +25,30 @@ pub enum LinkError {
     Thread(#[source] std::io::Error),
 }
 
+/// Encryption of the current connection, shared by the sending side and the receiving thread.
+/// Keys arrive (`pending`) before `Register` is sent; the receiving thread turns them on when
+/// it reads the plain `Welcome`, so everything after it is sealed both ways. A new connection
+/// starts in clear again.
+#[derive(Debug, Default)]
+struct Crypto {
+    pending: Option<(Cipher, Cipher)>,
+    send: Option<Cipher>,
+    recv: Option<Cipher>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Crypto>>;
+
+fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Crypto> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A connection to the interchange that reconnects by itself.
 #[derive(Debug)]
 pub struct Link {
     socket: nng::Socket,
     counter: u32,
     frame: Vec<u8>,
+    crypto: Shared,
 }
 
 impl Link {
@@ -58,9 +77,14 @@ impl Link {
         socket
             .set_opt::<RecvTimeout>(Some(Duration::from_millis(500)))
             .map_err(LinkError::Open)?;
+        let crypto = Shared::default();
         let notify = events.clone();
+        let reset = crypto.clone();
         socket
             .pipe_notify(move |_, ev| {
+                if matches!(ev, PipeEvent::AddPost | PipeEvent::RemovePost) {
+                    *lock(&reset) = Crypto::default();
+                }
                 let e = match ev {
                     PipeEvent::AddPost => {
                         // From the OS's generator; without it there is no handshake to make.
@@ -82,12 +106,13 @@ impl Link {
             source,
         })?;
         let rx = socket.clone();
+        let rx_crypto = crypto.clone();
         std::thread::Builder::new()
             .name("mgr-recv".into())
             .stack_size(256 * 1024)
             .spawn(move || loop {
                 match rx.recv() {
-                    Ok(msg) => match fxr_protocol::decode(msg.as_slice()) {
+                    Ok(msg) => match open(&rx_crypto, msg.as_slice()) {
                         Ok(m) => {
                             if events.send(Event::FromInterchange(m)).is_err() {
                                 return;
@@ -111,7 +136,13 @@ impl Link {
             socket,
             counter: 0,
             frame: Vec::with_capacity(4096),
+            crypto,
         })
+    }
+
+    /// Keys for this connection, used from the coming `Welcome` on.
+    pub fn secure(&self, send_key: &[u8; 32], recv_key: &[u8; 32]) {
+        lock(&self.crypto).pending = Some((Cipher::new(send_key), Cipher::new(recv_key)));
     }
 
     /// Sends one message, waiting for room on the pipe for up to the send timeout.
@@ -121,8 +152,11 @@ impl Link {
             tracing::error!(error = %e, "cannot encode a message for the interchange");
             return;
         }
-        let mut m = nng::Message::with_capacity(self.frame.len());
-        m.push_back(&self.frame);
+        let mut m = nng::Message::with_capacity(self.frame.len() + 16);
+        match lock(&self.crypto).send.as_mut() {
+            Some(c) => m.push_back(&c.seal(&self.frame)),
+            None => m.push_back(&self.frame),
+        }
         self.counter = self.counter.wrapping_add(1);
         m.as_mut_header()
             .push_back(&(0x8000_0000 | self.counter).to_be_bytes());
@@ -134,4 +168,25 @@ impl Link {
     pub fn close(&self) {
         self.socket.close();
     }
+}
+
+/// A message from the interchange: opened with the connection's key once encryption is on;
+/// a plain `Welcome` turns on the keys that were waiting for it.
+fn open(crypto: &Shared, body: &[u8]) -> Result<fxr_protocol::InterchangeMsg, String> {
+    let mut c = lock(crypto);
+    if let Some(recv) = c.recv.as_mut() {
+        let plain = recv
+            .open(body)
+            .map_err(|_| "a message that does not open".to_string())?;
+        return fxr_protocol::decode(&plain).map_err(|e| e.to_string());
+    }
+    let msg: fxr_protocol::InterchangeMsg =
+        fxr_protocol::decode(body).map_err(|e| e.to_string())?;
+    if matches!(msg, fxr_protocol::InterchangeMsg::Welcome { .. }) {
+        if let Some((send, recv)) = c.pending.take() {
+            c.send = Some(send);
+            c.recv = Some(recv);
+        }
+    }
+    Ok(msg)
 }

@@ -239,6 +239,7 @@ fn run_loop(
                 } => pool.run(slot, generation, tasks, now),
                 Action::Stop { slot, generation } => pool.stop(slot, generation),
                 Action::Configure(s) => pool.configure(&s),
+                Action::Secure { send_key, recv_key } => link.secure(&send_key, &recv_key),
             }
         }
         match exit {

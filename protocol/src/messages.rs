@@ -109,6 +109,8 @@ pub enum InterchangeMsg {
     Challenge {
         nonce: crate::auth::Nonce,
         proof: crate::auth::Proof,
+        /// After `Welcome`, both sides seal every message with the connection's keys.
+        encrypt: bool,
     },
     /// Registration accepted.
     Welcome {

@@ -176,6 +176,9 @@ pub struct StartArgs {
     /// A connection to the manager port that has not registered within this long is closed.
     #[arg(long, value_parser = crate::opts::duration, default_value = "10s")]
     pub register_timeout: Duration,
+    /// Seal every message between the interchange and its managers (ChaCha20-Poly1305).
+    #[arg(long)]
+    pub encrypt: bool,
     #[arg(long, value_parser = crate::opts::duration, default_value = "5s")]
     pub heartbeat_period: Duration,
     #[arg(long, value_parser = crate::opts::duration, default_value = "20s")]

@@ -115,6 +115,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
         heartbeat_period: a.heartbeat_period,
         drain_timeout: Duration::from_secs(30),
         register_timeout: a.register_timeout,
+        encrypt: a.encrypt,
         workers: fxr_protocol::WorkerSettings {
             runtimes: a.container_runtimes.clone(),
             max_idle_ms: a.worker_max_idletime.as_millis() as u64,
@@ -252,6 +253,7 @@ pub fn from_config(a: &StartArgs, cfg: &EndpointConfig) -> anyhow::Result<StartA
         heartbeat_threshold: duration(&e.heartbeat_threshold)?,
         metrics: a.metrics.clone().or_else(|| e.metrics.clone()),
         limits: cfg.provider.limits().map_err(anyhow::Error::msg)?,
+        encrypt: a.encrypt || e.encrypt,
         ..a.clone()
     })
 }

@@ -71,6 +71,7 @@ impl World {
         w.ev(Event::FromInterchange(InterchangeMsg::Challenge {
             nonce: theirs,
             proof: fxr_protocol::auth::interchange_proof("s", &nonce, &theirs),
+            encrypt: false,
         }));
         let [Action::Send(ManagerMsg::Register(reg))] = &w.out[..] else {
             panic!("registers after a good challenge: {:?}", w.out)
@@ -490,6 +491,7 @@ fn an_interchange_without_the_secret_gets_no_registration() {
         Event::FromInterchange(InterchangeMsg::Challenge {
             nonce: [2; 32],
             proof: fxr_protocol::auth::interchange_proof("not s", &[1; 32], &[2; 32]),
+            encrypt: true,
         }),
         now,
         &mut out,
