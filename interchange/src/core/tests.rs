@@ -1,0 +1,367 @@
+//! The core driven by events through a recording `Comm`: no sockets, no threads.
+
+use super::*;
+use crate::dispatch::DispatchConfig;
+use fxr_protocol::{BlockId, Registration};
+use std::sync::mpsc::channel;
+
+/// Records what the core asked for.
+#[derive(Default)]
+struct Fake {
+    sent: Vec<(u32, InterchangeMsg)>,
+    raw: Vec<Vec<u8>>,
+    closed: Vec<u32>,
+    replies: Vec<(ClientId, FrontMsg)>,
+}
+
+impl Comm for Fake {
+    fn send(&mut self, pipe: u32, frame: &[u8]) {
+        // A sealed frame is kept as it went; others decoded.
+        match fxr_protocol::decode(frame) {
+            Ok(m) => self.sent.push((pipe, m)),
+            Err(_) => self.raw.push(frame.to_vec()),
+        }
+    }
+    fn close_pipe(&mut self, pipe: u32) {
+        self.closed.push(pipe);
+    }
+    fn client_connected(&mut self, _: ClientId, _: Sender<FrontMsg>) {}
+    fn client_gone(&mut self, _: ClientId) {}
+    fn reply(&mut self, client: ClientId, msg: FrontMsg) {
+        self.replies.push((client, msg));
+    }
+    fn close(&mut self) {}
+}
+
+fn core() -> Core<Fake> {
+    Core::new(
+        CoreSettings {
+            secret: "right".into(),
+            heartbeat_period: Duration::from_secs(5),
+            heartbeat_threshold: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(30),
+            workers: WorkerSettings::default(),
+            register_timeout: Duration::from_secs(10),
+            encrypt: false,
+        },
+        Dispatcher::new(DispatchConfig::default()),
+        Fake::default(),
+        Default::default(),
+    )
+}
+
+fn register_with(id: u64, proof: fxr_protocol::auth::Proof) -> Vec<u8> {
+    fxr_protocol::encode(&ManagerMsg::Register(Registration {
+        manager_id: ManagerId(id),
+        block_id: BlockId("b".into()),
+        rank: 0,
+        block_size: 1,
+        hostname: "h".into(),
+        cores: 1,
+        memory_bytes: 0,
+        workers: 2,
+        prefetch: 0,
+        containers: vec![],
+        version: "test".into(),
+        proof,
+        simulated: true,
+    }))
+    .unwrap()
+}
+
+/// Says `Hello` on `pipe` and answers the interchange's challenge as a manager holding
+/// `secret` would; returns the registration it sent.
+fn register(c: &mut Core<Fake>, pipe: u32, id: u64, secret: &str, now: Instant) -> Vec<u8> {
+    use fxr_protocol::auth;
+    let mine = [pipe as u8; auth::NONCE];
+    let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap();
+    feed(
+        c,
+        Event::FromPipe {
+            pipe_id: pipe,
+            body: hello,
+        },
+        now,
+    );
+    let Some((_, InterchangeMsg::Challenge { nonce, proof, .. })) = c.comm.sent.pop() else {
+        panic!("a challenge");
+    };
+    assert!(
+        auth::same(&proof, &auth::interchange_proof("right", &mine, &nonce)),
+        "the interchange proves the secret"
+    );
+    assert_ne!(nonce, [0; auth::NONCE]);
+    let reg = register_with(id, auth::manager_proof(secret, &nonce, &mine));
+    feed(
+        c,
+        Event::FromPipe {
+            pipe_id: pipe,
+            body: reg.clone(),
+        },
+        now,
+    );
+    reg
+}
+
+fn feed(c: &mut Core<Fake>, ev: Event, now: Instant) {
+    let mut out = Outbox::default();
+    c.handle(ev, now, &mut out);
+    c.flush(&mut out);
+}
+
+#[test]
+fn the_right_secret_registers_and_is_welcomed() {
+    let mut c = core();
+    let now = Instant::now();
+    register(&mut c, 7, 1, "right", now);
+    assert!(matches!(
+        c.comm.sent.as_slice(),
+        [(7, InterchangeMsg::Welcome { .. })]
+    ));
+    assert_eq!(c.status().managers.len(), 1);
+    assert!(c.comm.closed.is_empty());
+    // Registered: never closed for being slow to register.
+    c.reap_refused(now + Duration::from_secs(60));
+    assert!(c.comm.closed.is_empty());
+}
+
+#[test]
+fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
+    use fxr_protocol::auth;
+    let mut c = core();
+    c.settings.encrypt = true;
+    let now = Instant::now();
+    let mine = [4u8; auth::NONCE];
+    let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap();
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 4,
+            body: hello,
+        },
+        now,
+    );
+    let Some((
+        _,
+        InterchangeMsg::Challenge {
+            nonce,
+            encrypt: true,
+            ..
+        },
+    )) = c.comm.sent.pop()
+    else {
+        panic!("a challenge that asks for encryption");
+    };
+    let reg = register_with(1, auth::manager_proof("right", &nonce, &mine));
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 4,
+            body: reg,
+        },
+        now,
+    );
+    assert!(
+        matches!(c.comm.sent.pop(), Some((4, InterchangeMsg::Welcome { .. }))),
+        "Welcome in clear"
+    );
+    let (m2i, i2m) = auth::session_keys("right", &mine, &nonce);
+    // A heartbeat sealed with the manager's key is taken; the interchange's next message is
+    // sealed with its own.
+    let hb = fxr_protocol::encode(&ManagerMsg::Heartbeat {
+        capacity: vec![],
+        counters: Default::default(),
+    })
+    .unwrap();
+    let mut to_i = auth::Cipher::new(&m2i);
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 4,
+            body: to_i.seal(&hb),
+        },
+        now,
+    );
+    assert!(c.comm.closed.is_empty());
+    feed(&mut c, Event::Client(1, ClientMsg::Shutdown), now);
+    let raw = c.comm.raw.pop().expect("a drain was sent");
+    assert!(
+        fxr_protocol::decode::<InterchangeMsg>(&raw).is_err(),
+        "not readable in clear"
+    );
+    let plain = auth::Cipher::new(&i2m).open(&raw).unwrap();
+    assert!(matches!(
+        fxr_protocol::decode::<InterchangeMsg>(&plain),
+        Ok(InterchangeMsg::Drain { .. })
+    ));
+    // A message in clear (or replayed) after Welcome closes the connection.
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 4,
+            body: hb,
+        },
+        now,
+    );
+    assert_eq!(c.comm.closed, vec![4]);
+}
+
+#[test]
+fn a_replayed_registration_or_one_without_hello_is_refused() {
+    let mut c = core();
+    let now = Instant::now();
+    let recorded = register(&mut c, 7, 1, "right", now);
+    c.comm.sent.clear();
+    // The same bytes on a new connection, after its own Hello: the nonce differs.
+    let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: [8; 32] }).unwrap();
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 8,
+            body: hello,
+        },
+        now,
+    );
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 8,
+            body: recorded.clone(),
+        },
+        now,
+    );
+    assert!(matches!(
+        c.comm.sent.as_slice(),
+        [
+            (8, InterchangeMsg::Challenge { .. }),
+            (8, InterchangeMsg::Refused { .. })
+        ]
+    ));
+    // Without a Hello at all.
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 9,
+            body: recorded,
+        },
+        now,
+    );
+    assert!(matches!(
+        c.comm.sent.last(),
+        Some((9, InterchangeMsg::Refused { .. }))
+    ));
+    assert_eq!(c.status().managers.len(), 1);
+}
+
+#[test]
+fn a_connection_that_never_registers_is_closed_after_the_deadline() {
+    let mut c = core();
+    let t0 = Instant::now();
+    feed(&mut c, Event::PipeOpened(11), t0);
+    c.reap_refused(t0 + Duration::from_secs(5));
+    assert!(c.comm.closed.is_empty());
+    c.reap_refused(t0 + Duration::from_secs(11));
+    assert_eq!(c.comm.closed, vec![11]);
+}
+
+#[test]
+fn a_wrong_secret_is_refused_then_its_pipe_closed() {
+    let mut c = core();
+    let t0 = Instant::now();
+    register(&mut c, 3, 1, "wrong", t0);
+    assert!(matches!(
+        c.comm.sent.as_slice(),
+        [(3, InterchangeMsg::Refused { .. })]
+    ));
+    assert!(c.status().managers.is_empty());
+    // Anything else it sends is ignored; the pipe closes a moment later, so the refusal
+    // itself is delivered first.
+    let again = register_with(1, [0; 32]);
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 3,
+            body: again,
+        },
+        t0,
+    );
+    assert!(c.status().managers.is_empty());
+    c.reap_refused(t0 + Duration::from_millis(100));
+    assert!(c.comm.closed.is_empty());
+    c.reap_refused(t0 + Duration::from_millis(300));
+    assert_eq!(c.comm.closed, vec![3]);
+}
+
+#[test]
+fn a_message_before_registration_or_undecodable_closes_the_pipe() {
+    let mut c = core();
+    let now = Instant::now();
+    let hb = fxr_protocol::encode(&ManagerMsg::Heartbeat {
+        capacity: vec![],
+        counters: Default::default(),
+    })
+    .unwrap();
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 4,
+            body: hb,
+        },
+        now,
+    );
+    feed(
+        &mut c,
+        Event::FromPipe {
+            pipe_id: 5,
+            body: vec![1, 2, 3],
+        },
+        now,
+    );
+    assert_eq!(c.comm.closed, vec![4, 5]);
+    assert!(c.comm.sent.is_empty());
+}
+
+#[test]
+fn a_manager_registering_again_on_a_new_pipe_closes_the_old_one() {
+    let mut c = core();
+    let now = Instant::now();
+    for pipe in [1, 2] {
+        register(&mut c, pipe, 9, "right", now);
+    }
+    assert_eq!(c.comm.closed, vec![1]);
+    assert_eq!(c.status().managers.len(), 1);
+}
+
+#[test]
+fn shutdown_drains_managers_and_refuses_new_work_and_managers() {
+    let mut c = core();
+    let now = Instant::now();
+    register(&mut c, 1, 1, "right", now);
+    let (tx, _rx) = channel();
+    feed(&mut c, Event::ClientConnected(5, tx), now);
+    feed(&mut c, Event::Client(5, ClientMsg::Shutdown), now);
+    assert!(matches!(
+        c.comm.sent.last(),
+        Some((
+            1,
+            InterchangeMsg::Drain {
+                endpoint_stopping: true
+            }
+        ))
+    ));
+    assert!(c.status().stopping);
+    feed(
+        &mut c,
+        Event::Client(5, ClientMsg::Submit { tasks: vec![] }),
+        now,
+    );
+    assert!(matches!(
+        c.comm.replies.last(),
+        Some((5, FrontMsg::Error { .. }))
+    ));
+    register(&mut c, 2, 2, "right", now);
+    assert!(matches!(
+        c.comm.sent.last(),
+        Some((2, InterchangeMsg::Refused { .. }))
+    ));
+}
