@@ -10,10 +10,12 @@ use std::io::Read;
 
 pub use fxr_protocol::{DataRef, DataReply as Reply, DataRequest as Request, DATA_CHUNK as CHUNK};
 
-/// Answers one request from `store`, if `secret` matches.
+/// Answers one request from `store`, if it proves the endpoint's `secret`.
 pub fn serve(store: &Store, secret: &str, req: &Request) -> Reply {
-    if !constant_time_eq(req.secret.as_bytes(), secret.as_bytes()) {
-        return Reply::Error("wrong endpoint secret".into());
+    if !req.authentic(secret, fxr_protocol::data::now_ms()) {
+        return Reply::Error(
+            "wrong endpoint secret (or a request made too long ago: check the clocks)".into(),
+        );
     }
     let obj = match store.get(&req.key) {
         Ok(o) => o,
@@ -28,10 +30,6 @@ pub fn serve(store: &Store, secret: &str, req: &Request) -> Reply {
         offset: start as u64,
         bytes: data[start..end].to_vec(),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Reads an object chunk by chunk through `call`.
@@ -51,12 +49,13 @@ impl Read for ChunkReader<'_> {
             if self.offset >= self.r.size {
                 return Ok(0);
             }
-            let req = Request {
-                secret: self.secret.to_string(),
-                key: self.r.key.clone(),
-                offset: self.offset,
-                len: CHUNK.min(self.r.size - self.offset),
-            };
+            let req = Request::new(
+                self.secret,
+                &self.r.key,
+                self.offset,
+                CHUNK.min(self.r.size - self.offset),
+                fxr_protocol::data::now_ms(),
+            );
             let chunk = (self.call)(&req)
                 .map_err(|e| format!("{}: {e}", self.r.node))
                 .and_then(|reply| self.r.accept(reply, req.offset, req.len));

@@ -21,14 +21,22 @@ pub type Nonce = [u8; NONCE];
 pub type Proof = [u8; 32];
 
 fn mac(secret: &str, label: &[u8], first: &Nonce, second: &Nonce) -> Proof {
+    mac_of(secret, label, &[first, second])
+}
+
+/// HMAC-SHA-256 keyed by the secret over a label and `parts`, each part preceded by its length
+/// so that no two lists of parts read the same.
+pub(crate) fn mac_of(secret: &str, label: &[u8], parts: &[&[u8]]) -> Proof {
     // HMAC takes a key of any length.
     let mut m = match <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) {
         Ok(m) => m,
         Err(_) => return [0; 32],
     };
     m.update(label);
-    m.update(first);
-    m.update(second);
+    for p in parts {
+        m.update(&(p.len() as u64).to_le_bytes());
+        m.update(p);
+    }
     m.finalize().into_bytes().into()
 }
 

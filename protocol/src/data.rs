@@ -18,14 +18,63 @@ pub struct DataRef {
     pub checksum: u32,
 }
 
-/// A fetcher's question: `len` bytes (at most [`DATA_CHUNK`]) of `key` from `offset`.
+/// A fetcher's question: `len` bytes (at most [`DATA_CHUNK`]) of `key` from `offset`, with
+/// proof that the fetcher holds the endpoint's secret (which itself never travels): an
+/// HMAC-SHA-256 over the request and the time it was made, accepted within
+/// [`DataRequest::WINDOW_MS`] of the holder's clock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataRequest {
-    /// The endpoint's secret: only members of the endpoint may read its data.
-    pub secret: String,
     pub key: String,
     pub offset: u64,
     pub len: u64,
+    /// When it was made, ms since the epoch.
+    pub at_ms: u64,
+    pub proof: crate::auth::Proof,
+}
+
+impl DataRequest {
+    /// How far from the holder's clock a request may be made.
+    pub const WINDOW_MS: u64 = 60_000;
+
+    fn proof_for(secret: &str, key: &str, offset: u64, len: u64, at_ms: u64) -> crate::auth::Proof {
+        crate::auth::mac_of(
+            secret,
+            b"fxr/data",
+            &[
+                key.as_bytes(),
+                &offset.to_le_bytes(),
+                &len.to_le_bytes(),
+                &at_ms.to_le_bytes(),
+            ],
+        )
+    }
+
+    /// A request made at `now_ms` by a holder of `secret`.
+    pub fn new(secret: &str, key: &str, offset: u64, len: u64, now_ms: u64) -> DataRequest {
+        DataRequest {
+            key: key.to_string(),
+            offset,
+            len,
+            at_ms: now_ms,
+            proof: DataRequest::proof_for(secret, key, offset, len, now_ms),
+        }
+    }
+
+    /// Whether a holder of `secret` made this request, within the window of `now_ms`.
+    pub fn authentic(&self, secret: &str, now_ms: u64) -> bool {
+        now_ms.abs_diff(self.at_ms) <= DataRequest::WINDOW_MS
+            && crate::auth::same(
+                &self.proof,
+                &DataRequest::proof_for(secret, &self.key, self.offset, self.len, self.at_ms),
+            )
+    }
+}
+
+/// The wall clock in ms since the epoch, for [`DataRequest`]s.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The holder's answer.
@@ -84,6 +133,22 @@ pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_request_proves_the_secret_for_itself_and_its_time() {
+        let r = DataRequest::new("s3cret", "k", 0, 10, 1_000_000);
+        assert!(r.authentic("s3cret", 1_000_000 + 59_000));
+        assert!(!r.authentic("other", 1_000_000), "another secret");
+        assert!(!r.authentic("s3cret", 1_000_000 + 61_000), "too old");
+        let mut moved = r.clone();
+        moved.offset = 10;
+        assert!(!moved.authentic("s3cret", 1_000_000), "another chunk");
+        let enc = crate::encode(&r).unwrap();
+        assert!(
+            !enc.windows(6).any(|w| w == b"s3cret"),
+            "the secret is not in the request"
+        );
+    }
 
     fn r() -> DataRef {
         DataRef {

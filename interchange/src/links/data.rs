@@ -22,12 +22,13 @@ pub fn fetch_chunk(secret: &str, data: &DataRef, offset: u64, len: u64) -> DataR
             data.node
         ));
     }
-    let req = DataRequest {
-        secret: secret.to_string(),
-        key: data.key.clone(),
+    let req = DataRequest::new(
+        secret,
+        &data.key,
         offset,
-        len: len.min(DATA_CHUNK),
-    };
+        len.min(DATA_CHUNK),
+        fxr_protocol::data::now_ms(),
+    );
     match call(&data.node, &req) {
         Ok(r) => r,
         Err(e) => DataReply::Error(format!("{}: {e}", data.node)),
