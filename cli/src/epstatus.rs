@@ -111,10 +111,7 @@ pub fn print(e: &EndpointInfo, standalone: Option<&str>, json: bool) -> anyhow::
     if json {
         println!("{}", serde_json::to_string(e)?);
     } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        print!("{}", render(e, standalone, now));
+        print!("{}", render(e, standalone, fxr_protocol::data::now_ms()));
     }
     Ok(())
 }

@@ -32,16 +32,6 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
-/// `42s`, `3m05s`, `2h01m`.
-fn span(secs: f64) -> String {
-    let s = secs.round() as u64;
-    match s {
-        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{s}s"),
-    }
-}
-
 /// The progress line: `1,200/10,000 tasks, 2 failed, 3,400 tasks/s, ETA 3s`.
 pub fn line(done: usize, failed: usize, total: usize, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
@@ -55,7 +45,10 @@ pub fn line(done: usize, failed: usize, total: usize, elapsed: Duration) -> Stri
     );
     if done < total {
         if rate > 0.0 {
-            l.push_str(&format!(", ETA {}", span((total - done) as f64 / rate)));
+            l.push_str(&format!(
+                ", ETA {}",
+                crate::epstatus::age(((total - done) as f64 / rate).round() as u64)
+            ));
         }
     } else {
         l.push_str(&format!(", {:.3} s", secs));
@@ -140,7 +133,7 @@ mod tests {
             line(0, 0, 5, Duration::ZERO),
             "0/5 tasks, 0 failed, 0 tasks/s"
         );
-        assert_eq!(span(185.0), "3m05s");
+        assert_eq!(crate::epstatus::age(185), "3m05s");
         assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

@@ -53,9 +53,7 @@ fn when(ms: &serde_json::Value) -> String {
     let Some(ms) = ms.as_i64() else {
         return "-".into();
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = fxr_protocol::data::now_ms() as i64;
     format!(
         "{} ago",
         crate::epstatus::age(((now - ms).max(0) / 1000) as u64)
@@ -123,9 +121,7 @@ pub fn run(cmd: TaskCmd, json: bool) -> anyhow::Result<u8> {
                 query.push(format!("endpoint={}", api.endpoint_id(e)?));
             }
             if let Some(d) = a.since {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
+                let now = fxr_protocol::data::now_ms() as i64;
                 query.push(format!("since_ms={}", now - d.as_millis() as i64));
             }
             if a.oldest_first {

@@ -200,7 +200,7 @@ fn run(
             m.block_failures.store(failures, Ordering::Relaxed);
         }
         let now = Instant::now();
-        let report = strategy.report(&cfg.kind, now, unix_ms());
+        let report = strategy.report(&cfg.kind, now, fxr_protocol::data::now_ms());
         if report.gave_up.is_some() != gave_up {
             gave_up = report.gave_up.is_some();
             match &report.gave_up {
@@ -231,13 +231,6 @@ fn run(
             tracing::warn!(block_id = %block, error = %e, "cancel failed");
         }
     }
-}
-
-/// The wall clock in milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The job script of block `block`.
