@@ -24,11 +24,6 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
     Ok(b)
 }
 
-/// Compares two hashes in constant time.
-pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 /// The stored form of a secret.
 pub fn hash(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))

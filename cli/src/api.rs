@@ -93,11 +93,13 @@ pub struct Api {
     pub base: String,
     token: String,
     agent: ureq::Agent,
+    /// How the broker's certificate is checked, read once for every connection.
+    tls: ureq::tls::TlsConfig,
 }
 
 /// Certificates `https://` brokers are checked against: the web PKI's roots, or only the CA
 /// bundle (PEM) named by `FXR_CA_CERT`, for a site's own CA.
-pub fn tls_config() -> anyhow::Result<ureq::tls::TlsConfig> {
+fn tls_config() -> anyhow::Result<ureq::tls::TlsConfig> {
     use ureq::tls::{PemItem, RootCerts, TlsConfig};
     let Some(path) = std::env::var_os("FXR_CA_CERT") else {
         return Ok(TlsConfig::default());
@@ -125,15 +127,17 @@ pub fn tls_config() -> anyhow::Result<ureq::tls::TlsConfig> {
 
 impl Api {
     pub fn new(broker: &str, token: &str) -> anyhow::Result<Api> {
+        let tls = tls_config()?;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(330)))
-            .tls_config(tls_config()?)
+            .tls_config(tls.clone())
             .build();
         Ok(Api {
             base: broker.trim_end_matches('/').to_string(),
             token: token.to_string(),
             agent: config.into(),
+            tls,
         })
     }
 
@@ -263,7 +267,7 @@ impl Api {
             .http_status_as_error(false)
             .timeout_connect(Some(std::time::Duration::from_secs(10)))
             .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
-            .tls_config(tls_config()?)
+            .tls_config(self.tls.clone())
             .build()
             .into();
         let resp = agent

@@ -152,11 +152,6 @@ fn show_broker_task(
     }
 }
 
-/// Whether `endpoint` names a local front door rather than an endpoint at the broker.
-fn is_local(endpoint: &str) -> bool {
-    fxr_interchange::is_socket_path(endpoint)
-}
-
 fn print_outcome(v: &serde_json::Value, json: bool) {
     if json {
         println!("{v}");
@@ -371,7 +366,7 @@ pub fn result(a: ResultArgs, json: bool) -> anyhow::Result<u8> {
 }
 
 pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
-    if !is_local(&a.endpoint) {
+    if !fxr_interchange::is_socket_path(&a.endpoint) {
         return broker_run(a, json);
     }
     let function = a.function.function()?;
@@ -587,7 +582,7 @@ fn finish_submit(
 }
 
 pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
-    if !is_local(&a.endpoint) {
+    if !fxr_interchange::is_socket_path(&a.endpoint) {
         return broker_submit(a, json);
     }
     let function = a.function.function()?;

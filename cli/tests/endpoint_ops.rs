@@ -29,6 +29,16 @@ impl Drop for Running<'_> {
     }
 }
 
+/// A broker with user alice, who has created endpoint `name` (not started): the world, her
+/// token, the broker and the endpoint's id.
+fn alice_with_endpoint(name: &str, workers: u32) -> (World, String, Proc, String) {
+    let w = World::new();
+    let token = w.user("alice");
+    let broker = w.broker(&[]);
+    let ep = w.create_endpoint("alice", &token, name, workers);
+    (w, token, broker, ep)
+}
+
 fn dir(w: &World, name: &str) -> PathBuf {
     w.home("alice").join("endpoints").join(name)
 }
@@ -49,10 +59,7 @@ fn json_out(out: &std::process::Output) -> Value {
 
 #[test]
 fn start_detaches_with_a_log_and_restart_keeps_the_link_and_every_task() {
-    let w = World::new();
-    let token = w.user("alice");
-    let _broker = w.broker(&[]);
-    let ep = w.create_endpoint("alice", &token, "site", 2);
+    let (w, token, _broker, ep) = alice_with_endpoint("site", 2);
     let d = dir(&w, "site");
 
     // Returns once ready, with the endpoint running on in the background.
@@ -179,10 +186,7 @@ fn start_detaches_with_a_log_and_restart_keeps_the_link_and_every_task() {
 
 #[test]
 fn start_fails_with_the_reason_before_ready() {
-    let w = World::new();
-    let token = w.user("alice");
-    let _broker = w.broker(&[]);
-    w.create_endpoint("alice", &token, "bad", 1);
+    let (w, token, _broker, _ep) = alice_with_endpoint("bad", 1);
     let d = dir(&w, "bad");
 
     // A credential the broker does not know: refused at once, in the broker's words.
@@ -234,10 +238,7 @@ fn start_fails_with_the_reason_before_ready() {
 
 #[test]
 fn configure_sets_checked_keys_and_dry_run_prints_the_job_script() {
-    let w = World::new();
-    let token = w.user("alice");
-    let _broker = w.broker(&[]);
-    w.create_endpoint("alice", &token, "hpc", 4);
+    let (w, token, _broker, _ep) = alice_with_endpoint("hpc", 4);
     let d = dir(&w, "hpc");
     let before = std::fs::read_to_string(d.join("endpoint.toml")).unwrap();
 
@@ -346,10 +347,7 @@ fn configure_sets_checked_keys_and_dry_run_prints_the_job_script() {
 
 #[test]
 fn delete_stops_unregisters_and_removes_the_endpoint() {
-    let w = World::new();
-    let token = w.user("alice");
-    let _broker = w.broker(&[]);
-    let ep = w.create_endpoint("alice", &token, "gone", 1);
+    let (w, token, _broker, ep) = alice_with_endpoint("gone", 1);
     let d = dir(&w, "gone");
     succeed(w.fxr("alice", &token).args(["endpoint", "start", "gone"]));
     let _running = Running {

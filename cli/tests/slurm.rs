@@ -384,6 +384,19 @@ fn the_pbs_provider_runs_through_torque_style_commands() {
     ep.stop();
 }
 
+/// `fxr endpoint start` of the endpoint in `dir`, which must fail: what it said.
+fn start_refused(cluster: &Cluster, dir: &Path) -> String {
+    let out = cluster
+        .cmd(FXR)
+        .args(["endpoint", "start", "ep", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "refused: {err}");
+    err
+}
+
 fn count_scripts(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("blocks"))
         .unwrap()
@@ -412,14 +425,7 @@ fn a_wrong_partition_is_refused_at_start_or_shown_in_status_and_fails_waiting_ta
     std::fs::write(dir.join("endpoint.toml"), &bad).unwrap();
 
     // Found before "ready": start (in the background, by default) fails with the reason.
-    let out = cluster
-        .cmd(FXR)
-        .args(["endpoint", "start", "ep", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "refused: {err}");
+    let err = start_refused(&cluster, &dir);
     assert!(
         err.contains("partition `nosuch` does not exist") && err.contains("debug"),
         "names the partition and those that exist: {err}"
@@ -503,16 +509,7 @@ fn a_wrong_partition_is_refused_at_start_or_shown_in_status_and_fails_waiting_ta
     if have("qstat") {
         let pbs = config("pbs", "single-node", 1, "60s") + "queue = \"nosuch\"\n";
         std::fs::write(dir.join("endpoint.toml"), pbs).unwrap();
-        let out = cluster
-            .cmd(FXR)
-            .args(["endpoint", "start", "ep", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("queue `nosuch`"),
-            "{err}"
-        );
+        let err = start_refused(&cluster, &dir);
+        assert!(err.contains("queue `nosuch`"), "{err}");
     }
 }

@@ -223,14 +223,15 @@ pub struct FailureLimits {
     pub pending_timeout: Duration,
 }
 
+/// The same as `[provider]`'s defaults (a test holds them together).
 impl Default for FailureLimits {
     fn default() -> Self {
-        ProviderConfig::default().limits().unwrap_or(FailureLimits {
+        FailureLimits {
             max_failures: 3,
             retry_after: Duration::from_secs(300),
             fail_tasks_after: Duration::from_secs(120),
             pending_timeout: Duration::from_secs(600),
-        })
+        }
     }
 }
 
@@ -405,6 +406,14 @@ mod tests {
         assert!(
             e.contains("provider.launcher") && e.contains("mpirun") && e.contains("srun"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn failure_limits_default_as_the_provider_table_does() {
+        assert_eq!(
+            ProviderConfig::default().limits(),
+            Ok(FailureLimits::default())
         );
     }
 

@@ -27,25 +27,13 @@ fn capture_limit() -> usize {
     })
 }
 
-/// The command with `FXR_TASK_ATTEMPT` set: 0 on its first run, more when it runs again
-/// after a lost worker or manager (execution is at least once).
-fn with_attempt(spec: &ShellSpec, attempt: u32) -> ShellSpec {
-    let mut s = spec.clone();
-    s.env.push(("FXR_TASK_ATTEMPT".into(), attempt.to_string()));
-    s
-}
-
 /// Runs a task to completion in this thread.
 pub fn run(task: &Task) -> TaskResult {
     let start = Instant::now();
     let outcome = match &task.function {
         Function::Builtin(b) => run_builtin(*b, &task.args),
-        Function::Shell(spec) => run_shell(&with_attempt(spec, task.attempt), &task.args),
-        Function::Mpi(spec) => {
-            let mut spec = spec.clone();
-            spec.shell = with_attempt(&spec.shell, task.attempt);
-            run_mpi(&spec, &task.args)
-        }
+        Function::Shell(spec) => run_shell(spec, &task.args, task.attempt),
+        Function::Mpi(spec) => run_mpi(spec, &task.args, task.attempt),
         Function::Python(_) => fail(
             FailureKind::FunctionError,
             "Python functions run in worker processes, with their interpreter",
@@ -152,7 +140,7 @@ pub fn mpi_prefix(launcher: &str, nodes: u32, ranks_per_node: u32) -> String {
 /// result is as for shell, but a non-zero exit fails the task: the launcher's own failure
 /// (no such nodes, a bad option) cannot be told apart from the ranks' and must not pass as a
 /// success.
-pub fn run_mpi(spec: &fxr_protocol::MpiSpec, args: &[u8]) -> Outcome {
+pub fn run_mpi(spec: &fxr_protocol::MpiSpec, args: &[u8], attempt: u32) -> Outcome {
     let launcher = std::env::var("FXR_MPI_LAUNCHER").unwrap_or_else(|_| "mpiexec".into());
     let command = match fill_template(&spec.shell.command, args) {
         Ok(c) => c,
@@ -167,7 +155,7 @@ pub fn run_mpi(spec: &fxr_protocol::MpiSpec, args: &[u8]) -> Outcome {
     )
     .replace('{', "{{")
     .replace('}', "}}");
-    match run_shell(&shell, &[]) {
+    match run_shell(&shell, &[], attempt) {
         Outcome::Success(v) => {
             let parsed: serde_json::Value = serde_json::from_slice(&v).unwrap_or_default();
             match parsed["returncode"].as_i64() {
@@ -304,7 +292,7 @@ fn capture(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Capture
 /// output stream longer than [`MAX_CAPTURE`] ([`MAX_CAPTURE_STORED`] on a node with a store) is
 /// cut, and the result says so:
 /// `stdout_truncated: true` and `stdout_bytes`, the length the command wrote (same for stderr).
-pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
+pub fn run_shell(spec: &ShellSpec, args: &[u8], attempt: u32) -> Outcome {
     let command = match fill_template(&spec.command, args) {
         Ok(c) => c,
         Err(e) => return fail(FailureKind::FunctionError, e),
@@ -331,6 +319,9 @@ pub fn run_shell(spec: &ShellSpec, args: &[u8]) -> Outcome {
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
+    // 0 on its first run, more when it runs again after a lost worker or manager (execution
+    // is at least once).
+    cmd.env("FXR_TASK_ATTEMPT", attempt.to_string());
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
@@ -434,7 +425,7 @@ mod tests {
             cwd: None,
             walltime_ms: 0,
         };
-        let Outcome::Success(v) = run_shell(&spec, b"") else {
+        let Outcome::Success(v) = run_shell(&spec, b"", 0) else {
             panic!("the command should run")
         };
         let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
@@ -453,7 +444,7 @@ mod tests {
             cwd: None,
             walltime_ms: 0,
         };
-        let Outcome::Success(v) = run_shell(&spec, br#"{"m":"hi there"}"#) else {
+        let Outcome::Success(v) = run_shell(&spec, br#"{"m":"hi there"}"#, 0) else {
             panic!("expected success")
         };
         let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
@@ -491,7 +482,7 @@ mod tests {
             cwd: Some("/tmp".into()),
             walltime_ms: 0,
         };
-        let Outcome::Success(v) = run_shell(&spec, b"") else {
+        let Outcome::Success(v) = run_shell(&spec, b"", 0) else {
             panic!("expected success")
         };
         let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
@@ -504,7 +495,7 @@ mod tests {
         };
         let start = Instant::now();
         assert!(matches!(
-            run_shell(&slow, b""),
+            run_shell(&slow, b"", 0),
             Outcome::Failure {
                 kind: FailureKind::Timeout,
                 ..
@@ -532,7 +523,7 @@ mod tests {
             walltime_ms: 0,
         };
         assert!(matches!(
-            run_shell(&spec, b""),
+            run_shell(&spec, b"", 0),
             Outcome::Failure {
                 kind: FailureKind::FunctionError,
                 ..

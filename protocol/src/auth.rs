@@ -52,7 +52,12 @@ pub fn manager_proof(secret: &str, nonce_i: &Nonce, nonce_m: &Nonce) -> Proof {
 
 /// Compares two proofs in constant time.
 pub fn same(a: &Proof, b: &Proof) -> bool {
-    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    same_bytes(a, b)
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]

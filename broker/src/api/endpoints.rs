@@ -139,10 +139,9 @@ pub async fn link(
         })?;
     // An unknown id and a wrong credential get the same answer, so ids cannot be probed.
     let hashed = auth::hash(credential.trim());
-    if broker
-        .endpoint(&id)
-        .is_none_or(|e| !auth::same(&hashed, &e.credential_hash))
-    {
+    if broker.endpoint(&id).is_none_or(|e| {
+        !fxr_protocol::auth::same_bytes(hashed.as_bytes(), e.credential_hash.as_bytes())
+    }) {
         tracing::warn!(endpoint_id = %id, "endpoint link refused: unknown endpoint or wrong credential");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

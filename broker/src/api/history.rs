@@ -2,24 +2,12 @@
 //! over recent tasks (`GET /v1/tasks/stats`) for the dashboard.
 
 use super::types::{FinishedBucket, TaskStats};
-use super::{ApiError, Caller};
+use super::{ApiError, ApiQuery, Caller};
 use crate::store::TaskFilter;
 use crate::Broker;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use std::sync::Arc;
-
-/// Refuses a query parameter given without a value (`?limit=`), which would otherwise read as
-/// absent and silently take its default.
-pub fn no_empty_params(raw: Option<&str>) -> Result<(), ApiError> {
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if value.is_empty() {
-            return Err(ApiError::bad(format!("parameter `{name}` has no value")));
-        }
-    }
-    Ok(())
-}
 
 /// Most tasks in one page.
 pub const MAX_PAGE: u32 = 1000;
@@ -146,11 +134,8 @@ pub struct StatsQuery {
 pub async fn stats(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
-    axum::extract::RawQuery(raw): axum::extract::RawQuery,
-    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<StatsQuery>,
 ) -> Result<Json<TaskStats>, ApiError> {
-    no_empty_params(raw.as_deref())?;
-    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
     let window_s = q.window_s.unwrap_or(600);
     let bucket_s = q.bucket_s.unwrap_or(10);
     if !(1..=604_800).contains(&window_s) || !(1..=604_800).contains(&bucket_s) {

@@ -106,6 +106,34 @@ pub fn owner_only(
     }
 }
 
+/// Query parameters whose rejections are [`ApiError`]s that name the problem. A parameter
+/// given without a value (`?limit=`) is refused rather than read as absent, where it would
+/// silently take its default.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.query().unwrap_or("");
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if value.is_empty() {
+                return Err(ApiError::bad(format!("parameter `{name}` has no value")));
+            }
+        }
+        let axum::extract::Query(q) = axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad(e.body_text()))?;
+        Ok(ApiQuery(q))
+    }
+}
+
 /// A JSON body whose rejections are turned into [`ApiError`]s that name the problem.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);

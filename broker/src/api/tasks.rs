@@ -8,12 +8,12 @@ use super::types::{
     Cancelled, IdsBody, StoredResult, StreamBody, SubmitBody, Submitted, TaskError, TaskInfo,
     TasksResponse, WaitBody,
 };
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, ApiQuery, Caller};
 use crate::hub::{Finished, Meta};
 use crate::store::{Completion, NewTask, TaskRow};
 use crate::watch::{Done, Interest};
 use crate::Broker;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -403,11 +403,8 @@ async fn many(broker: &Broker, user: i64, ids: Vec<u64>) -> Result<TasksResponse
 pub async fn get_many(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
-    axum::extract::RawQuery(raw): axum::extract::RawQuery,
-    q: Result<Query<super::history::ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<super::history::ListQuery>,
 ) -> Result<Json<TasksResponse>, ApiError> {
-    super::history::no_empty_params(raw.as_deref())?;
-    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
     match q.ids() {
         Some(_) if q.has_filters() => Err(ApiError::bad(
             "`ids` does not combine with filters, a cursor, an order or a limit",
@@ -689,9 +686,8 @@ fn result_event(d: &TaskInfo) -> Event {
 pub async fn stream(
     State(broker): State<Arc<Broker>>,
     Caller(user): Caller,
-    q: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
     let ids = match &q.ids {
         Some(s) => parse_ids(s)?,
         None => Vec::new(),

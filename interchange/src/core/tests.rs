@@ -75,14 +75,7 @@ fn register(c: &mut Core<Fake>, pipe: u32, id: u64, secret: &str, now: Instant) 
     use fxr_protocol::auth;
     let mine = [pipe as u8; auth::NONCE];
     let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap();
-    feed(
-        c,
-        Event::FromPipe {
-            pipe_id: pipe,
-            body: hello,
-        },
-        now,
-    );
+    from_pipe(c, pipe, hello, now);
     let Some((_, InterchangeMsg::Challenge { nonce, proof, .. })) = c.comm.sent.pop() else {
         panic!("a challenge");
     };
@@ -92,15 +85,20 @@ fn register(c: &mut Core<Fake>, pipe: u32, id: u64, secret: &str, now: Instant) 
     );
     assert_ne!(nonce, [0; auth::NONCE]);
     let reg = register_with(id, auth::manager_proof(secret, &nonce, &mine));
+    from_pipe(c, pipe, reg.clone(), now);
+    reg
+}
+
+/// What a manager on `pipe` sent.
+fn from_pipe(c: &mut Core<Fake>, pipe: u32, body: Vec<u8>, now: Instant) {
     feed(
         c,
         Event::FromPipe {
             pipe_id: pipe,
-            body: reg.clone(),
+            body,
         },
         now,
     );
-    reg
 }
 
 fn feed(c: &mut Core<Fake>, ev: Event, now: Instant) {
@@ -133,14 +131,7 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
     let now = Instant::now();
     let mine = [4u8; auth::NONCE];
     let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap();
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 4,
-            body: hello,
-        },
-        now,
-    );
+    from_pipe(&mut c, 4, hello, now);
     let Some((
         _,
         InterchangeMsg::Challenge {
@@ -153,14 +144,7 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
         panic!("a challenge that asks for encryption");
     };
     let reg = register_with(1, auth::manager_proof("right", &nonce, &mine));
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 4,
-            body: reg,
-        },
-        now,
-    );
+    from_pipe(&mut c, 4, reg, now);
     assert!(
         matches!(c.comm.sent.pop(), Some((4, InterchangeMsg::Welcome { .. }))),
         "Welcome in clear"
@@ -174,14 +158,7 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
     })
     .unwrap();
     let mut to_i = auth::Cipher::new(&m2i);
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 4,
-            body: to_i.seal(&hb),
-        },
-        now,
-    );
+    from_pipe(&mut c, 4, to_i.seal(&hb), now);
     assert!(c.comm.closed.is_empty());
     feed(&mut c, Event::Client(1, ClientMsg::Shutdown), now);
     let raw = c.comm.raw.pop().expect("a drain was sent");
@@ -195,14 +172,7 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
         Ok(InterchangeMsg::Drain { .. })
     ));
     // A message in clear (or replayed) after Welcome closes the connection.
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 4,
-            body: hb,
-        },
-        now,
-    );
+    from_pipe(&mut c, 4, hb, now);
     assert_eq!(c.comm.closed, vec![4]);
 }
 
@@ -214,22 +184,8 @@ fn a_replayed_registration_or_one_without_hello_is_refused() {
     c.comm.sent.clear();
     // The same bytes on a new connection, after its own Hello: the nonce differs.
     let hello = fxr_protocol::encode(&ManagerMsg::Hello { nonce: [8; 32] }).unwrap();
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 8,
-            body: hello,
-        },
-        now,
-    );
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 8,
-            body: recorded.clone(),
-        },
-        now,
-    );
+    from_pipe(&mut c, 8, hello, now);
+    from_pipe(&mut c, 8, recorded.clone(), now);
     assert!(matches!(
         c.comm.sent.as_slice(),
         [
@@ -238,14 +194,7 @@ fn a_replayed_registration_or_one_without_hello_is_refused() {
         ]
     ));
     // Without a Hello at all.
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 9,
-            body: recorded,
-        },
-        now,
-    );
+    from_pipe(&mut c, 9, recorded, now);
     assert!(matches!(
         c.comm.sent.last(),
         Some((9, InterchangeMsg::Refused { .. }))
@@ -277,14 +226,7 @@ fn a_wrong_secret_is_refused_then_its_pipe_closed() {
     // Anything else it sends is ignored; the pipe closes a moment later, so the refusal
     // itself is delivered first.
     let again = register_with(1, [0; 32]);
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 3,
-            body: again,
-        },
-        t0,
-    );
+    from_pipe(&mut c, 3, again, t0);
     assert!(c.status().managers.is_empty());
     c.reap_refused(t0 + Duration::from_millis(100));
     assert!(c.comm.closed.is_empty());
@@ -301,22 +243,8 @@ fn a_message_before_registration_or_undecodable_closes_the_pipe() {
         counters: Default::default(),
     })
     .unwrap();
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 4,
-            body: hb,
-        },
-        now,
-    );
-    feed(
-        &mut c,
-        Event::FromPipe {
-            pipe_id: 5,
-            body: vec![1, 2, 3],
-        },
-        now,
-    );
+    from_pipe(&mut c, 4, hb, now);
+    from_pipe(&mut c, 5, vec![1, 2, 3], now);
     assert_eq!(c.comm.closed, vec![4, 5]);
     assert!(c.comm.sent.is_empty());
 }

@@ -255,7 +255,6 @@ pub(crate) fn serve(
 }
 
 fn connection(stream: UnixStream, events: Sender<Event>, secret: &str) {
-    let peer = "local client";
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -286,7 +285,7 @@ fn connection(stream: UnixStream, events: Sender<Event>, secret: &str) {
             }
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "bad frame from a client; closing its connection");
+                tracing::warn!(error = %e, "bad frame from a client; closing its connection");
                 let _ = tx.send(FrontMsg::Error {
                     message: format!("bad frame: {e}"),
                 });
