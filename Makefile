@@ -5,8 +5,9 @@ FXR := target/release/fxr
 # Debian packages the build and the tests need: cmake builds NNG; clang/libclang for bindgen
 # (the MPI bindings); Slurm daemons and clients, its Torque wrappers, and MPICH for the
 # batch-system tests; bubblewrap, podman (with runc) and Charliecloud for the container tests;
-# redis-server as the data-transfer baseline.
-DEBS := cmake clang libclang-dev pkg-config python3 python3-venv slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev bubblewrap podman runc charliecloud-runtime redis-server chromium chromium-driver
+# redis-server as the data-transfer baseline; Chromium and its driver for the dashboard test;
+# PostgreSQL for the broker's shared store (the tests start clusters of their own).
+DEBS := cmake clang libclang-dev pkg-config python3 python3-venv slurmctld slurmd slurm-client slurm-wlm-torque libpmix2 mpich libmpich-dev bubblewrap podman runc charliecloud-runtime redis-server chromium chromium-driver postgresql
 
 # The MPI-enabled pilot is built when an MPI compiler wrapper is installed (deps installs MPICH).
 # Evaluated in each recipe, after `deps` has run.
@@ -43,8 +44,11 @@ build: deps
 demo: build
 	FXR=$(FXR) ./scripts/demo.sh
 
+# The broker's tests run twice: on SQLite (with everything else), then on PostgreSQL.
+BROKER_TESTS := broker broker_promise containers dashboard endpoint_ops faults history large_results openapi_conformance python_sdk tls trust
 test: deps pydeps
 	$(CARGO) test --workspace --release $(FEATURES) -- --test-threads=2
+	FXR_TEST_STORE=postgres $(CARGO) test --release -p fxr-cli $(FEATURES) $(addprefix --test ,$(BROKER_TESTS)) -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all --check

@@ -2,7 +2,7 @@
 //! 1,000 results.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fxr_broker::store::{Completion, NewTask, Store};
+use fxr_broker::store::{Completion, NewTask, SqliteStore, TaskStore};
 
 fn store(c: &mut Criterion) {
     // The store lives in a temporary directory; if the file system refuses, there is nothing
@@ -11,7 +11,7 @@ fn store(c: &mut Criterion) {
         eprintln!("cannot create a temporary directory for the store benchmark");
         return;
     };
-    let s = match Store::open(&dir.path().join("bench.db")) {
+    let s = match SqliteStore::open(&dir.path().join("bench.db")) {
         Ok(s) => std::cell::RefCell::new(s),
         Err(e) => {
             eprintln!("cannot open the benchmark store: {e}");

@@ -39,6 +39,39 @@ pub struct Limits {
     pub max_requests_per_sec: u32,
 }
 
+impl Limits {
+    /// Whether a user with `user_open` open tasks may add `per_endpoint` more, given each
+    /// endpoint's open tasks.
+    pub fn admit(
+        &self,
+        user_open: u64,
+        per_endpoint: &HashMap<String, u64>,
+        endpoint_open: impl Fn(&str) -> u64,
+    ) -> Result<(), Refusal> {
+        let adding: u64 = per_endpoint.values().sum();
+        if user_open + adding > self.max_backlog_user {
+            return Err(Refusal {
+                what: "user".into(),
+                open: user_open,
+                adding,
+                limit: self.max_backlog_user,
+            });
+        }
+        for (ep, n) in per_endpoint {
+            let open = endpoint_open(ep);
+            if open + n > self.max_backlog_endpoint {
+                return Err(Refusal {
+                    what: format!("endpoint {ep}"),
+                    open,
+                    adding: *n,
+                    limit: self.max_backlog_endpoint,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -235,28 +268,10 @@ impl Hub {
 
     /// Whether `user` may add `per_endpoint` tasks without passing a backlog limit.
     pub fn admit(&self, user: i64, per_endpoint: &HashMap<String, u64>) -> Result<(), Refusal> {
-        let adding: u64 = per_endpoint.values().sum();
-        let open = self.open_of_user(user);
-        if open + adding > self.limits.max_backlog_user {
-            return Err(Refusal {
-                what: "user".into(),
-                open,
-                adding,
-                limit: self.limits.max_backlog_user,
-            });
-        }
-        for (ep, n) in per_endpoint {
-            let open = self.endpoints.get(ep).map_or(0, |e| e.open);
-            if open + n > self.limits.max_backlog_endpoint {
-                return Err(Refusal {
-                    what: format!("endpoint {ep}"),
-                    open,
-                    adding: *n,
-                    limit: self.limits.max_backlog_endpoint,
-                });
-            }
-        }
-        Ok(())
+        self.limits
+            .admit(self.open_of_user(user), per_endpoint, |ep| {
+                self.endpoints.get(ep).map_or(0, |e| e.open)
+            })
     }
 
     /// Queues a task for an endpoint; [`Hub::pump`] sends what credit allows.
@@ -387,6 +402,35 @@ impl Hub {
                 ep.offline_since = Instant::now();
             }
         }
+    }
+
+    /// Whether the endpoint has a link to this broker.
+    pub fn linked(&self, endpoint: &str) -> bool {
+        self.endpoints.get(endpoint).is_some_and(|e| e.tx.is_some())
+    }
+
+    /// Shared store: the endpoint's link is gone, and it may come back at another broker,
+    /// which takes its open tasks from the store; this hub forgets them. Returns how many.
+    pub fn release(&mut self, endpoint: &str) -> usize {
+        if self.linked(endpoint) {
+            return 0;
+        }
+        let ids: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| &*l.endpoint == endpoint && !l.closing)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(ep) = self.endpoints.get_mut(endpoint) {
+            ep.queue.clear();
+        }
+        self.finished(ids).len()
+    }
+
+    /// Shared store: another broker recorded results for these tasks. Those this hub sent to
+    /// an endpoint are cancelled there; [`Hub::finished`] then forgets them.
+    pub fn close_elsewhere(&mut self, ids: &[u64]) {
+        self.close(ids, false);
     }
 
     /// Whether `generation` is still the endpoint's current connection.

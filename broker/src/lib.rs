@@ -17,6 +17,7 @@ pub mod hub;
 pub mod link;
 pub mod metrics;
 pub mod rate;
+mod shared;
 pub mod store;
 pub mod tls;
 pub mod watch;
@@ -28,7 +29,6 @@ use fxr_protocol::{
 use hub::{Hub, Limits, Meta};
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -38,7 +38,8 @@ use watch::Watchers;
 /// Broker settings.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    pub db_path: PathBuf,
+    /// The store: a SQLite file, or a PostgreSQL database that several brokers may share.
+    pub db: store::Db,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Most tasks in one submission.
@@ -54,9 +55,9 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    pub fn new(db_path: PathBuf) -> BrokerConfig {
+    pub fn new(db: store::Db) -> BrokerConfig {
         BrokerConfig {
-            db_path,
+            db,
             max_body_bytes: 10 * 1024 * 1024,
             max_tasks_per_request: 10_000,
             endpoint_wait: Duration::from_secs(3600),
@@ -74,6 +75,66 @@ struct Registry {
     endpoints: HashMap<String, EndpointRow>,
     users_by_token: HashMap<String, UserRow>,
     user_names: HashMap<i64, String>,
+}
+
+impl Registry {
+    /// Reads functions and endpoints from the store, replacing what was cached.
+    fn load(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        let mut functions = HashMap::new();
+        for f in store.functions()? {
+            let func = runnable_from_row(&f)?;
+            functions.insert(f.id.clone(), (f, func));
+        }
+        self.functions = functions;
+        self.endpoints = store
+            .endpoints()?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        Ok(())
+    }
+
+    /// Queues stored open tasks in the hub, skipping those it holds already; returns the
+    /// failures to record for tasks whose function no longer exists.
+    fn requeue(&self, hub: &mut Hub, rows: Vec<store::TaskRow>) -> Vec<store::Completion> {
+        let mut orphans = Vec::new();
+        let mut fids: HashMap<String, Arc<str>> = HashMap::new();
+        for t in rows {
+            if hub.live_state(t.id).is_some() {
+                continue;
+            }
+            let Some((_, func)) = self.functions.get(&t.function_id) else {
+                orphans.push(completion(TaskResult::failure(
+                    TaskId(t.id),
+                    FailureKind::FunctionDeleted,
+                    format!("function {} was deleted before the task ran", t.function_id),
+                )));
+                continue;
+            };
+            let fid = fids
+                .entry(t.function_id.clone())
+                .or_insert_with(|| Arc::from(t.function_id.as_str()))
+                .clone();
+            hub.enqueue(
+                &t.endpoint_id,
+                func.task(TaskId(t.id), t.args),
+                Meta {
+                    owner: t.owner,
+                    batch: t.batch,
+                    function_id: fid,
+                    created_ms: t.created_ms,
+                },
+            );
+        }
+        orphans
+    }
+}
+
+/// What a stored function runs.
+fn runnable_from_row(f: &FunctionRow) -> Result<Runnable, StoreError> {
+    let body: FunctionBody = serde_json::from_str(&f.spec)
+        .map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
+    runnable_of(&body).map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))
 }
 
 /// The broker's shared state.
@@ -94,6 +155,10 @@ pub struct Broker {
     pub fetches: Mutex<fetch::Fetches>,
     /// Requests per user.
     pub rate: Mutex<rate::RateLimiter>,
+    /// Other brokers use the same store (see `ARCHITECTURE.md`, "Several brokers").
+    pub shared: bool,
+    /// This broker's identity in the shared store's notices.
+    origin: String,
 }
 
 /// A finished task for the store, and what watchers are told of it.
@@ -274,56 +339,30 @@ impl Broker {
     /// Opens the store, loads the registry and re-queues every task that has no result. Tasks
     /// whose function no longer exists fail as `function_deleted`.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, StoreError> {
-        let mut store = Store::open(&config.db_path)?;
-        let reader = Store::open_reader(&config.db_path)?;
+        let mut store = config.db.open()?;
+        let reader = config.db.open_reader()?;
+        let shared = store.shared();
+        let origin = store.origin().to_string();
         let mut registry = Registry::default();
-        for f in store.functions()? {
-            let body: FunctionBody = serde_json::from_str(&f.spec)
-                .map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
-            let func = runnable_of(&body)
-                .map_err(|e| StoreError::Corrupt(format!("function {}: {e}", f.id)))?;
-            registry.functions.insert(f.id.clone(), (f, func));
-        }
-        for e in store.endpoints()? {
-            registry.endpoints.insert(e.id.clone(), e);
-        }
+        registry.load(&mut store)?;
         let mut hub = Hub::new(config.limits);
-        let open = store.open_tasks()?;
-        let requeued = open.len();
-        let mut orphans = Vec::new();
-        let mut fids: HashMap<String, Arc<str>> = HashMap::new();
-        for t in open {
-            let Some((_, func)) = registry.functions.get(&t.function_id) else {
-                orphans.push(completion(TaskResult::failure(
-                    TaskId(t.id),
-                    FailureKind::FunctionDeleted,
-                    format!("function {} was deleted before the task ran", t.function_id),
-                )));
-                continue;
-            };
-            let fid = fids
-                .entry(t.function_id.clone())
-                .or_insert_with(|| Arc::from(t.function_id.as_str()))
-                .clone();
-            hub.enqueue(
-                &t.endpoint_id,
-                func.task(TaskId(t.id), t.args),
-                Meta {
-                    owner: t.owner,
-                    batch: t.batch,
-                    function_id: fid,
-                    created_ms: t.created_ms,
-                },
-            );
+        // With a shared store, a broker holds only the tasks of the endpoints linked to it,
+        // taken from the store when they connect.
+        if !shared {
+            let open = store.open_tasks()?;
+            let requeued = open.len();
+            let orphans = registry.requeue(&mut hub, open);
+            if !orphans.is_empty() {
+                tracing::warn!(
+                    count = orphans.len(),
+                    "tasks of deleted functions failed as function_deleted"
+                );
+                store.complete(&orphans)?;
+            }
+            tracing::info!(requeued, "broker store opened");
+        } else {
+            tracing::info!(store = %config.db, origin, "shared broker store opened");
         }
-        if !orphans.is_empty() {
-            tracing::warn!(
-                count = orphans.len(),
-                "tasks of deleted functions failed as function_deleted"
-            );
-            store.complete(&orphans)?;
-        }
-        tracing::info!(requeued, "broker store opened");
         let rate = rate::RateLimiter::new(config.limits.max_requests_per_sec);
         Ok(Arc::new(Broker {
             config,
@@ -336,16 +375,18 @@ impl Broker {
             stopping: tokio::sync::watch::channel(false).0,
             fetches: Mutex::new(fetch::Fetches::default()),
             rate: Mutex::new(rate),
+            shared,
+            origin,
         }))
     }
 
     /// Runs `f` on the read-only connection in a blocking thread.
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let store = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&lock(&store)))
+        tokio::task::spawn_blocking(move || f(&mut lock(&store)))
             .await
             .map_err(|e| StoreError::Corrupt(format!("store thread failed: {e}")))?
     }
@@ -504,7 +545,14 @@ impl Broker {
         let i = id.to_string();
         self.db(move |s| s.delete_function(&i)).await?;
         self.reg_mut().functions.remove(id);
-        let open = self.hub().function_deleted(id);
+        let mut open = self.hub().function_deleted(id);
+        if self.shared {
+            // Tasks held by other brokers: their results tell those brokers to drop them.
+            let i = id.to_string();
+            let stored = self.read(move |s| s.open_task_ids_of_function(&i)).await?;
+            let hub = self.hub();
+            open.extend(stored.into_iter().filter(|t| hub.live_state(*t).is_none()));
+        }
         if !open.is_empty() {
             let results = open
                 .iter()
@@ -593,7 +641,16 @@ impl Broker {
         if self.hub().compact() {
             trim_heap();
         }
-        let expired = self.hub().expired(self.config.endpoint_wait);
+        let mut expired = self.hub().expired(self.config.endpoint_wait);
+        let local = expired.len();
+        if self.shared {
+            match self.shared_housekeeping().await {
+                Ok(stranded) => expired.extend(stranded),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot look after links in the shared store")
+                }
+            }
+        }
         if !expired.is_empty() {
             tracing::warn!(
                 count = expired.len(),
@@ -610,7 +667,7 @@ impl Broker {
                 })
                 .collect();
             if let Err(e) = self.record(results).await {
-                self.hub().reopen(&expired);
+                self.hub().reopen(&expired[..local]);
                 tracing::error!(error = %e, "cannot record expired tasks");
             }
         }
@@ -664,6 +721,10 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
+    let follower = broker
+        .follow_store()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let keeper = broker.clone();
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -682,5 +743,8 @@ where
         .with_graceful_shutdown(shutdown)
         .await;
     housekeeping.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     result
 }

@@ -26,6 +26,19 @@ pub async fn run(broker: Arc<Broker>, endpoint: String, socket: WebSocket) {
     let (kick, mut kicked) = tokio::sync::oneshot::channel::<()>();
     let generation = broker.hub().connect(&endpoint, tx.clone(), kick);
     tracing::info!(endpoint_id = %endpoint, generation, "endpoint connected");
+    if broker.shared {
+        // Before the first message: results the endpoint re-sends must find their tasks.
+        let ep = endpoint.clone();
+        let taken = match broker.db(move |s| s.link_up(&ep)).await {
+            Ok(()) => broker.adopt(&endpoint, None).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = taken {
+            tracing::error!(endpoint_id = %endpoint, error = %e, "cannot take the endpoint's tasks from the store; closing the link");
+            broker.hub().disconnect(&endpoint, generation);
+            return;
+        }
+    }
     let mut writer = tokio::spawn(write(broker.clone(), endpoint.clone(), sink, rx));
     let mut stopping = broker.stopping.subscribe();
     let idle = broker.config.link_idle;
@@ -62,7 +75,20 @@ pub async fn run(broker: Arc<Broker>, endpoint: String, socket: WebSocket) {
             _ = stopping.changed() => break,
         }
     }
-    broker.hub().disconnect(&endpoint, generation);
+    {
+        let mut hub = broker.hub();
+        hub.disconnect(&endpoint, generation);
+        if broker.shared {
+            let n = hub.release(&endpoint);
+            tracing::debug!(endpoint_id = %endpoint, n, "released the endpoint's tasks to the store");
+        }
+    }
+    if broker.shared && !broker.hub().linked(&endpoint) {
+        let ep = endpoint.clone();
+        if let Err(e) = broker.db(move |s| s.link_down(&ep)).await {
+            tracing::warn!(endpoint_id = %endpoint, error = %e, "cannot record the link's end in the store");
+        }
+    }
     drop(tx);
     writer.abort();
     tracing::info!(endpoint_id = %endpoint, generation, "endpoint disconnected");
@@ -83,7 +109,16 @@ async fn on_message(
             crate::lock(&broker.fetches).answer(endpoint, request, reply);
         }
         LinkMsg::Results { results } => {
-            let (mine, mut ignored, foreign) = broker.hub().screen(endpoint, results);
+            let (mine, mut ignored, mut foreign) = broker.hub().screen(endpoint, results);
+            if broker.shared && foreign < ignored.len() {
+                // Tasks this broker does not hold may be open at another.
+                match broker.foreign_elsewhere(endpoint, &ignored).await {
+                    Ok(n) => foreign += n,
+                    Err(e) => {
+                        tracing::warn!(endpoint_id = %endpoint, error = %e, "cannot check results against the store")
+                    }
+                }
+            }
             if foreign > 0 {
                 broker
                     .metrics

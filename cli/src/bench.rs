@@ -54,6 +54,10 @@ pub struct Common {
     /// link → interchange → workers and back.
     #[arg(long)]
     pub via_broker: bool,
+    /// The broker's store with --via-broker: `sqlite` (a file in a temporary directory) or
+    /// `postgres` (a throwaway PostgreSQL cluster with its durable defaults, started for the run).
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
     /// Seal every message between the interchange and its managers.
     #[arg(long)]
     pub encrypt: bool,
@@ -61,6 +65,21 @@ pub struct Common {
     /// `SLURM_CONF` points at (pilots launched by srun), with --workers per node.
     #[arg(long)]
     pub slurm_nodes: Option<u32>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
 }
 
 /// A broker in this process, with a user, a function and the endpoint connected to it. Its
@@ -75,6 +94,8 @@ struct ViaBroker {
     rt: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
+    /// Dropped after the runtime (fields drop in order), so the broker goes first.
+    _pg: Option<fxr_broker::store::pgcluster::TempCluster>,
 }
 
 /// A benchmark function's arguments as JSON (`null` when there are none).
@@ -90,11 +111,28 @@ const BROKER_THREADS: &str = "fxr-broker";
 
 impl ViaBroker {
     /// Starts the broker; `connect` also connects the endpoint (otherwise call [`Self::connect`]).
-    fn start(ep: &LocalEndpoint, function: &str, connect: bool) -> anyhow::Result<ViaBroker> {
+    fn start(
+        ep: &LocalEndpoint,
+        function: &str,
+        connect: bool,
+        store: StoreKind,
+    ) -> anyhow::Result<ViaBroker> {
         let dir = tempfile::tempdir()?;
-        let db = dir.path().join("broker.db");
+        let (db, pg) = match store {
+            StoreKind::Sqlite => (
+                fxr_broker::store::Db::Sqlite(dir.path().join("broker.db")),
+                None,
+            ),
+            StoreKind::Postgres => {
+                let cluster = fxr_broker::store::pgcluster::TempCluster::start(true)
+                    .context("cannot start PostgreSQL")?;
+                let url = cluster.create_database()?;
+                (fxr_broker::store::Db::Postgres(url), Some(cluster))
+            }
+        };
         let token = fxr_broker::auth::new_secret()?;
-        fxr_broker::Store::open(&db)?.add_user("bench", &fxr_broker::auth::hash(&token))?;
+        db.open()?
+            .add_user("bench", &fxr_broker::auth::hash(&token))?;
         let broker = fxr_broker::Broker::open(fxr_broker::BrokerConfig::new(db))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -134,6 +172,7 @@ impl ViaBroker {
             rt,
             stop: Some(stop),
             _dir: dir,
+            _pg: pg,
         };
         if connect {
             v.connect(ep)?;
@@ -547,6 +586,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
             &ep,
             &a.common.function,
             a.backlog.is_none(),
+            a.common.store,
         )?)
     } else {
         None
@@ -636,7 +676,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let v = serde_json::json!({
         "tasks": a.tasks, "workers": workers, "managers": a.common.managers * a.common.blocks,
         "mode": mode, "function": a.common.function, "batch": a.batch, "via_broker": a.common.via_broker,
-        "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
+        "store": a.common.store.name(), "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
         "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
         "broker_cpu_s": broker_cpu,
@@ -664,7 +704,12 @@ fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
     let mut first_us = 0;
     let mut failed = 0;
     let via = if a.common.via_broker {
-        Some(ViaBroker::start(&ep, &a.common.function, true)?)
+        Some(ViaBroker::start(
+            &ep,
+            &a.common.function,
+            true,
+            a.common.store,
+        )?)
     } else {
         None
     };
@@ -707,7 +752,7 @@ fn latency(a: LatencyArgs, json: bool) -> anyhow::Result<u8> {
     shutdown(ep);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let v = serde_json::json!({
-        "tasks": a.tasks, "workers": workers, "function": a.common.function, "via_broker": a.common.via_broker,
+        "tasks": a.tasks, "workers": workers, "function": a.common.function, "via_broker": a.common.via_broker, "store": a.common.store.name(),
         "mode": if a.common.simulate_workers.is_some() { "simulated" } else { "processes" },
         "first_ms": first_us as f64 / 1000.0,
         "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),

@@ -2,7 +2,8 @@
 
 use crate::exit;
 use anyhow::Context;
-use fxr_broker::{auth, Broker, BrokerConfig, Store};
+use fxr_broker::store::Db;
+use fxr_broker::{auth, Broker, BrokerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,16 +21,18 @@ pub enum UserCmd {
     /// Add a user and print their token (shown only this once).
     Add {
         name: String,
-        #[arg(long, default_value = "fxr-broker.db")]
-        db: PathBuf,
+        /// The store: a SQLite file, or `postgres://...` (see `fxr broker serve --db`).
+        #[arg(long, default_value = "fxr-broker.db", value_parser = db_arg)]
+        db: Db,
     },
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The SQLite database (created if missing).
-    #[arg(long, default_value = "fxr-broker.db")]
-    pub db: PathBuf,
+    /// The store: a SQLite file (created if missing), or a PostgreSQL database that several
+    /// brokers may share (`postgres://user@host/db`, or `host=/run/postgresql dbname=fxr`).
+    #[arg(long, default_value = "fxr-broker.db", value_parser = db_arg)]
+    pub db: Db,
     #[arg(long, default_value = "127.0.0.1:8700")]
     pub listen: String,
     /// Write the bound address here once listening.
@@ -74,6 +77,13 @@ pub struct ServeArgs {
     pub link_idle: Duration,
 }
 
+fn db_arg(s: &str) -> Result<Db, String> {
+    if s.trim().is_empty() {
+        return Err("give a SQLite file or a postgres:// URL".into());
+    }
+    Ok(Db::parse(s))
+}
+
 pub fn run(cmd: BrokerCmd, json: bool) -> anyhow::Result<u8> {
     match cmd {
         BrokerCmd::User(UserCmd::Add { name, db }) => {
@@ -81,8 +91,7 @@ pub fn run(cmd: BrokerCmd, json: bool) -> anyhow::Result<u8> {
                 !name.trim().is_empty() && name.len() <= 64,
                 "a user name must be 1 to 64 characters"
             );
-            let mut store =
-                Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+            let mut store = db.open().with_context(|| format!("cannot open {db}"))?;
             let token = auth::new_secret()?;
             store
                 .add_user(&name, &auth::hash(&token))
@@ -116,8 +125,7 @@ fn serve(a: ServeArgs, json: bool) -> anyhow::Result<u8> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let broker = Broker::open(config)
-        .with_context(|| format!("cannot open the store {}", a.db.display()))?;
+    let broker = Broker::open(config).with_context(|| format!("cannot open the store {}", a.db))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -360,6 +360,7 @@ pub fn mapreduce(a: MapReduceArgs, json: bool) -> anyhow::Result<u8> {
         function: "noop".into(),
         prefetch: 0,
         via_broker: false,
+        store: crate::bench::StoreKind::Sqlite,
         encrypt: false,
         slurm_nodes: None,
     };

@@ -132,6 +132,7 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
         function: "noop".into(),
         prefetch: 0,
         via_broker: false,
+        store: crate::bench::StoreKind::Sqlite,
         encrypt: false,
         slurm_nodes: None,
     };

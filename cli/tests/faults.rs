@@ -157,7 +157,7 @@ fn killing_every_part_at_random_loses_and_duplicates_no_result() {
 
     // From the store itself: one row per acknowledged task, each with its one result.
     drop(broker);
-    let store = fxr_broker::store::Store::open_reader(&w.db()).unwrap();
+    let mut store = fxr_broker::store::Db::parse(w.db()).open_reader().unwrap();
     let rows = store.tasks(&ids).unwrap();
     assert_eq!(rows.len(), TASKS, "one row per task, none lost");
     let mut seen = std::collections::HashSet::new();

@@ -94,6 +94,7 @@ pub async fn status(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<EndpointInfo>, ApiError> {
+    broker.refresh([], [id.clone()]).await?;
     match broker.endpoint(&id) {
         Some(e) if may_use(&e, user.id) => Ok(Json(info(&broker, &e).await)),
         _ => Err(ApiError::not_found(format!("no endpoint `{id}`"))),
@@ -108,6 +109,7 @@ pub async fn delete(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    broker.refresh([], [id.clone()]).await?;
     let found = broker
         .endpoint(&id)
         .map(|e| (e.owner, may_use(&e, user.id)));
@@ -139,6 +141,7 @@ pub async fn link(
         })?;
     // An unknown id and a wrong credential get the same answer, so ids cannot be probed.
     let hashed = auth::hash(credential.trim());
+    broker.refresh([], [id.clone()]).await?;
     if broker.endpoint(&id).is_none_or(|e| {
         !fxr_protocol::auth::same_bytes(hashed.as_bytes(), e.credential_hash.as_bytes())
     }) {

@@ -79,7 +79,11 @@ pub async fn register(
     };
     match broker.add_function(row.clone(), func).await? {
         None => Ok((StatusCode::CREATED, Json(info(&broker, &row).await?))),
-        Some(id) => match broker.function(&id) {
+        Some(id) => match broker
+            .refresh([id.clone()], [])
+            .await
+            .map(|()| broker.function(&id))?
+        {
             Some((f, _)) => Ok((StatusCode::OK, Json(info(&broker, &f).await?))),
             None => Err(ApiError::not_found(format!("no function `{id}`"))),
         },
@@ -113,6 +117,7 @@ pub async fn get_one(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<FunctionInfo>, ApiError> {
+    broker.refresh([id.clone()], []).await?;
     match broker.function(&id) {
         Some((f, _)) if may_use(&f, user.id) => Ok(Json(info(&broker, &f).await?)),
         _ => Err(ApiError::not_found(format!("no function `{id}`"))),
@@ -127,6 +132,7 @@ pub async fn delete(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    broker.refresh([id.clone()], []).await?;
     let found = broker
         .function(&id)
         .map(|(f, _)| (f.owner, may_use(&f, user.id)));

@@ -45,7 +45,7 @@ fn stored_result(data_ref: Option<&str>) -> Option<StoredResult> {
     })
 }
 
-fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
+pub(crate) fn task_info(broker: &Broker, t: TaskRow) -> TaskInfo {
     let state = if t.state == "pending" {
         broker
             .hub()
@@ -194,6 +194,15 @@ pub async fn submit(
         ));
     }
     // Validate everything before storing anything: a request is accepted whole or not at all.
+    if broker.shared {
+        let functions: Vec<String> = body.tasks.iter().map(|t| t.function_id.clone()).collect();
+        let mut endpoints: Vec<String> = Vec::new();
+        for t in &body.tasks {
+            endpoints.extend(t.endpoint_id.iter().cloned());
+            endpoints.extend(t.endpoints.iter().flatten().cloned());
+        }
+        broker.refresh(functions, endpoints).await?;
+    }
     let mut plan = Vec::with_capacity(n);
     let mut checked_eps: HashSet<String> = HashSet::new();
     let mut fids: HashMap<String, Arc<str>> = HashMap::new();
@@ -254,7 +263,7 @@ pub async fn submit(
         plan.push((fid, func, candidates, spec.policy.unwrap_or_default(), args));
     }
     let mut routed = Vec::with_capacity(n);
-    {
+    let per_ep = {
         let mut hub = broker.hub();
         let mut per_ep: HashMap<String, u64> = HashMap::new();
         for (fid, func, candidates, policy, args) in plan {
@@ -277,6 +286,13 @@ pub async fn submit(
             broker.metrics.refused.fetch_add(1, Ordering::Relaxed);
             return Ok(too_busy(r));
         }
+        per_ep
+    };
+    if broker.shared {
+        if let Err(r) = broker.admit_shared(user.id, &per_ep).await? {
+            broker.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            return Ok(too_busy(r));
+        }
     }
     let rows: Vec<NewTask> = routed.iter().map(|(t, ..)| t.clone()).collect();
     let started = std::time::Instant::now();
@@ -293,6 +309,10 @@ pub async fn submit(
         let mut hub = broker.hub();
         let mut touched = HashSet::new();
         for ((t, func, fid), id) in routed.into_iter().zip(&ids) {
+            // With a shared store, the broker holding the endpoint's link takes them.
+            if broker.shared && !hub.linked(&t.endpoint_id) {
+                continue;
+            }
             touched.insert(t.endpoint_id.clone());
             hub.enqueue(
                 &t.endpoint_id,
@@ -742,7 +762,15 @@ pub async fn cancel(
         .filter(|t| t.completed_ms.is_none())
         .map(|t| t.id)
         .collect();
-    let removed = broker.hub().cancel(&mine);
+    let removed = {
+        let mut hub = broker.hub();
+        let mut removed = hub.cancel(&mine);
+        if broker.shared {
+            // Held by the broker linked to their endpoint, which hears of the result.
+            removed.extend(mine.iter().filter(|id| hub.live_state(**id).is_none()));
+        }
+        removed
+    };
     let results = removed
         .iter()
         .map(|id| {

@@ -1,5 +1,6 @@
-//! The world of the broker tests: a broker on a free port with its SQLite file in a temp dir,
-//! users, endpoints started as `fxr endpoint start`, and a small HTTP client.
+//! The world of the broker tests: a broker on a free port with its SQLite file in a temp dir
+//! (or, with `FXR_TEST_STORE=postgres`, a fresh database in a PostgreSQL cluster the test
+//! process starts), users, endpoints started as `fxr endpoint start`, and a small HTTP client.
 
 use super::FXR;
 use serde_json::{json, Value};
@@ -33,30 +34,53 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub port: u16,
+    db: String,
+}
+
+/// The store the broker tests run on: `FXR_TEST_STORE=postgres` or SQLite.
+pub fn postgres_store() -> bool {
+    std::env::var("FXR_TEST_STORE").is_ok_and(|v| v == "postgres")
 }
 
 impl World {
     pub fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let db = if postgres_store() {
+            fxr_broker::store::pgcluster::shared_database().expect("a PostgreSQL database")
+        } else {
+            dir.path().join("broker.db").display().to_string()
+        };
         World {
             url: format!("http://127.0.0.1:{port}"),
             dir,
             port,
+            db,
         }
     }
 
-    pub fn db(&self) -> PathBuf {
-        self.dir.path().join("broker.db")
+    /// A world whose brokers use the store `db` (a second broker may share it).
+    pub fn with_db(db: String) -> World {
+        World { db, ..World::new() }
+    }
+
+    /// The broker's `--db`.
+    pub fn db(&self) -> &str {
+        &self.db
     }
 
     pub fn broker(&self, extra: &[&str]) -> Proc {
+        self.broker_on(self.port, extra)
+    }
+
+    /// A broker on `port` with the world's store (a second broker shares a PostgreSQL store).
+    pub fn broker_on(&self, port: u16, extra: &[&str]) -> Proc {
         let p = Command::new(FXR)
             .args([
                 "broker",
                 "serve",
                 "--listen",
-                &format!("127.0.0.1:{}", self.port),
+                &format!("127.0.0.1:{port}"),
                 "--db",
             ])
             .arg(self.db())
@@ -65,7 +89,7 @@ impl World {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "broker did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

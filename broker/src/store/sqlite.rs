@@ -1,99 +1,17 @@
-//! The persistent store: SQLite in WAL mode.
-//!
-//! Every write that the broker acknowledges is committed first (`synchronous = FULL`), and writes
-//! come in batches — a submission of a thousand tasks is one transaction, a result batch from an
-//! endpoint another — so durability costs one fsync per batch, not per task. Access goes through
-//! one connection behind a mutex, called from blocking threads.
+//! The SQLite store, in WAL mode with `synchronous = FULL`: one fsync per committed batch. One
+//! broker owns the file (a second writer would wait on its lock, and nothing tells it what the
+//! first did).
 
+use super::{
+    ids_to_text, now_ms, text_to_ids, Completion, EndpointRow, FunctionRow, NewTask, Result,
+    StoreError, TaskFilter, TaskRow, TaskStats, TaskStore, UserRow,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
-/// Store errors.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("stored data is malformed: {0}")]
-    Corrupt(String),
-    /// A name the owner already uses.
-    #[error("{0}")]
-    Taken(String),
-    /// The owner has as many of these as allowed.
-    #[error("{0}")]
-    Quota(String),
-}
-
-pub type Result<T> = std::result::Result<T, StoreError>;
-
-#[derive(Clone, Debug)]
-pub struct UserRow {
-    pub id: i64,
-    pub name: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct FunctionRow {
-    pub id: String,
-    pub owner: i64,
-    pub name: String,
-    pub description: String,
-    /// JSON of `api::FunctionBody`.
-    pub spec: String,
-    pub public: bool,
-    pub shared_with: Vec<i64>,
-}
-
-#[derive(Clone, Debug)]
-pub struct EndpointRow {
-    pub id: String,
-    pub owner: i64,
-    pub name: String,
-    pub credential_hash: String,
-    pub shared_with: Vec<i64>,
-}
-
-/// A task as stored.
-#[derive(Clone, Debug)]
-pub struct TaskRow {
-    pub id: u64,
-    pub owner: i64,
-    pub function_id: String,
-    pub endpoint_id: String,
-    pub args: Vec<u8>,
-    pub state: String,
-    pub result: Option<Vec<u8>>,
-    pub error_kind: Option<String>,
-    pub error_message: Option<String>,
-    pub created_ms: i64,
-    pub completed_ms: Option<i64>,
-    /// The submission it came in.
-    pub batch: u64,
-    /// Where a result too large to travel is kept (JSON of a `DataRef`).
-    pub data_ref: Option<String>,
-}
-
-/// A new task to insert.
-#[derive(Clone, Debug)]
-pub struct NewTask {
-    pub owner: i64,
-    pub function_id: String,
-    pub endpoint_id: String,
-    pub args: Vec<u8>,
-}
-
-/// A finished task to record.
-#[derive(Clone, Debug)]
-pub struct Completion {
-    pub id: u64,
-    pub result: Option<Vec<u8>>,
-    /// A result kept in its node's store, as JSON of its `DataRef`.
-    pub data_ref: Option<String>,
-    pub error: Option<(String, String)>,
-}
-
-/// The store.
+/// The SQLite store.
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Connection,
 }
 
@@ -130,61 +48,12 @@ CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, id);
 CREATE INDEX IF NOT EXISTS functions_name ON functions(owner, name);
 ";
 
-/// Which of a user's tasks to list, and where to start.
-#[derive(Clone, Debug, Default)]
-pub struct TaskFilter {
-    pub owner: i64,
-    pub state: Option<String>,
-    pub function_id: Option<String>,
-    pub endpoint_id: Option<String>,
-    /// Created at or after (ms since the epoch).
-    pub since_ms: Option<i64>,
-    /// Created before.
-    pub until_ms: Option<i64>,
-    /// Only ids below this (newest first) or above it (oldest first).
-    pub cursor: Option<u64>,
-    pub oldest_first: bool,
-    pub limit: usize,
-}
-
-/// Counts over a user's recent tasks, for the dashboard.
-#[derive(Clone, Debug, Default)]
-pub struct TaskStats {
-    /// Tasks by state, over all the user's tasks.
-    pub by_state: Vec<(String, u64)>,
-    /// Failures by kind, among tasks finished in the window.
-    pub failures: Vec<(String, u64)>,
-    /// Tasks finished per bucket in the window: (bucket start ms, succeeded, failed).
-    pub finished: Vec<(i64, u64, u64)>,
-}
-
 /// Most ids in one `IN (...)` list.
 const IN_CHUNK: usize = 500;
 
-fn ids_to_text(ids: &[i64]) -> String {
-    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
-}
-
-fn text_to_ids(s: &str) -> Result<Vec<i64>> {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse()
-                .map_err(|_| StoreError::Corrupt(format!("bad user list `{s}`")))
-        })
-        .collect()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<SqliteStore> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -204,21 +73,74 @@ impl Store {
         if !has_data_ref {
             conn.execute_batch(MIGRATE_DATA_REF)?;
         }
-        Ok(Store { conn })
+        Ok(SqliteStore { conn })
     }
 
     /// Opens a second, read-only connection to the same database. In WAL mode its reads run
     /// beside the writer's commits instead of queueing behind their fsyncs.
-    pub fn open_reader(path: &Path) -> Result<Store> {
+    pub fn open_reader(path: &Path) -> Result<SqliteStore> {
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
-        Ok(Store { conn })
+        Ok(SqliteStore { conn })
     }
 
-    pub fn add_user(&mut self, name: &str, token_hash: &str) -> Result<i64> {
+    fn function_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FunctionRow, String)> {
+        Ok((
+            FunctionRow {
+                id: r.get(0)?,
+                owner: r.get(1)?,
+                name: r.get(2)?,
+                description: r.get(3)?,
+                spec: r.get(4)?,
+                public: r.get(5)?,
+                shared_with: Vec::new(),
+            },
+            r.get(6)?,
+        ))
+    }
+
+    /// Refuses a new row of `table` when `owner` has `max` already.
+    fn within_quota(&self, table: &str, owner: i64, max: u64) -> Result<()> {
+        let n: i64 = self.conn.query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE owner = ?1"),
+            [owner],
+            |r| r.get(0),
+        )?;
+        if n as u64 >= max {
+            return Err(StoreError::Quota(format!(
+                "you have {n} {table}, the most this broker allows; delete some first"
+            )));
+        }
+        Ok(())
+    }
+
+    fn task_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+        Ok(TaskRow {
+            id: r.get::<_, i64>(0)? as u64,
+            owner: r.get(1)?,
+            function_id: r.get(2)?,
+            endpoint_id: r.get(3)?,
+            args: r.get(4)?,
+            state: r.get(5)?,
+            result: r.get(6)?,
+            error_kind: r.get(7)?,
+            error_message: r.get(8)?,
+            created_ms: r.get(9)?,
+            completed_ms: r.get(10)?,
+            batch: r.get::<_, i64>(11)? as u64,
+            data_ref: r.get(12)?,
+        })
+    }
+
+    const TASK_COLS: &'static str =
+        "id, owner, function_id, endpoint_id, args, state, result, error_kind, error_message, created_ms, completed_ms, batch, data_ref";
+}
+
+impl TaskStore for SqliteStore {
+    fn add_user(&mut self, name: &str, token_hash: &str) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO users (name, token_hash) VALUES (?1, ?2)",
             params![name, token_hash],
@@ -226,7 +148,7 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub fn user_by_token(&self, token_hash: &str) -> Result<Option<UserRow>> {
+    fn user_by_token(&mut self, token_hash: &str) -> Result<Option<UserRow>> {
         Ok(self
             .conn
             .query_row(
@@ -242,7 +164,7 @@ impl Store {
             .optional()?)
     }
 
-    pub fn user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
+    fn user_by_name(&mut self, name: &str) -> Result<Option<UserRow>> {
         Ok(self
             .conn
             .query_row("SELECT id, name FROM users WHERE name = ?1", [name], |r| {
@@ -254,17 +176,15 @@ impl Store {
             .optional()?)
     }
 
-    pub fn user_name(&self, id: i64) -> Result<Option<String>> {
+    fn user_name(&mut self, id: i64) -> Result<Option<String>> {
         Ok(self
             .conn
             .query_row("SELECT name FROM users WHERE id = ?1", [id], |r| r.get(0))
             .optional()?)
     }
 
-    /// Adds a function; a name is unique per owner (checked on the one writer connection, so
-    /// two registrations cannot both pass). Registering the very same function again (same
-    /// name, same definition) adds nothing and answers the existing id.
-    pub fn put_function(&mut self, f: &FunctionRow, max: u64) -> Result<Option<String>> {
+    /// The name check runs on the one writer connection, so two registrations cannot both pass.
+    fn put_function(&mut self, f: &FunctionRow, max: u64) -> Result<Option<String>> {
         let taken: Option<(String, String)> = self
             .conn
             .query_row(
@@ -291,22 +211,7 @@ impl Store {
         Ok(None)
     }
 
-    fn function_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FunctionRow, String)> {
-        Ok((
-            FunctionRow {
-                id: r.get(0)?,
-                owner: r.get(1)?,
-                name: r.get(2)?,
-                description: r.get(3)?,
-                spec: r.get(4)?,
-                public: r.get(5)?,
-                shared_with: Vec::new(),
-            },
-            r.get(6)?,
-        ))
-    }
-
-    pub fn function(&self, id: &str) -> Result<Option<FunctionRow>> {
+    fn function(&mut self, id: &str) -> Result<Option<FunctionRow>> {
         let row = self
             .conn
             .query_row(
@@ -322,7 +227,7 @@ impl Store {
         .transpose()
     }
 
-    pub fn functions(&self) -> Result<Vec<FunctionRow>> {
+    fn functions(&mut self) -> Result<Vec<FunctionRow>> {
         let mut stmt = self.conn.prepare("SELECT id, owner, name, description, spec, public, shared_with FROM functions ORDER BY name")?;
         let rows = stmt.query_map([], Self::function_from)?;
         rows.map(|r| {
@@ -333,30 +238,14 @@ impl Store {
         .collect()
     }
 
-    pub fn delete_function(&mut self, id: &str) -> Result<bool> {
+    fn delete_function(&mut self, id: &str) -> Result<bool> {
         Ok(self
             .conn
             .execute("DELETE FROM functions WHERE id = ?1", [id])?
             > 0)
     }
 
-    /// Refuses a new row of `table` when `owner` has `max` already.
-    fn within_quota(&self, table: &str, owner: i64, max: u64) -> Result<()> {
-        let n: i64 = self.conn.query_row(
-            &format!("SELECT COUNT(*) FROM {table} WHERE owner = ?1"),
-            [owner],
-            |r| r.get(0),
-        )?;
-        if n as u64 >= max {
-            return Err(StoreError::Quota(format!(
-                "you have {n} {table}, the most this broker allows; delete some first"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Adds an endpoint, within the owner's quota.
-    pub fn put_endpoint(&mut self, e: &EndpointRow, max: u64) -> Result<()> {
+    fn put_endpoint(&mut self, e: &EndpointRow, max: u64) -> Result<()> {
         self.within_quota("endpoints", e.owner, max)?;
         self.conn.execute(
             "INSERT INTO endpoints (id, owner, name, credential_hash, shared_with) VALUES (?1,?2,?3,?4,?5)",
@@ -365,7 +254,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn endpoints(&self) -> Result<Vec<EndpointRow>> {
+    fn endpoints(&mut self) -> Result<Vec<EndpointRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, owner, name, credential_hash, shared_with FROM endpoints ORDER BY name",
         )?;
@@ -389,16 +278,14 @@ impl Store {
         .collect()
     }
 
-    pub fn delete_endpoint(&mut self, id: &str) -> Result<bool> {
+    fn delete_endpoint(&mut self, id: &str) -> Result<bool> {
         Ok(self
             .conn
             .execute("DELETE FROM endpoints WHERE id = ?1", [id])?
             > 0)
     }
 
-    /// Inserts one submission's tasks in one transaction, as a new batch; returns the batch id,
-    /// the creation time and the task ids, in order.
-    pub fn insert_tasks(&mut self, owner: i64, tasks: &[NewTask]) -> Result<(u64, i64, Vec<u64>)> {
+    fn insert_tasks(&mut self, owner: i64, tasks: &[NewTask]) -> Result<(u64, i64, Vec<u64>)> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -427,8 +314,7 @@ impl Store {
         Ok((batch as u64, now, ids))
     }
 
-    /// The owner of a batch, if it exists.
-    pub fn batch_owner(&self, batch: u64) -> Result<Option<i64>> {
+    fn batch_owner(&mut self, batch: u64) -> Result<Option<i64>> {
         Ok(self
             .conn
             .query_row(
@@ -439,8 +325,7 @@ impl Store {
             .optional()?)
     }
 
-    /// Every task of a batch, in id order.
-    pub fn batch_tasks(&self, batch: u64) -> Result<Vec<TaskRow>> {
+    fn batch_tasks(&mut self, batch: u64) -> Result<Vec<TaskRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {} FROM tasks WHERE batch = ?1 ORDER BY id",
             Self::TASK_COLS
@@ -449,9 +334,7 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Records results in one transaction. A task already finished keeps its first result; the
-    /// answer says, for each completion in order, whether it was newly recorded.
-    pub fn complete(&mut self, done: &[Completion]) -> Result<Vec<bool>> {
+    fn complete(&mut self, done: &[Completion]) -> Result<Vec<bool>> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         let mut recorded = Vec::with_capacity(done.len());
@@ -482,30 +365,9 @@ impl Store {
         Ok(recorded)
     }
 
-    fn task_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
-        Ok(TaskRow {
-            id: r.get::<_, i64>(0)? as u64,
-            owner: r.get(1)?,
-            function_id: r.get(2)?,
-            endpoint_id: r.get(3)?,
-            args: r.get(4)?,
-            state: r.get(5)?,
-            result: r.get(6)?,
-            error_kind: r.get(7)?,
-            error_message: r.get(8)?,
-            created_ms: r.get(9)?,
-            completed_ms: r.get(10)?,
-            batch: r.get::<_, i64>(11)? as u64,
-            data_ref: r.get(12)?,
-        })
-    }
-
-    const TASK_COLS: &'static str =
-        "id, owner, function_id, endpoint_id, args, state, result, error_kind, error_message, created_ms, completed_ms, batch, data_ref";
-
     /// The tasks among `ids` that exist, in no particular order. Reads go in chunks of
     /// `IN (...)` lists, a few hundred ids per statement.
-    pub fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRow>> {
+    fn tasks(&mut self, ids: &[u64]) -> Result<Vec<TaskRow>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IN_CHUNK) {
             // The ids are integers, so writing them into the statement is safe.
@@ -526,9 +388,7 @@ impl Store {
         Ok(out)
     }
 
-    /// A page of one user's tasks, newest first (or oldest first), by the filter. Ids only grow,
-    /// so a cursor walk sees every task once, also while tasks are being added.
-    pub fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRow>> {
+    fn list_tasks(&mut self, f: &TaskFilter) -> Result<Vec<TaskRow>> {
         let mut sql = format!("SELECT {} FROM tasks WHERE owner = ?1", Self::TASK_COLS);
         let mut args: Vec<rusqlite::types::Value> = vec![f.owner.into()];
         let mut add = |clause: &str, v: rusqlite::types::Value| {
@@ -565,9 +425,7 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Counts for one user: tasks by state, and of the tasks finished since `since_ms`, failures
-    /// by kind and completions per `bucket_ms`.
-    pub fn task_stats(&self, owner: i64, since_ms: i64, bucket_ms: i64) -> Result<TaskStats> {
+    fn task_stats(&mut self, owner: i64, since_ms: i64, bucket_ms: i64) -> Result<TaskStats> {
         let mut out = TaskStats::default();
         let mut stmt = self
             .conn
@@ -601,8 +459,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Every task still waiting for a result (to re-queue after a restart).
-    pub fn open_tasks(&self) -> Result<Vec<TaskRow>> {
+    fn open_tasks(&mut self) -> Result<Vec<TaskRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {} FROM tasks WHERE state = 'pending' ORDER BY id",
             Self::TASK_COLS
@@ -611,11 +468,43 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Deletes finished tasks completed before `before_ms`.
-    pub fn purge(&mut self, before_ms: i64) -> Result<usize> {
+    fn purge(&mut self, before_ms: i64) -> Result<usize> {
         Ok(self.conn.execute(
             "DELETE FROM tasks WHERE completed_ms IS NOT NULL AND completed_ms < ?1",
             [before_ms],
         )?)
+    }
+
+    fn open_tasks_of(
+        &mut self,
+        endpoint: &str,
+        batch: Option<u64>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>> {
+        let sql = format!(
+            "SELECT {} FROM tasks WHERE state = 'pending' AND endpoint_id = ?1 AND (?2 IS NULL OR batch = ?2) \
+             AND id > ?3 ORDER BY id LIMIT ?4",
+            Self::TASK_COLS
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![
+                endpoint,
+                batch.map(|b| b as i64),
+                after.min(i64::MAX as u64) as i64,
+                limit as i64
+            ],
+            Self::task_from,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn open_task_ids_of_function(&mut self, function_id: &str) -> Result<Vec<u64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id FROM tasks WHERE state = 'pending' AND function_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([function_id], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| Ok(r? as u64)).collect()
     }
 }
