@@ -646,11 +646,9 @@ fn a_pilot_that_dies_is_reaped_and_replaced() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    // Kept open to the end: the endpoint may still write, and a closed pipe would kill it.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     let mut ep = Proc(child);
     let v: Value = serde_json::from_str(&line).unwrap();
     let addr = v["endpoint"].as_str().unwrap().to_string();
@@ -710,6 +708,7 @@ fn a_pilot_that_dies_is_reaped_and_replaced() {
         "stopped in {:?}",
         started.elapsed()
     );
+    drop(stdout);
 }
 
 #[test]
