@@ -209,7 +209,7 @@ impl Runnable {
             function: self.function.clone(),
             args,
             attempt: 0,
-            container: self.container.clone(),
+            container: self.container.clone().map(Box::new),
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum BenchCmd {
     /// The paper's MapReduce workloads (Sort, WordCount), with the intermediate data through
     /// the node's store, a file system, or Redis; time per phase.
     Mapreduce(crate::databench::MapReduceArgs),
+    /// The interchange's dispatcher alone, without sockets: memory per queued task and CPU
+    /// per task from submission to result.
+    Queue(crate::queuebench::QueueArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -554,6 +557,7 @@ pub fn run(cmd: BenchCmd, json: bool) -> anyhow::Result<u8> {
         BenchCmd::ColdStart(a) => crate::routing::cold_start(a, json),
         BenchCmd::Data(a) => crate::databench::data(a, json),
         BenchCmd::Mapreduce(a) => crate::databench::mapreduce(a, json),
+        BenchCmd::Queue(a) => crate::queuebench::queue_bench(a, json),
     }
 }
 

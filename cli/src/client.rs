@@ -383,7 +383,7 @@ pub fn run(a: RunArgs, json: bool) -> anyhow::Result<u8> {
         function,
         args,
         attempt: 0,
-        container: a.function.container(),
+        container: a.function.container().map(Box::new),
     };
     let results = client::submit_and_wait(&mut door, vec![task], 1, a.timeout, &mut |_, _| {})?;
     let r = results.first().context("the endpoint returned no result")?;
@@ -595,7 +595,7 @@ pub fn submit(a: SubmitArgs, json: bool) -> anyhow::Result<u8> {
             function: function.clone(),
             args,
             attempt: 0,
-            container: a.function.container(),
+            container: a.function.container().map(Box::new),
         })
         .collect();
     let mut door = SocketClient::connect(&a.endpoint)

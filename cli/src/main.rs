@@ -14,6 +14,7 @@ mod function;
 mod opts;
 mod pilot;
 mod progress;
+mod queuebench;
 mod routing;
 mod storedir;
 mod task;

@@ -155,7 +155,7 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
                 function: Function::Builtin(Builtin::Sleep),
                 args: args.clone(),
                 attempt: 0,
-                container: Some(ContainerSpec {
+                container: Some(Box::new(ContainerSpec {
                     runtime: if real {
                         a.runtime.clone()
                     } else {
@@ -166,7 +166,7 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
                         if real { &a.runtime } else { "sim" },
                         i % a.container_types,
                     ),
-                }),
+                })),
             })
             .collect();
         let start = Instant::now();

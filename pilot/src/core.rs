@@ -432,15 +432,11 @@ impl Core {
     }
 
     fn enqueue(&mut self, t: Task, front: bool) {
-        let key = t
-            .container
-            .as_ref()
-            .map(ContainerSpec::key)
-            .unwrap_or_default();
+        let key = t.container.as_ref().map(|c| c.key()).unwrap_or_default();
         let kind = self
             .kinds
             .entry(key)
-            .or_insert_with(|| Kind::new(t.container.clone()));
+            .or_insert_with(|| Kind::new(t.container.as_deref().cloned()));
         if front {
             kind.queue.push_front(t);
         } else {

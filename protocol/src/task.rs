@@ -201,8 +201,9 @@ pub struct Task {
     pub args: Vec<u8>,
     /// How many times this task has been started before (0 on the first run).
     pub attempt: u32,
-    /// The container it must run in; `None` runs on the node's own environment.
-    pub container: Option<ContainerSpec>,
+    /// The container it must run in; `None` runs on the node's own environment. Boxed: most
+    /// tasks have none, and every queued task pays for this field's size.
+    pub container: Option<Box<ContainerSpec>>,
 }
 
 /// A container a function runs in: a runtime (`bwrap`, `podman`, `charliecloud`, `apptainer`,

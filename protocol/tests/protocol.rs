@@ -23,11 +23,11 @@ fn sample_tasks() -> Vec<Task> {
             })),
             args: br#"{"x":"hi"}"#.to_vec(),
             attempt: 2,
-            container: Some(ContainerSpec {
+            container: Some(Box::new(ContainerSpec {
                 runtime: "bwrap".into(),
                 image: "/srv/images/debian".into(),
                 options: vec!["--setenv".into(), "A".into(), "b".into()],
-            }),
+            })),
         },
     ]
 }

@@ -23,7 +23,13 @@ pub(super) struct Manager {
     /// Moving mean of the run time of this manager's tasks, in microseconds.
     pub(super) mean_run_us: f64,
     pub(super) results_seen: u64,
-    pub(super) in_flight: HashSet<TaskId>,
+    /// Tasks it holds (the dispatcher's task table says which: `Place::InFlight` of it).
+    pub(super) in_flight: usize,
+    /// Ids of the tasks sent to it, in order, including some that have since finished or
+    /// moved: appending costs less than a set insert and remove per task. Compacted when it
+    /// grows past twice what it holds ([`Manager::sent`]); read only when the manager is lost
+    /// or a batch is sent again.
+    pub(super) sent_ids: Vec<TaskId>,
     pub(super) unacked: BTreeMap<u64, Unacked>,
     pub(super) next_seq: u64,
     pub(super) last_seen: Instant,
@@ -40,7 +46,7 @@ pub(super) struct Manager {
 
 impl Manager {
     pub(super) fn free(&self) -> usize {
-        self.limit.saturating_sub(self.in_flight.len())
+        self.limit.saturating_sub(self.in_flight)
     }
 
     pub(super) fn observe(&mut self, run_us: u64, burst: usize, short_us: u64) {
@@ -78,6 +84,16 @@ impl Manager {
             capacity: &self.capacity,
             held: &self.held,
             workers: self.reg.workers,
+        }
+    }
+
+    /// Records a task sent to it; `holds` says whether an id in the list is still held here,
+    /// for the occasional compaction (amortised O(1) per task).
+    pub(super) fn sent(&mut self, id: TaskId, holds: impl Fn(TaskId) -> bool) {
+        self.in_flight += 1;
+        self.sent_ids.push(id);
+        if self.sent_ids.len() > 2 * self.in_flight + 1024 {
+            self.sent_ids.retain(|t| holds(*t));
         }
     }
 

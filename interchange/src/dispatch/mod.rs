@@ -22,8 +22,8 @@ mod tests;
 pub use policy::{DispatchPolicy, Load, Lookup, Policy, View};
 
 use fxr_protocol::{
-    BlockId, ContainerSpec, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus,
-    Outcome, Registration, Task, TaskId, TaskResult, WorkerCounters, MAX_BODY,
+    BlockId, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus, Outcome,
+    Registration, Task, TaskId, TaskResult, WorkerCounters, MAX_BODY,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::{BTreeMap, VecDeque};
@@ -104,16 +104,9 @@ enum Place {
 struct Entry {
     task: Task,
     place: Place,
-    /// Its container type, worked out once when it arrives.
-    kind: String,
-}
-
-/// The container type of a task (`""` for the bare node).
-fn kind_of(task: &Task) -> String {
-    task.container
-        .as_ref()
-        .map(ContainerSpec::key)
-        .unwrap_or_default()
+    /// Its container type, worked out once when it arrives: an index into
+    /// [`Dispatcher::kinds`] (4 bytes a task rather than a string each).
+    kind: u32,
 }
 
 /// Counters for status reports and experiments.
@@ -141,6 +134,9 @@ pub struct Dispatcher {
     policy: Box<dyn DispatchPolicy>,
     next_order: u64,
     counters: Counters,
+    /// Container types seen, `""` (the bare node) first; tasks name theirs by index.
+    kinds: Vec<String>,
+    kind_index: HashMap<String, u32>,
 }
 
 /// What one attempt to send a batch did.
@@ -165,6 +161,8 @@ impl Dispatcher {
             policy,
             next_order: 0,
             counters: Counters::default(),
+            kinds: vec![String::new()],
+            kind_index: HashMap::default(),
         }
     }
 
@@ -185,7 +183,7 @@ impl Dispatcher {
                 id,
                 Load {
                     order: m.order,
-                    in_flight: m.in_flight.len(),
+                    in_flight: m.in_flight,
                     limit: m.limit,
                 },
                 m.can_take(max_unacked),
@@ -220,11 +218,7 @@ impl Dispatcher {
     pub fn worker_load(&self) -> (u64, u64, u64) {
         self.managers.values().fold((0, 0, 0), |(n, w, b), m| {
             let workers = u64::from(m.reg.workers);
-            (
-                n + 1,
-                w + workers,
-                b + (m.in_flight.len() as u64).min(workers),
-            )
+            (n + 1, w + workers, b + (m.in_flight as u64).min(workers))
         })
     }
 
@@ -270,17 +264,33 @@ impl Dispatcher {
                     continue;
                 }
             }
-            let kind = kind_of(&task);
+            let kind = self.kind_of(&task);
             self.enqueue(task, kind, false);
         }
     }
 
-    fn enqueue(&mut self, task: Task, kind: String, front: bool) {
-        let id = task.id;
-        if !self.queues.contains_key(&kind) {
-            self.queues.insert(kind.clone(), VecDeque::new());
+    /// The index of a task's container type (`0`, `""`, for the bare node).
+    fn kind_of(&mut self, task: &Task) -> u32 {
+        let Some(c) = task.container.as_deref() else {
+            return 0;
+        };
+        let key = c.key();
+        if let Some(i) = self.kind_index.get(&key) {
+            return *i;
         }
-        let Some(queue) = self.queues.get_mut(&kind) else {
+        let i = self.kinds.len() as u32;
+        self.kinds.push(key.clone());
+        self.kind_index.insert(key, i);
+        i
+    }
+
+    fn enqueue(&mut self, task: Task, kind: u32, front: bool) {
+        let id = task.id;
+        let name = self.kinds[kind as usize].as_str();
+        if !self.queues.contains_key(name) {
+            self.queues.insert(name.to_string(), VecDeque::new());
+        }
+        let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
         if front {
@@ -316,7 +326,8 @@ impl Dispatcher {
                 limit: slots,
                 mean_run_us: 0.0,
                 results_seen: 0,
-                in_flight: HashSet::default(),
+                in_flight: 0,
+                sent_ids: Vec::new(),
                 unacked: BTreeMap::new(),
                 next_seq: 1,
                 last_seen: now,
@@ -363,14 +374,13 @@ impl Dispatcher {
                 }
             }
             ManagerMsg::Returned { tasks } => {
-                let back: Vec<TaskId> = tasks
-                    .into_iter()
-                    .filter(|t| m.in_flight.remove(t))
-                    .collect();
+                let held_here = |t: &TaskId| matches!(self.tasks.get(t), Some(e) if matches!(e.place, Place::InFlight(x) if x == id));
+                let back: Vec<TaskId> = tasks.into_iter().filter(held_here).collect();
+                m.in_flight -= back.len();
                 for t in back.into_iter().rev() {
                     if let Some(entry) = self.tasks.remove(&t) {
                         if let Some(m) = self.managers.get_mut(&id) {
-                            m.hold(&entry.kind, -1);
+                            m.hold(&self.kinds[entry.kind as usize], -1);
                         }
                         self.enqueue(entry.task, entry.kind, true);
                     }
@@ -386,9 +396,10 @@ impl Dispatcher {
 
     fn on_result(&mut self, from: ManagerId, r: TaskResult, out: &mut Outbox) {
         if let Some(m) = self.managers.get_mut(&from) {
-            if m.in_flight.remove(&r.id) {
-                if let Some(e) = self.tasks.get(&r.id) {
-                    m.hold(&e.kind, -1);
+            if let Some(e) = self.tasks.get(&r.id) {
+                if matches!(e.place, Place::InFlight(x) if x == from) {
+                    m.in_flight -= 1;
+                    m.hold(&self.kinds[e.kind as usize], -1);
                 }
             }
             m.observe(
@@ -425,9 +436,8 @@ impl Dispatcher {
             Place::Queued => self.queued -= 1,
             Place::InFlight(other) if other != from => {
                 if let Some(m) = self.managers.get_mut(&other) {
-                    if m.in_flight.remove(&r.id) {
-                        m.hold(&entry.kind, -1);
-                    }
+                    m.in_flight -= 1;
+                    m.hold(&self.kinds[entry.kind as usize], -1);
                 }
                 self.touch(other);
             }
@@ -448,8 +458,15 @@ impl Dispatcher {
             return;
         };
         self.policy.remove(id);
-        let mut held: Vec<TaskId> = m.in_flight.into_iter().collect();
+        let mut held: Vec<TaskId> = m
+            .sent_ids
+            .into_iter()
+            .filter(|t| {
+                matches!(self.tasks.get(t), Some(e) if matches!(e.place, Place::InFlight(x) if x == id))
+            })
+            .collect();
         held.sort_unstable();
+        held.dedup();
         for t in held.into_iter().rev() {
             let Some(entry) = self.tasks.remove(&t) else {
                 continue;
@@ -509,8 +526,9 @@ impl Dispatcher {
                     let tasks: Vec<Task> = u
                         .tasks
                         .iter()
-                        .filter(|t| m.in_flight.contains(t))
-                        .filter_map(|t| self.tasks.get(t).map(|e| e.task.clone()))
+                        .filter_map(|t| self.tasks.get(t))
+                        .filter(|e| matches!(e.place, Place::InFlight(x) if x == *id))
+                        .map(|e| e.task.clone())
                         .collect();
                     out.to_managers
                         .push((*id, InterchangeMsg::Tasks { seq: *seq, tasks }));
@@ -634,11 +652,14 @@ impl Dispatcher {
             entry.place = Place::InFlight(target);
             self.queued -= 1;
             bytes += entry.task.approx_size();
-            m.in_flight.insert(id);
             ids.push(id);
             let mut task = entry.task.clone();
             fxr_protocol::PythonSpec::strip_known(&mut task, &mut m.python_sent);
             batch.push(task);
+            let tasks = &self.tasks;
+            m.sent(id, |t| {
+                matches!(tasks.get(&t), Some(e) if matches!(e.place, Place::InFlight(x) if x == target))
+            });
         }
         if batch.is_empty() {
             return Sent::QueueEmpty;
@@ -714,7 +735,7 @@ impl Dispatcher {
                 block_id: m.reg.block_id.clone(),
                 hostname: m.reg.hostname.clone(),
                 workers: m.reg.workers,
-                in_flight: m.in_flight.len() as u32,
+                in_flight: m.in_flight as u32,
                 draining: m.draining,
                 simulated: m.reg.simulated,
                 capacity: m.capacity.clone(),

@@ -313,7 +313,7 @@ fn containers_route_only_to_managers_that_run_them() {
     d.register(r2, now, &mut out);
     let mut ts = tasks(0..2);
     for t in &mut ts {
-        t.container = Some(spec("img"));
+        t.container = Some(Box::new(spec("img")));
     }
     d.submit(ts, &mut out);
     d.dispatch(now, &mut out);
@@ -401,7 +401,7 @@ fn spec(image: &str) -> fxr_protocol::ContainerSpec {
 fn typed(ids: std::ops::Range<u64>, image: &str) -> Vec<Task> {
     let mut ts = tasks(ids);
     for t in &mut ts {
-        t.container = Some(spec(image));
+        t.container = Some(Box::new(spec(image)));
     }
     ts
 }

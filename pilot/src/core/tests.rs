@@ -33,7 +33,7 @@ fn task(id: u64, image: Option<&str>) -> Task {
         function: Function::Builtin(Builtin::Sleep),
         args: br#"{"ms":100}"#.to_vec(),
         attempt: 0,
-        container: image.map(spec),
+        container: image.map(spec).map(Box::new),
     }
 }
 
