@@ -6,7 +6,8 @@
 //! so every rule is unit-tested without one (see `tests.rs`).
 //!
 //! Invariants:
-//! - a task id is in exactly one place: a container queue, or one manager's in-flight set;
+//! - a task id is in exactly one place: queued, or held by one manager (its `Place` in the task
+//!   table; each manager's count of what it holds matches the table);
 //! - a result leaves through the outbox at most once per task id; later duplicates are counted
 //!   and dropped;
 //! - a manager never holds more than `workers + prefetch` tasks, and never more than
@@ -16,6 +17,8 @@
 mod manager;
 mod policy;
 use manager::{Manager, Unacked};
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;
 
@@ -375,7 +378,10 @@ impl Dispatcher {
             }
             ManagerMsg::Returned { tasks } => {
                 let held_here = |t: &TaskId| matches!(self.tasks.get(t), Some(e) if matches!(e.place, Place::InFlight(x) if x == id));
-                let back: Vec<TaskId> = tasks.into_iter().filter(held_here).collect();
+                let mut back: Vec<TaskId> = tasks.into_iter().filter(held_here).collect();
+                // Each once, in the order they came (ids grow with submission).
+                back.sort_unstable();
+                back.dedup();
                 m.in_flight -= back.len();
                 for t in back.into_iter().rev() {
                     if let Some(entry) = self.tasks.remove(&t) {

@@ -1,0 +1,357 @@
+//! The dispatcher driven by random event sequences (seeded, so a failure names its seed), with
+//! its invariants checked after every event against a model kept beside it:
+//! - a result leaves once per task, and only for a task that was accepted;
+//! - every open task is queued or held by exactly one manager, and the managers' counts of what
+//!   they hold add up to the dispatcher's;
+//! - no manager holds more than its limit;
+//! - in the end, with one healthy manager, every accepted task gets its result.
+
+use super::*;
+use fxr_protocol::{Builtin, Function};
+
+fn registration(id: u64, workers: u32, prefetch: u32) -> Registration {
+    Registration {
+        manager_id: ManagerId(id),
+        block_id: BlockId("b".into()),
+        rank: 0,
+        block_size: 1,
+        hostname: "h".into(),
+        cores: workers,
+        memory_bytes: 0,
+        workers,
+        prefetch,
+        containers: vec![],
+        version: "test".into(),
+        proof: [0; 32],
+        simulated: true,
+    }
+}
+
+fn task(id: u64, container: Option<&str>) -> Task {
+    Task {
+        id: TaskId(id),
+        function: Function::Builtin(Builtin::Noop),
+        args: vec![],
+        attempt: 0,
+        container: container.map(|image| {
+            Box::new(fxr_protocol::ContainerSpec {
+                runtime: "sim".into(),
+                image: image.into(),
+                options: vec![],
+            })
+        }),
+    }
+}
+
+/// What the test knows, from what went in and what came out.
+#[derive(Default)]
+struct Model {
+    accepted: HashSet<TaskId>,
+    finished: HashSet<TaskId>,
+    /// Who was last sent each task (it may have moved since, by loss or return).
+    sent_to: HashMap<TaskId, ManagerId>,
+    /// Unacknowledged batches seen, per manager.
+    seqs: HashMap<ManagerId, Vec<u64>>,
+    managers: Vec<u64>,
+}
+
+impl Model {
+    fn absorb(&mut self, out: &mut Outbox, seed: u64) {
+        for r in out.results.drain(..) {
+            assert!(
+                self.accepted.contains(&r.id),
+                "seed {seed}: a result for {} which was never accepted",
+                r.id.0
+            );
+            assert!(
+                self.finished.insert(r.id),
+                "seed {seed}: a second result for {}",
+                r.id.0
+            );
+            self.sent_to.remove(&r.id);
+        }
+        for (m, msg) in out.to_managers.drain(..) {
+            if let InterchangeMsg::Tasks { seq, tasks } = msg {
+                self.seqs.entry(m).or_default().push(seq);
+                for t in tasks {
+                    self.sent_to.insert(t.id, m);
+                }
+            }
+        }
+        for m in out.close.drain(..) {
+            self.managers.retain(|x| *x != m.0);
+        }
+    }
+
+    fn held_by(&self, m: ManagerId) -> Vec<TaskId> {
+        let mut v: Vec<TaskId> = self
+            .sent_to
+            .iter()
+            .filter(|(t, x)| **x == m && !self.finished.contains(t))
+            .map(|(t, _)| *t)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+fn check(d: &Dispatcher, model: &Model, seed: u64, step: usize) {
+    let burst = d.config.burst_prefetch;
+    let open = model.accepted.len() - model.finished.len();
+    assert_eq!(d.outstanding(), open, "seed {seed} step {step}: open tasks");
+    assert_eq!(
+        d.queued() + d.in_flight(),
+        d.outstanding(),
+        "seed {seed} step {step}: queued + in flight"
+    );
+    let mut held = 0;
+    for (id, m) in &d.managers {
+        let really = d
+            .tasks
+            .values()
+            .filter(|e| matches!(e.place, Place::InFlight(x) if x == *id))
+            .count();
+        assert_eq!(
+            m.in_flight, really,
+            "seed {seed} step {step}: manager {id}'s count"
+        );
+        let most = m.slots.max(m.reg.workers as usize + burst);
+        assert!(
+            m.in_flight <= most,
+            "seed {seed} step {step}: manager {id} holds {} over its most {most}",
+            m.in_flight
+        );
+        held += m.in_flight;
+    }
+    assert_eq!(
+        held,
+        d.in_flight(),
+        "seed {seed} step {step}: held in total"
+    );
+    let queued = d
+        .tasks
+        .values()
+        .filter(|e| matches!(e.place, Place::Queued))
+        .count();
+    assert_eq!(queued, d.queued(), "seed {seed} step {step}: queued");
+    for (id, e) in &d.tasks {
+        if let Place::InFlight(m) = e.place {
+            assert!(
+                d.managers.contains_key(&m),
+                "seed {seed} step {step}: task {} held by manager {m}, which is gone",
+                id.0
+            );
+        }
+    }
+}
+
+fn run(seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let start = Instant::now();
+    let mut now = start;
+    let mut d = Dispatcher::new(DispatchConfig {
+        max_retries: 2,
+        max_batch: 8,
+        max_unacked: 3,
+        burst_prefetch: 4,
+        seed,
+        ..DispatchConfig::default()
+    });
+    let mut out = Outbox::default();
+    let mut model = Model::default();
+    let mut next_id = 1u64;
+    for step in 0..400 {
+        match rng.u32(0..12) {
+            0 | 1 => {
+                let n = rng.u64(1..20);
+                let mut batch = Vec::new();
+                for _ in 0..n {
+                    // Now and then a repeat of an open task's id: dropped as a duplicate.
+                    // (The core gives every submission fresh ids, so a finished id never
+                    // comes back.)
+                    let again = (next_id > 1 && rng.u32(0..10) == 0)
+                        .then(|| rng.u64(1..next_id))
+                        .filter(|id| !model.finished.contains(&TaskId(*id)));
+                    let id = again.unwrap_or_else(|| {
+                        next_id += 1;
+                        next_id - 1
+                    });
+                    let container = match rng.u32(0..4) {
+                        0 => Some("a"),
+                        1 => Some("b"),
+                        _ => None,
+                    };
+                    if !model.accepted.contains(&TaskId(id))
+                        && !batch.iter().any(|t: &Task| t.id.0 == id)
+                    {
+                        model.accepted.insert(TaskId(id));
+                    }
+                    batch.push(task(id, container));
+                }
+                d.submit(batch, &mut out);
+            }
+            2 => {
+                // A new manager, or one that registers again (what it held is lost).
+                let id = if !model.managers.is_empty() && rng.bool() {
+                    model.managers[rng.usize(0..model.managers.len())]
+                } else {
+                    rng.u64(1..1_000_000)
+                };
+                d.register(
+                    registration(id, rng.u32(1..5), rng.u32(0..3)),
+                    now,
+                    &mut out,
+                );
+                if !model.managers.contains(&id) {
+                    model.managers.push(id);
+                }
+                // What a re-registered manager held is not its any more.
+                model.sent_to.retain(|_, m| m.0 != id);
+            }
+            3..=5 if !model.managers.is_empty() => {
+                // A manager reports results for some of what it was sent: most succeed, some
+                // lose their worker, and a stale or foreign id now and then.
+                let m = ManagerId(model.managers[rng.usize(0..model.managers.len())]);
+                let held = model.held_by(m);
+                let mut results = Vec::new();
+                for t in held {
+                    if rng.bool() {
+                        let outcome = if rng.u32(0..5) == 0 {
+                            Outcome::Failure {
+                                kind: FailureKind::WorkerLost,
+                                message: "killed".into(),
+                            }
+                        } else {
+                            Outcome::Success(b"null".to_vec())
+                        };
+                        results.push(TaskResult {
+                            id: t,
+                            outcome,
+                            run_us: rng.u64(0..2000),
+                        });
+                    }
+                }
+                if next_id > 1 && rng.u32(0..4) == 0 {
+                    results.push(TaskResult {
+                        id: TaskId(rng.u64(1..next_id)),
+                        outcome: Outcome::Success(b"null".to_vec()),
+                        run_us: 1,
+                    });
+                }
+                let msg = ManagerMsg::Results {
+                    results,
+                    capacity: vec![],
+                    counters: WorkerCounters::default(),
+                };
+                d.on_message(m, msg, now, &mut out);
+            }
+            6 if !model.managers.is_empty() => {
+                let m = ManagerId(model.managers[rng.usize(0..model.managers.len())]);
+                if let Some(seqs) = model.seqs.get_mut(&m) {
+                    if !seqs.is_empty() {
+                        let seq = seqs.swap_remove(rng.usize(0..seqs.len()));
+                        d.on_message(m, ManagerMsg::Ack { seq }, now, &mut out);
+                    }
+                }
+            }
+            7 if !model.managers.is_empty() => {
+                // A manager hands back some of what it holds, unstarted.
+                let m = ManagerId(model.managers[rng.usize(0..model.managers.len())]);
+                let mut tasks: Vec<TaskId> = model
+                    .held_by(m)
+                    .into_iter()
+                    .filter(|_| rng.bool())
+                    .collect();
+                // A confused manager may name a task twice.
+                if let Some(t) = tasks.first().copied() {
+                    if rng.bool() {
+                        tasks.push(t);
+                    }
+                }
+                d.on_message(m, ManagerMsg::Returned { tasks }, now, &mut out);
+            }
+            8 if !model.managers.is_empty() => {
+                let i = rng.usize(0..model.managers.len());
+                let m = ManagerId(model.managers.swap_remove(i));
+                if rng.bool() {
+                    d.lost(m, "test", &mut out);
+                } else {
+                    d.drain(m, false, &mut out);
+                    d.on_message(m, ManagerMsg::Drained, now, &mut out);
+                }
+            }
+            9 => {
+                now += Duration::from_millis(rng.u64(0..3000));
+                d.tick(now, &mut out);
+                // Managers that went silent past the threshold are lost (closed by the tick).
+            }
+            10 if next_id > 1 => {
+                let ids: Vec<TaskId> = (0..rng.usize(1..5))
+                    .map(|_| TaskId(rng.u64(1..next_id)))
+                    .collect();
+                d.cancel(&ids, &mut out);
+            }
+            _ => d.dispatch(now, &mut out),
+        }
+        model.absorb(&mut out, seed);
+        // Managers the dispatcher lost on a tick are gone for the model too.
+        model
+            .managers
+            .retain(|m| d.managers.contains_key(&ManagerId(*m)));
+        check(&d, &model, seed, step);
+    }
+    // One healthy manager, answering everything: every accepted task ends, once.
+    let last = 9_999_999;
+    d.register(registration(last, 4, 4), now, &mut out);
+    model.managers = vec![last];
+    for m in d.manager_ids() {
+        if m.0 != last {
+            d.lost(m, "end of test", &mut out);
+        }
+    }
+    model.absorb(&mut out, seed);
+    for _ in 0..100_000 {
+        if d.outstanding() == 0 {
+            break;
+        }
+        d.dispatch(now, &mut out);
+        let sent: Vec<(ManagerId, InterchangeMsg)> = out.to_managers.drain(..).collect();
+        for (m, msg) in sent {
+            if let InterchangeMsg::Tasks { seq, tasks } = msg {
+                for t in &tasks {
+                    model.sent_to.insert(t.id, m);
+                }
+                d.on_message(m, ManagerMsg::Ack { seq }, now, &mut out);
+                let results = tasks
+                    .iter()
+                    .map(|t| TaskResult {
+                        id: t.id,
+                        outcome: Outcome::Success(b"null".to_vec()),
+                        run_us: 1,
+                    })
+                    .collect();
+                let msg = ManagerMsg::Results {
+                    results,
+                    capacity: vec![],
+                    counters: WorkerCounters::default(),
+                };
+                d.on_message(m, msg, now, &mut out);
+            }
+        }
+        model.absorb(&mut out, seed);
+        check(&d, &model, seed, 0);
+    }
+    assert_eq!(d.outstanding(), 0, "seed {seed}: tasks left open");
+    assert_eq!(
+        model.finished.len(),
+        model.accepted.len(),
+        "seed {seed}: every accepted task has one result"
+    );
+}
+
+#[test]
+fn random_event_sequences_keep_every_invariant() {
+    for seed in 0..300 {
+        run(seed);
+    }
+}
