@@ -282,7 +282,6 @@ impl Core {
                 reason,
             } => self.worker_gone(slot, generation, &reason, now),
             Event::Terminate => self.start_drain(out),
-            Event::Wake => {}
         }
         None
     }

@@ -5,8 +5,6 @@ use fxr_datastore::remote::{self, DataRef, Reply, Request};
 use fxr_datastore::{Meta, Store, StoreError};
 use nng::options::{Options, RecvMaxSize, RecvTimeout, SendTimeout};
 use nng::{Protocol, Socket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request accepted (a key and a secret).
@@ -18,9 +16,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct DataService {
     url: String,
-    stop: Arc<AtomicBool>,
+    /// `None` on it stops the service thread.
+    stop: std::sync::mpsc::Sender<Option<nng::Message>>,
     thread: Option<std::thread::JoinHandle<()>>,
     socket: Socket,
+    aio: nng::Aio,
 }
 
 impl DataService {
@@ -29,9 +29,6 @@ impl DataService {
         let socket = Socket::new(Protocol::Rep0).map_err(|e| e.to_string())?;
         socket
             .set_opt::<RecvMaxSize>(MAX_REQUEST)
-            .map_err(|e| e.to_string())?;
-        socket
-            .set_opt::<RecvTimeout>(Some(Duration::from_millis(200)))
             .map_err(|e| e.to_string())?;
         socket
             .set_opt::<SendTimeout>(Some(Duration::from_secs(5)))
@@ -52,43 +49,76 @@ impl DataService {
             host.to_string()
         };
         let url = format!("tcp://{host}:{port}");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s2, stop2) = (socket.clone(), stop.clone());
+        // NNG calls back when a request arrives and the callback hands it to the service
+        // thread, which answers and then asks for the next one (REP answers each request
+        // before taking another). The thread waits on a channel, so nothing wakes while no
+        // request comes (only the TTL sweep, when there is a TTL), and stopping is a message
+        // on that channel rather than a socket close NNG 1.4 may not deliver to a blocked
+        // receive.
+        let (tx, rx) = std::sync::mpsc::channel::<Option<nng::Message>>();
+        let to_thread = tx.clone();
+        let aio = nng::Aio::new(move |_, res| match res {
+            nng::AioResult::Recv(Ok(m)) => {
+                let _ = to_thread.send(Some(m));
+            }
+            nng::AioResult::Recv(Err(nng::Error::Closed | nng::Error::Canceled)) => {}
+            nng::AioResult::Recv(Err(e)) => {
+                tracing::debug!(error = %e, "data service receive failed");
+                // An empty message: the thread asks for the next request.
+                let _ = to_thread.send(Some(nng::Message::new()));
+            }
+            _ => {}
+        })
+        .map_err(|e| e.to_string())?;
+        socket.recv_async(&aio).map_err(|e| e.to_string())?;
+        let (s2, aio2) = (socket.clone(), aio.clone());
+        let sweep = store.limits().ttl.is_some();
         let thread = std::thread::Builder::new()
             .name("data-service".into())
             .spawn(move || {
                 // The service also sweeps the store of objects past their TTL, now and then.
                 let mut swept = std::time::Instant::now();
-                while !stop2.load(Ordering::Relaxed) {
-                    if store.limits().ttl.is_some() && swept.elapsed() >= SWEEP_EVERY {
-                        swept = std::time::Instant::now();
-                        if let Err(e) = store.sweep() {
-                            tracing::warn!(error = %e, "cannot sweep the object store");
+                loop {
+                    let next = if sweep {
+                        match rx.recv_timeout(SWEEP_EVERY.saturating_sub(swept.elapsed())) {
+                            Ok(m) => m,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                                swept = std::time::Instant::now();
+                                if let Err(e) = store.sweep() {
+                                    tracing::warn!(error = %e, "cannot sweep the object store");
+                                }
+                                continue;
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+                        }
+                    } else {
+                        rx.recv().ok().flatten()
+                    };
+                    let Some(msg) = next else { return };
+                    if !msg.as_slice().is_empty() {
+                        let reply = match fxr_protocol::decode::<Request>(msg.as_slice()) {
+                            Ok(req) => remote::serve(&store, &secret, &req),
+                            Err(e) => Reply::Error(format!("bad request: {e}")),
+                        };
+                        match fxr_protocol::encode(&reply) {
+                            Ok(bytes) => {
+                                let _ = s2.send(nng::Message::from(&bytes[..]));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot encode a data reply"),
                         }
                     }
-                    let msg = match s2.recv() {
-                        Ok(m) => m,
-                        Err(nng::Error::TimedOut) => continue,
-                        Err(_) => return,
-                    };
-                    let reply = match fxr_protocol::decode::<Request>(msg.as_slice()) {
-                        Ok(req) => remote::serve(&store, &secret, &req),
-                        Err(e) => Reply::Error(format!("bad request: {e}")),
-                    };
-                    match fxr_protocol::encode(&reply) {
-                        Ok(bytes) => {
-                            let _ = s2.send(nng::Message::from(&bytes[..]));
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot encode a data reply"),
+                    if s2.recv_async(&aio2).is_err() {
+                        return;
                     }
                 }
             })
             .map_err(|e| e.to_string())?;
         Ok(DataService {
             url,
-            stop,
+            stop: tx,
             thread: Some(thread),
             socket,
+            aio,
         })
     }
 
@@ -100,10 +130,11 @@ impl DataService {
 
 impl Drop for DataService {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(None);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.aio.cancel();
         self.socket.close();
     }
 }

@@ -26,6 +26,4 @@ pub enum Event {
     },
     /// SIGTERM: drain and exit.
     Terminate,
-    /// Nothing happened; the link's receiving thread checks that the manager still listens.
-    Wake,
 }

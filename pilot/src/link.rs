@@ -7,9 +7,7 @@
 use crate::event::Event;
 use fxr_protocol::auth::Cipher;
 use fxr_protocol::ManagerMsg;
-use nng::options::{
-    Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, RecvTimeout, SendTimeout,
-};
+use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, SendTimeout};
 use nng::{PipeEvent, Protocol, RawSocket};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -21,12 +19,12 @@ pub enum LinkError {
     Open(#[source] nng::Error),
     #[error("cannot dial {url}: {source}")]
     Dial { url: String, source: nng::Error },
-    #[error("cannot start the receiving thread: {0}")]
+    #[error("cannot start a manager thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
-/// Encryption of the current connection, shared by the sending side and the receiving thread.
-/// Keys arrive (`pending`) before `Register` is sent; the receiving thread turns them on when
+/// Encryption of the current connection, shared by the sending side and the receive callback.
+/// Keys arrive (`pending`) before `Register` is sent; the receive callback turns them on when
 /// it reads the plain `Welcome`, so everything after it is sealed both ways. A new connection
 /// starts in clear again.
 #[derive(Debug, Default)]
@@ -46,6 +44,8 @@ fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Crypto> {
 #[derive(Debug)]
 pub struct Link {
     socket: nng::Socket,
+    /// The receive in progress.
+    aio: nng::Aio,
     counter: u32,
     frame: Vec<u8>,
     crypto: Shared,
@@ -71,11 +71,6 @@ impl Link {
         // a link down for this long means the interchange has already re-queued our tasks.
         socket
             .set_opt::<SendTimeout>(Some(Duration::from_secs(5)))
-            .map_err(LinkError::Open)?;
-        // Closing does not always wake a blocked receive (NNG 1.4): wake up now and then, and
-        // stop once the manager has gone (its event channel is closed).
-        socket
-            .set_opt::<RecvTimeout>(Some(Duration::from_millis(500)))
             .map_err(LinkError::Open)?;
         let crypto = Shared::default();
         let notify = events.clone();
@@ -105,35 +100,42 @@ impl Link {
             url: url.to_string(),
             source,
         })?;
+        // Receiving is asynchronous: NNG calls back when a message arrives, and the callback
+        // starts the next receive. No thread of our own waits on the socket, and nothing wakes
+        // while the link is idle; closing the socket ends the chain (`Closed`).
         let rx = socket.clone();
         let rx_crypto = crypto.clone();
-        std::thread::Builder::new()
-            .name("mgr-recv".into())
-            .stack_size(256 * 1024)
-            .spawn(move || loop {
-                match rx.recv() {
-                    Ok(msg) => match open(&rx_crypto, msg.as_slice()) {
-                        Ok(m) => {
-                            if events.send(Event::FromInterchange(m)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "undecodable message from the interchange")
-                        }
-                    },
-                    Err(nng::Error::Closed) => return,
-                    Err(nng::Error::TimedOut) => {
-                        if events.send(Event::Wake).is_err() {
+        let aio = nng::Aio::new(move |aio, res| match res {
+            nng::AioResult::Recv(Ok(msg)) => {
+                match open(&rx_crypto, msg.as_slice()) {
+                    Ok(m) => {
+                        if events.send(Event::FromInterchange(m)).is_err() {
+                            // The manager has gone: receive no more.
                             return;
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "receive failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable message from the interchange")
+                    }
                 }
-            })
-            .map_err(LinkError::Thread)?;
+                if let Err(e) = rx.recv_async(&aio) {
+                    tracing::debug!(error = %e, "cannot receive again");
+                }
+            }
+            nng::AioResult::Recv(Err(nng::Error::Closed | nng::Error::Canceled)) => {}
+            nng::AioResult::Recv(Err(e)) => {
+                tracing::debug!(error = %e, "receive failed");
+                if let Err(e) = rx.recv_async(&aio) {
+                    tracing::debug!(error = %e, "cannot receive again");
+                }
+            }
+            _ => {}
+        })
+        .map_err(LinkError::Open)?;
+        socket.recv_async(&aio).map_err(LinkError::Open)?;
         Ok(Link {
             socket,
+            aio,
             counter: 0,
             frame: Vec::with_capacity(4096),
             crypto,
@@ -166,6 +168,7 @@ impl Link {
     }
 
     pub fn close(&self) {
+        self.aio.cancel();
         self.socket.close();
     }
 }

@@ -2,7 +2,7 @@
 //! results in batches, heartbeats, and drains on request or on SIGTERM.
 //!
 //! This is the I/O edge around [`crate::core::Core`]: one thread reads a channel of [`Event`]s
-//! (from the link's receiving thread, the worker pool's reading threads and the signal handler),
+//! (from the link's receive callback, the worker pool's reading threads and the signal handler),
 //! passes each to the core with the time, and carries out the core's actions on the link and the
 //! [`WorkerPool`]. Simulated workers are timers of a [`SimPool`] in this same thread, so a single
 //! process can host thousands of managers with tens of thousands of workers.
