@@ -27,6 +27,10 @@ pub struct PilotArgs {
     /// Managers in this process (each with its own connection); for simulation.
     #[arg(long, default_value_t = 1)]
     pub managers: u32,
+    /// Simulated managers that share one thread (1 gives each its own): they wait on one
+    /// channel and a heap of their deadlines instead of a thread each.
+    #[arg(long, default_value_t = 64)]
+    pub managers_per_thread: usize,
     /// The block this pilot belongs to.
     #[arg(long, default_value = "local")]
     pub block_id: String,
@@ -135,7 +139,11 @@ pub fn run(a: PilotArgs) -> anyhow::Result<u8> {
             }),
         })
         .collect();
-    let fleet = Fleet::start(configs)?;
+    let fleet = if a.simulate_workers.is_some() {
+        Fleet::start_grouped(configs, a.managers_per_thread)?
+    } else {
+        Fleet::start(configs)?
+    };
     let handles = fleet.handles.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -551,3 +551,34 @@ fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
         "no ANSI escapes in a piped log: {log:?}"
     );
 }
+
+#[test]
+fn simulated_managers_share_threads_and_run_tasks() {
+    // 300 managers in one pilot process: with 64 to a thread, 5 threads run them all.
+    let ep = Endpoint::start(&[
+        "--blocks",
+        "1",
+        "--managers",
+        "300",
+        "--simulate-workers",
+        "2",
+    ]);
+    ep.wait_workers(600);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", ep.pilots[0]))
+        .unwrap()
+        .count();
+    assert!(
+        threads < 100,
+        "300 simulated managers in {threads} threads: they should share"
+    );
+    let tasks: Vec<Task> = (0..3000)
+        .map(|i| task(i, Builtin::Sleep, r#"{"ms": 5}"#))
+        .collect();
+    let results = run_all(&ep, tasks);
+    assert_exactly_once(&results, 3000);
+    assert!(results.iter().all(TaskResult::is_success));
+    let st = client::status(&mut ep.client(), Duration::from_secs(5)).unwrap();
+    assert_eq!(st.managers.len(), 300);
+    assert!(st.managers.iter().all(|m| m.simulated && m.workers == 2));
+    ep.stop();
+}

@@ -6,6 +6,7 @@ pub mod core;
 pub mod data;
 pub mod event;
 pub mod exec;
+mod group;
 pub mod link;
 pub mod manager;
 pub mod mapreduce;
@@ -44,6 +45,32 @@ impl Fleet {
                 .spawn(move || m.run())
                 .map_err(|e| ManagerError::Link(link::LinkError::Thread(e)))?;
             fleet.threads.push(t);
+        }
+        Ok(fleet)
+    }
+
+    /// Starts simulated managers `per_thread` to a thread (one thread each for 1): a manager
+    /// then costs no thread of its own.
+    pub fn start_grouped(
+        configs: Vec<ManagerConfig>,
+        per_thread: usize,
+    ) -> Result<Fleet, ManagerError> {
+        let mut fleet = Fleet {
+            handles: Vec::new(),
+            threads: Vec::new(),
+        };
+        let mut configs = configs.into_iter().peekable();
+        let mut n = 0;
+        while configs.peek().is_some() {
+            let members: Vec<ManagerConfig> = configs.by_ref().take(per_thread.max(1)).collect();
+            let group = group::Group::new(members);
+            fleet.handles.extend(group.handles.iter().cloned());
+            let t = std::thread::Builder::new()
+                .name(format!("managers-{n}"))
+                .spawn(move || group.run())
+                .map_err(|e| ManagerError::Link(link::LinkError::Thread(e)))?;
+            fleet.threads.push(t);
+            n += 1;
         }
         Ok(fleet)
     }

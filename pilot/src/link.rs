@@ -9,7 +9,6 @@ use fxr_protocol::auth::Cipher;
 use fxr_protocol::ManagerMsg;
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, SendTimeout};
 use nng::{PipeEvent, Protocol, RawSocket};
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 /// Errors of the manager's link.
@@ -54,7 +53,7 @@ pub struct Link {
 impl Link {
     /// Dials `url` in the background (retrying until the interchange answers) and forwards
     /// messages and connection changes to `events`.
-    pub fn dial(url: &str, events: Sender<Event>) -> Result<Link, LinkError> {
+    pub fn dial(url: &str, events: crate::manager::Sink) -> Result<Link, LinkError> {
         let socket = RawSocket::new(Protocol::Req0)
             .map_err(LinkError::Open)?
             .socket;
@@ -93,7 +92,7 @@ impl Link {
                     PipeEvent::RemovePost => Event::LinkDown,
                     _ => return,
                 };
-                let _ = notify.send(e);
+                notify(e);
             })
             .map_err(LinkError::Open)?;
         socket.dial_async(url).map_err(|source| LinkError::Dial {
@@ -109,7 +108,7 @@ impl Link {
             nng::AioResult::Recv(Ok(msg)) => {
                 match open(&rx_crypto, msg.as_slice()) {
                     Ok(m) => {
-                        if events.send(Event::FromInterchange(m)).is_err() {
+                        if !events(Event::FromInterchange(m)) {
                             // The manager has gone: receive no more.
                             return;
                         }

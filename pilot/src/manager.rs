@@ -76,13 +76,31 @@ pub enum ManagerError {
 }
 
 /// A handle to ask a running manager to drain and exit.
-#[derive(Clone, Debug)]
-pub struct ManagerHandle(Sender<Event>);
+#[derive(Clone)]
+pub struct ManagerHandle(Sink);
+
+impl std::fmt::Debug for ManagerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ManagerHandle")
+    }
+}
 
 impl ManagerHandle {
-    pub fn terminate(&self) {
-        let _ = self.0.send(Event::Terminate);
+    pub(crate) fn from_sink(sink: Sink) -> ManagerHandle {
+        ManagerHandle(sink)
     }
+
+    pub fn terminate(&self) {
+        (self.0)(Event::Terminate);
+    }
+}
+
+/// Where a manager's events go: its own channel, or its group's with its index. False when
+/// nobody listens any more.
+pub type Sink = std::sync::Arc<dyn Fn(Event) -> bool + Send + Sync>;
+
+fn sink_of(tx: Sender<Event>) -> Sink {
+    std::sync::Arc::new(move |e| tx.send(e).is_ok())
 }
 
 /// A manager, ready to run.
@@ -100,19 +118,65 @@ impl Manager {
     }
 
     pub fn handle(&self) -> ManagerHandle {
-        ManagerHandle(self.tx.clone())
+        ManagerHandle(sink_of(self.tx.clone()))
     }
 
     /// Runs until drained, refused, or the interchange is gone for too long.
     pub fn run(self) -> Result<(), ManagerError> {
         let Manager { cfg, tx, rx } = self;
+        let mut m = Running::start(cfg, sink_of(tx.clone()), tx, true)?;
+        let result = loop {
+            let now = Instant::now();
+            let exit = match rx.recv_timeout(m.deadline().saturating_duration_since(now)) {
+                Ok(ev) => m.handle(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break Ok(()),
+            };
+            let mut exit = exit;
+            for _ in 0..10_000 {
+                match rx.try_recv() {
+                    Ok(ev) => exit = exit.or(m.handle(ev)),
+                    Err(_) => break,
+                }
+            }
+            if let Some(r) = m.settle(exit) {
+                break r;
+            }
+        };
+        m.finish();
+        result
+    }
+}
+
+/// A manager between events: its core, workers and link, driven by a loop of its own
+/// ([`Manager::run`]) or by a group's ([`crate::Fleet`]).
+pub(crate) struct Running {
+    cfg: ManagerConfig,
+    core: Core,
+    pool: Box<dyn WorkerPool>,
+    link: Link,
+    service: Option<crate::data::DataService>,
+    tenancy: Option<fxr_datastore::tenancy::Tenancy>,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+}
+
+impl Running {
+    /// Opens the store and its data service (when `with_store`), dials the interchange and
+    /// makes the core. Events for it go to `sink`; process workers report on `tx`.
+    pub(crate) fn start(
+        cfg: ManagerConfig,
+        sink: Sink,
+        tx: Sender<Event>,
+        with_store: bool,
+    ) -> Result<Running, ManagerError> {
         // The store and its data service first, so workers find them from their first task.
         let mut env = Vec::new();
         if let Some(py) = &cfg.python {
             env.push(("FXR_PYTHON".to_string(), py.clone()));
         }
         let mut tenancy = None;
-        let service = match &cfg.store {
+        let service = match cfg.store.as_ref().filter(|_| with_store) {
             None => None,
             Some(sc) => {
                 let limits = fxr_datastore::Limits {
@@ -153,17 +217,16 @@ impl Manager {
                 Some(svc)
             }
         };
-        let mut link = Link::dial(&cfg.interchange, tx.clone())?;
-        let mut pool: Box<dyn WorkerPool> = match &cfg.mode {
+        let link = Link::dial(&cfg.interchange, sink)?;
+        let pool: Box<dyn WorkerPool> = match &cfg.mode {
             WorkerMode::Processes { exe } => {
-                Box::new(ProcessPool::new(exe.clone(), tx.clone()).with_env(env))
+                Box::new(ProcessPool::new(exe.clone(), tx).with_env(env))
             }
             WorkerMode::Simulated { cold_start } => {
                 Box::new(SimPool::new(cold_start.clone(), cfg.manager_id.0))
             }
         };
-        let now = Instant::now();
-        let mut core = Core::new(
+        let core = Core::new(
             CoreConfig {
                 registration: registration(&cfg),
                 secret: cfg.secret.clone(),
@@ -171,14 +234,82 @@ impl Manager {
                 give_up_after: cfg.give_up_after,
                 prestart: true,
             },
-            now,
+            Instant::now(),
         );
-        let result = run_loop(&mut core, pool.as_mut(), &mut link, &rx, &cfg);
-        pool.shutdown();
-        link.close();
-        drop(service);
-        // The endpoint is stopping: the last manager on this node takes the store with it.
-        if let (Some(t), Some(sc), true) = (tenancy, &cfg.store, core.endpoint_stopping()) {
+        Ok(Running {
+            cfg,
+            core,
+            pool,
+            link,
+            service,
+            tenancy,
+            actions: Vec::new(),
+            events: Vec::new(),
+        })
+    }
+
+    /// When it next has something to do without an event.
+    pub(crate) fn deadline(&self) -> Instant {
+        let d = self.core.next_deadline();
+        match self.pool.next_deadline() {
+            Some(t) => d.min(t),
+            None => d,
+        }
+    }
+
+    /// One event; what it asks for is carried out by [`Running::settle`].
+    pub(crate) fn handle(&mut self, ev: Event) -> Option<Exit> {
+        self.core.handle(ev, Instant::now(), &mut self.actions)
+    }
+
+    /// Periodic and follow-up work, then the actions; `Some` when the manager is done.
+    pub(crate) fn settle(&mut self, exit: Option<Exit>) -> Option<Result<(), ManagerError>> {
+        let now = Instant::now();
+        let mut exit = exit;
+        self.pool.poll(now, &mut self.events);
+        for ev in self.events.drain(..) {
+            exit = exit.or(self.core.handle(ev, now, &mut self.actions));
+        }
+        exit = exit.or(self.core.poll(now, &mut self.actions));
+        for a in self.actions.drain(..) {
+            match a {
+                Action::Send(m) => self.link.send(&m),
+                Action::Start {
+                    slot,
+                    generation,
+                    container,
+                } => self.pool.start(slot, generation, container.as_ref(), now),
+                Action::Run {
+                    slot,
+                    generation,
+                    tasks,
+                } => self.pool.run(slot, generation, tasks, now),
+                Action::Stop { slot, generation } => self.pool.stop(slot, generation),
+                Action::Configure(s) => self.pool.configure(&s),
+                Action::Secure { send_key, recv_key } => self.link.secure(&send_key, &recv_key),
+            }
+        }
+        match exit? {
+            Exit::Done => {
+                tracing::info!(manager_id = %self.cfg.manager_id, "drained");
+                Some(Ok(()))
+            }
+            Exit::Refused(r) => Some(Err(ManagerError::Refused(r))),
+            Exit::Lost(d) => Some(Err(ManagerError::InterchangeLost(d))),
+        }
+    }
+
+    /// Stops the workers and the link; the last manager of a stopping endpoint on this node
+    /// removes the store.
+    pub(crate) fn finish(mut self) {
+        self.pool.shutdown();
+        self.link.close();
+        drop(self.service.take());
+        if let (Some(t), Some(sc), true) = (
+            self.tenancy.take(),
+            &self.cfg.store,
+            self.core.endpoint_stopping(),
+        ) {
             match t.leave_and_remove_if_last() {
                 Ok(true) => tracing::info!(store = %sc.root.display(), "object store removed"),
                 Ok(false) => {}
@@ -186,70 +317,6 @@ impl Manager {
                     tracing::warn!(store = %sc.root.display(), error = %e, "cannot remove the object store")
                 }
             }
-        }
-        result
-    }
-}
-
-fn run_loop(
-    core: &mut Core,
-    pool: &mut dyn WorkerPool,
-    link: &mut Link,
-    rx: &Receiver<Event>,
-    cfg: &ManagerConfig,
-) -> Result<(), ManagerError> {
-    let mut actions = Vec::new();
-    let mut events = Vec::new();
-    loop {
-        let now = Instant::now();
-        let mut deadline = core.next_deadline();
-        if let Some(t) = pool.next_deadline() {
-            deadline = deadline.min(t);
-        }
-        let mut exit = None;
-        match rx.recv_timeout(deadline.saturating_duration_since(now)) {
-            Ok(ev) => exit = exit.or(core.handle(ev, Instant::now(), &mut actions)),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        }
-        for _ in 0..10_000 {
-            match rx.try_recv() {
-                Ok(ev) => exit = exit.or(core.handle(ev, Instant::now(), &mut actions)),
-                Err(_) => break,
-            }
-        }
-        let now = Instant::now();
-        pool.poll(now, &mut events);
-        for ev in events.drain(..) {
-            exit = exit.or(core.handle(ev, now, &mut actions));
-        }
-        exit = exit.or(core.poll(now, &mut actions));
-        for a in actions.drain(..) {
-            match a {
-                Action::Send(m) => link.send(&m),
-                Action::Start {
-                    slot,
-                    generation,
-                    container,
-                } => pool.start(slot, generation, container.as_ref(), now),
-                Action::Run {
-                    slot,
-                    generation,
-                    tasks,
-                } => pool.run(slot, generation, tasks, now),
-                Action::Stop { slot, generation } => pool.stop(slot, generation),
-                Action::Configure(s) => pool.configure(&s),
-                Action::Secure { send_key, recv_key } => link.secure(&send_key, &recv_key),
-            }
-        }
-        match exit {
-            None => {}
-            Some(Exit::Done) => {
-                tracing::info!(manager_id = %cfg.manager_id, "drained");
-                return Ok(());
-            }
-            Some(Exit::Refused(r)) => return Err(ManagerError::Refused(r)),
-            Some(Exit::Lost(d)) => return Err(ManagerError::InterchangeLost(d)),
         }
     }
 }
