@@ -79,15 +79,19 @@ impl Broker {
         }
     }
 
-    /// Re-reads everything notices might have said while they were not heard.
-    async fn resync(&self) -> Result<(), StoreError> {
-        self.reload_registry().await?;
-        let linked: Vec<String> = self
-            .hub()
+    /// The endpoints linked to this broker now.
+    fn linked_endpoints(&self) -> Vec<String> {
+        self.hub()
             .endpoints()
             .filter(|(_, e)| e.connected())
             .map(|(id, _)| id.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Re-reads everything notices might have said while they were not heard.
+    async fn resync(&self) -> Result<(), StoreError> {
+        self.reload_registry().await?;
+        let linked = self.linked_endpoints();
         for ep in linked {
             self.adopt(&ep, None).await?;
         }
@@ -245,12 +249,7 @@ impl Broker {
     /// Every second: confirms the links this broker holds, and returns the open tasks whose
     /// endpoint has had no link at any broker for `endpoint_wait`, to fail.
     pub(crate) async fn shared_housekeeping(&self) -> Result<Vec<u64>, StoreError> {
-        let linked: Vec<String> = self
-            .hub()
-            .endpoints()
-            .filter(|(_, e)| e.connected())
-            .map(|(id, _)| id.clone())
-            .collect();
+        let linked = self.linked_endpoints();
         let cutoff = crate::store::now_ms() - self.config.endpoint_wait.as_millis() as i64;
         let stranded = self
             .db(move |s| {

@@ -54,10 +54,18 @@ fn retarget(w: &World, user: &str, name: &str, url: &str) {
     std::fs::write(&toml, moved.join("\n") + "\n").unwrap();
 }
 
-#[test]
-fn two_brokers_on_one_store_lose_and_duplicate_nothing() {
+/// Two brokers on one fresh PostgreSQL database, and a user; `None` without PostgreSQL.
+struct Two {
+    w: World,
+    token: String,
+    url_b: String,
+    _a: Proc,
+    _b: Proc,
+}
+
+fn two_brokers() -> Option<Two> {
     if !have_postgres() {
-        return;
+        return None;
     }
     let w = World::with_db(pgcluster::shared_database().expect("a PostgreSQL database"));
     let token = w.user("alice");
@@ -65,6 +73,27 @@ fn two_brokers_on_one_store_lose_and_duplicate_nothing() {
     let port_b = free_port();
     let url_b = format!("http://127.0.0.1:{port_b}");
     let _b = w.broker_on(port_b, &[]);
+    Some(Two {
+        w,
+        token,
+        url_b,
+        _a,
+        _b,
+    })
+}
+
+#[test]
+fn two_brokers_on_one_store_lose_and_duplicate_nothing() {
+    let Some(Two {
+        w,
+        token,
+        url_b,
+        _a,
+        _b,
+    }) = two_brokers()
+    else {
+        return;
+    };
 
     // Registered at A, linked to A; the function registered at B.
     let ep = w.create_endpoint("alice", &token, "site", 4);
@@ -134,15 +163,16 @@ fn two_brokers_on_one_store_lose_and_duplicate_nothing() {
 
 #[test]
 fn a_cancel_or_a_deletion_at_one_broker_reaches_tasks_held_by_the_other() {
-    if !have_postgres() {
+    let Some(Two {
+        w,
+        token,
+        url_b,
+        _a,
+        _b,
+    }) = two_brokers()
+    else {
         return;
-    }
-    let w = World::with_db(pgcluster::shared_database().expect("a PostgreSQL database"));
-    let token = w.user("alice");
-    let _a = w.broker(&[]);
-    let port_b = free_port();
-    let url_b = format!("http://127.0.0.1:{port_b}");
-    let _b = w.broker_on(port_b, &[]);
+    };
     let ep = w.create_endpoint("alice", &token, "site", 1);
     let _endpoint = w.endpoint("alice", &token, "site");
     wait_connected(&w.url, &token, &ep);

@@ -27,3 +27,7 @@ pub enum Event {
     /// SIGTERM: drain and exit.
     Terminate,
 }
+
+/// Where a manager's events go: its own channel, or its group's with its index. False when
+/// nobody listens any more.
+pub type Sink = std::sync::Arc<dyn Fn(Event) -> bool + Send + Sync>;

@@ -53,7 +53,7 @@ pub struct Link {
 impl Link {
     /// Dials `url` in the background (retrying until the interchange answers) and forwards
     /// messages and connection changes to `events`.
-    pub fn dial(url: &str, events: crate::manager::Sink) -> Result<Link, LinkError> {
+    pub fn dial(url: &str, events: crate::event::Sink) -> Result<Link, LinkError> {
         let socket = RawSocket::new(Protocol::Req0)
             .map_err(LinkError::Open)?
             .socket;

@@ -95,9 +95,7 @@ impl ManagerHandle {
     }
 }
 
-/// Where a manager's events go: its own channel, or its group's with its index. False when
-/// nobody listens any more.
-pub type Sink = std::sync::Arc<dyn Fn(Event) -> bool + Send + Sync>;
+pub use crate::event::Sink;
 
 fn sink_of(tx: Sender<Event>) -> Sink {
     std::sync::Arc::new(move |e| tx.send(e).is_ok())

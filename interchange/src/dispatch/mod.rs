@@ -18,7 +18,7 @@ mod manager;
 mod policy;
 use manager::{Manager, Unacked};
 #[cfg(test)]
-mod props;
+mod prop_tests;
 #[cfg(test)]
 mod tests;
 

@@ -3,7 +3,7 @@
 use super::*;
 use fxr_protocol::{Builtin, Function};
 
-fn reg(id: u64, workers: u32, prefetch: u32) -> Registration {
+pub(super) fn reg(id: u64, workers: u32, prefetch: u32) -> Registration {
     Registration {
         manager_id: ManagerId(id),
         block_id: BlockId(format!("b{}", id / 100)),

@@ -6,26 +6,9 @@
 //! - no manager holds more than its limit;
 //! - in the end, with one healthy manager, every accepted task gets its result.
 
+use super::tests::reg as registration;
 use super::*;
 use fxr_protocol::{Builtin, Function};
-
-fn registration(id: u64, workers: u32, prefetch: u32) -> Registration {
-    Registration {
-        manager_id: ManagerId(id),
-        block_id: BlockId("b".into()),
-        rank: 0,
-        block_size: 1,
-        hostname: "h".into(),
-        cores: workers,
-        memory_bytes: 0,
-        workers,
-        prefetch,
-        containers: vec![],
-        version: "test".into(),
-        proof: [0; 32],
-        simulated: true,
-    }
-}
 
 fn task(id: u64, container: Option<&str>) -> Task {
     Task {
