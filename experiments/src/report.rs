@@ -26,6 +26,7 @@ pub const COLUMNS: &[&str] = &[
     "first_ms",
     "peak_rss_mib",
     "cpu_s",
+    "cpu_us_per_task",
     "ideal_s",
     "efficiency",
     "broker_cpu_us_per_task",
@@ -110,6 +111,10 @@ impl Row {
             f("interchange_peak_rss_bytes").map(|b| b / (1024.0 * 1024.0)),
         );
         put("cpu_s", f("interchange_cpu_s"));
+        // The interchange process's CPU (simulated runs: with the in-process client) per task.
+        if let (Some(cpu), Some(tasks)) = (f("interchange_cpu_s"), f("tasks")) {
+            put("cpu_us_per_task", Some(cpu * 1e6 / tasks.max(1.0)));
+        }
         if j.get("via_broker") == Some(&serde_json::Value::Bool(true)) {
             put("broker_cpu_us_per_task", f("broker_cpu_us_per_task"));
         }
@@ -297,6 +302,7 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
             "efficiency",
             "peak_rss_mib",
             "cpu_s",
+            "cpu_us_per_task",
             "broker_cpu_us_per_task",
         ]
     };

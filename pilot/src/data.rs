@@ -136,6 +136,8 @@ impl Drop for DataService {
         }
         self.aio.cancel();
         self.socket.close();
+        // As for the manager link: never free an aio a callback may still hold.
+        std::mem::forget(self.aio.clone());
     }
 }
 

@@ -169,6 +169,10 @@ impl Link {
     pub fn close(&self) {
         self.aio.cancel();
         self.socket.close();
+        // A callback in flight holds the last handle to the aio once the link is dropped, and
+        // NNG 1.4 cannot free an aio from inside its own callback: keep one handle for the life
+        // of the process (a few hundred bytes per closed link).
+        std::mem::forget(self.aio.clone());
     }
 }
 

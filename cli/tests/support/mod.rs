@@ -79,6 +79,8 @@ pub struct LocalEndpoint {
     /// Its front door: the path of its Unix socket.
     pub addr: String,
     pub pilots: Vec<u32>,
+    /// Its standard output, kept open while it runs: a closed pipe could kill it if it wrote.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl LocalEndpoint {
@@ -92,9 +94,8 @@ impl LocalEndpoint {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let addr = v["endpoint"].as_str().unwrap().to_string();
         let pilots = v["pilot_pids"]
@@ -110,6 +111,7 @@ impl LocalEndpoint {
             child,
             addr,
             pilots,
+            _stdout: stdout,
         }
     }
 
