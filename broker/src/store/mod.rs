@@ -10,6 +10,7 @@
 //! did, as [`Notice`]s: which submissions arrived for which endpoint, which tasks finished, that
 //! the registry changed. See `ARCHITECTURE.md` for how brokers use them.
 
+mod notices;
 mod pg;
 pub mod pgcluster;
 mod sqlite;
