@@ -145,15 +145,12 @@ impl Broker {
                         f.push(row);
                     }
                 }
-                let e = if endpoints.is_empty() {
-                    Vec::new()
-                } else {
-                    let wanted: HashSet<&String> = endpoints.iter().collect();
-                    s.endpoints()?
-                        .into_iter()
-                        .filter(|e| wanted.contains(&e.id))
-                        .collect()
-                };
+                let mut e = Vec::new();
+                for id in &endpoints {
+                    if let Some(row) = s.endpoint(id)? {
+                        e.push(row);
+                    }
+                }
                 Ok((f, e))
             })
             .await?;

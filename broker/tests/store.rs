@@ -113,6 +113,8 @@ fn conformance(s: &mut Store) {
     ));
     s.put_endpoint(&ep("e2", bob), 1).unwrap();
     assert_eq!(s.endpoints().unwrap().len(), 2);
+    assert_eq!(s.endpoint("e2").unwrap().unwrap().owner, bob);
+    assert!(s.endpoint("e9").unwrap().is_none());
     assert!(s.delete_endpoint("e2").unwrap());
     assert_eq!(s.endpoints().unwrap().len(), 1);
 

@@ -82,6 +82,25 @@ fn two_brokers() -> Option<Two> {
     })
 }
 
+/// Alice's endpoint `site` with `workers`, registered at and linked to the first broker, and a
+/// `sleep` function registered at `function_at`: (endpoint id, its process, function id).
+fn site_and_sleep(
+    w: &World,
+    token: &str,
+    workers: u32,
+    function_at: &str,
+) -> (String, Proc, String) {
+    let ep = w.create_endpoint("alice", token, "site", workers);
+    let endpoint = w.endpoint("alice", token, "site");
+    wait_connected(&w.url, token, &ep);
+    let f = register(
+        function_at,
+        token,
+        json!({"name": "sleep", "kind": "builtin", "builtin": "sleep"}),
+    );
+    (ep, endpoint, f)
+}
+
 #[test]
 fn two_brokers_on_one_store_lose_and_duplicate_nothing() {
     let Some(Two {
@@ -96,14 +115,7 @@ fn two_brokers_on_one_store_lose_and_duplicate_nothing() {
     };
 
     // Registered at A, linked to A; the function registered at B.
-    let ep = w.create_endpoint("alice", &token, "site", 4);
-    let endpoint = w.endpoint("alice", &token, "site");
-    wait_connected(&w.url, &token, &ep);
-    let f = register(
-        &url_b,
-        &token,
-        json!({"name": "sleep", "kind": "builtin", "builtin": "sleep"}),
-    );
+    let (ep, endpoint, f) = site_and_sleep(&w, &token, 4, &url_b);
     // B knows the endpoint and A the function, without a restart.
     let (s, _) = call(
         "GET",
@@ -173,14 +185,7 @@ fn a_cancel_or_a_deletion_at_one_broker_reaches_tasks_held_by_the_other() {
     else {
         return;
     };
-    let ep = w.create_endpoint("alice", &token, "site", 1);
-    let _endpoint = w.endpoint("alice", &token, "site");
-    wait_connected(&w.url, &token, &ep);
-    let f = register(
-        &w.url,
-        &token,
-        json!({"name": "sleep", "kind": "builtin", "builtin": "sleep"}),
-    );
+    let (ep, _endpoint, f) = site_and_sleep(&w, &token, 1, &w.url);
     // One worker, long tasks: most wait at A, linked to the endpoint.
     let tasks: Vec<Value> = (0..20)
         .map(|_| json!({"function_id": f, "endpoint_id": ep, "args": {"ms": 60_000}}))

@@ -195,12 +195,15 @@ pub async fn submit(
     }
     // Validate everything before storing anything: a request is accepted whole or not at all.
     if broker.shared {
-        let functions: Vec<String> = body.tasks.iter().map(|t| t.function_id.clone()).collect();
-        let mut endpoints: Vec<String> = Vec::new();
+        // Each distinct id once, not a copy per task.
+        let functions: HashSet<&str> = body.tasks.iter().map(|t| t.function_id.as_str()).collect();
+        let mut endpoints: HashSet<&str> = HashSet::new();
         for t in &body.tasks {
-            endpoints.extend(t.endpoint_id.iter().cloned());
-            endpoints.extend(t.endpoints.iter().flatten().cloned());
+            endpoints.extend(t.endpoint_id.as_deref());
+            endpoints.extend(t.endpoints.iter().flatten().map(String::as_str));
         }
+        let functions: Vec<String> = functions.into_iter().map(str::to_string).collect();
+        let endpoints: Vec<String> = endpoints.into_iter().map(str::to_string).collect();
         broker.refresh(functions, endpoints).await?;
     }
     let mut plan = Vec::with_capacity(n);

@@ -262,6 +262,7 @@ pub trait TaskStore: Send + std::fmt::Debug {
     /// Adds an endpoint, within the owner's quota.
     fn put_endpoint(&mut self, e: &EndpointRow, max: u64) -> Result<()>;
     fn endpoints(&mut self) -> Result<Vec<EndpointRow>>;
+    fn endpoint(&mut self, id: &str) -> Result<Option<EndpointRow>>;
     fn delete_endpoint(&mut self, id: &str) -> Result<bool>;
 
     /// Inserts one submission's tasks in one transaction, as a new batch; returns the batch id,

@@ -174,6 +174,16 @@ fn function_from(r: &Row) -> Result<FunctionRow> {
     })
 }
 
+fn endpoint_from(r: &Row) -> Result<EndpointRow> {
+    Ok(EndpointRow {
+        id: r.try_get(0)?,
+        owner: r.try_get(1)?,
+        name: r.try_get(2)?,
+        credential_hash: r.try_get(3)?,
+        shared_with: text_to_ids(r.try_get(4)?)?,
+    })
+}
+
 fn user_from(r: &Row) -> Result<UserRow> {
     Ok(UserRow {
         id: r.try_get(0)?,
@@ -377,16 +387,19 @@ impl TaskStore for PgStore {
                 &[],
             )?
             .iter()
-            .map(|r| {
-                Ok(EndpointRow {
-                    id: r.try_get(0)?,
-                    owner: r.try_get(1)?,
-                    name: r.try_get(2)?,
-                    credential_hash: r.try_get(3)?,
-                    shared_with: text_to_ids(r.try_get(4)?)?,
-                })
-            })
+            .map(endpoint_from)
             .collect()
+    }
+
+    fn endpoint(&mut self, id: &str) -> Result<Option<EndpointRow>> {
+        self.client
+            .query_opt(
+                "SELECT id, owner, name, credential_hash, shared_with FROM endpoints WHERE id = $1",
+                &[&id],
+            )?
+            .as_ref()
+            .map(endpoint_from)
+            .transpose()
     }
 
     fn delete_endpoint(&mut self, id: &str) -> Result<bool> {

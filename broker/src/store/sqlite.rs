@@ -102,6 +102,36 @@ impl SqliteStore {
         ))
     }
 
+    /// Endpoints matching `condition` (with `?1` bound to `arg` when given).
+    fn endpoints_where(&self, condition: &str, arg: Option<&str>) -> Result<Vec<EndpointRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, owner, name, credential_hash, shared_with FROM endpoints WHERE {condition}"
+        ))?;
+        let read = |r: &rusqlite::Row<'_>| {
+            Ok((
+                EndpointRow {
+                    id: r.get(0)?,
+                    owner: r.get(1)?,
+                    name: r.get(2)?,
+                    credential_hash: r.get(3)?,
+                    shared_with: vec![],
+                },
+                r.get::<_, String>(4)?,
+            ))
+        };
+        let rows = match arg {
+            Some(a) => stmt.query_map([a], read)?.collect::<Vec<_>>(),
+            None => stmt.query_map([], read)?.collect::<Vec<_>>(),
+        };
+        rows.into_iter()
+            .map(|r| {
+                let (mut e, shared) = r?;
+                e.shared_with = text_to_ids(&shared)?;
+                Ok(e)
+            })
+            .collect()
+    }
+
     /// Refuses a new row of `table` when `owner` has `max` already.
     fn within_quota(&self, table: &str, owner: i64, max: u64) -> Result<()> {
         let n: i64 = self.conn.query_row(
@@ -255,27 +285,11 @@ impl TaskStore for SqliteStore {
     }
 
     fn endpoints(&mut self) -> Result<Vec<EndpointRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, owner, name, credential_hash, shared_with FROM endpoints ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                EndpointRow {
-                    id: r.get(0)?,
-                    owner: r.get(1)?,
-                    name: r.get(2)?,
-                    credential_hash: r.get(3)?,
-                    shared_with: vec![],
-                },
-                r.get::<_, String>(4)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (mut e, shared) = r?;
-            e.shared_with = text_to_ids(&shared)?;
-            Ok(e)
-        })
-        .collect()
+        self.endpoints_where("1 = 1 ORDER BY name", None)
+    }
+
+    fn endpoint(&mut self, id: &str) -> Result<Option<EndpointRow>> {
+        Ok(self.endpoints_where("id = ?1", Some(id))?.pop())
     }
 
     fn delete_endpoint(&mut self, id: &str) -> Result<bool> {
