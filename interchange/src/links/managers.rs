@@ -30,6 +30,9 @@ pub enum LinkError {
     Thread(#[source] std::io::Error),
 }
 
+/// How often the receiving thread wakes to look at its stop flag.
+const RECV_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The listening socket and its receiving thread.
 #[derive(Debug)]
 pub struct ManagerLink {
@@ -65,6 +68,16 @@ impl ManagerLink {
         max_frame: usize,
         events: Sender<Event>,
     ) -> Result<ManagerLink, LinkError> {
+        ManagerLink::listen_polling(url, max_frame, events, RECV_POLL)
+    }
+
+    /// [`ManagerLink::listen`] with the receiving thread's wake-up period `poll`.
+    fn listen_polling(
+        url: &str,
+        max_frame: usize,
+        events: Sender<Event>,
+        poll: std::time::Duration,
+    ) -> Result<ManagerLink, LinkError> {
         let raw = RawSocket::new(Protocol::Rep0).map_err(LinkError::Open)?;
         let socket = raw.socket;
         socket
@@ -73,7 +86,7 @@ impl ManagerLink {
         // Closing the socket does not always wake a thread blocked in receive (NNG 1.4), so the
         // receiving thread wakes up now and then to look at its stop flag.
         socket
-            .set_opt::<RecvTimeout>(Some(std::time::Duration::from_millis(200)))
+            .set_opt::<RecvTimeout>(Some(poll))
             .map_err(LinkError::Open)?;
         let notify = events.clone();
         socket
@@ -129,13 +142,18 @@ impl ManagerLink {
         }
     }
 
-    /// Closes the socket and waits for the receiving thread.
+    /// Stops the receiving thread, then closes the socket.
+    ///
+    /// In that order: NNG 1.4 may expire a timed receive on another thread just as the socket
+    /// closes and then lock the socket's freed queue (`pthread_mutex_lock: Invalid argument`,
+    /// an abort). Once the thread has returned no receive is pending, so closing is safe; it
+    /// costs at most one [`RECV_POLL`].
     pub fn close(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.socket.close();
         if let Some(h) = self.receiver.take() {
             let _ = h.join();
         }
+        self.socket.close();
     }
 }
 
@@ -159,5 +177,46 @@ fn receive_loop(socket: nng::Socket, events: Sender<Event>, stop: &AtomicBool) {
         if events.send(Event::FromPipe { pipe_id: id, body }).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Closing while a timed receive may be expiring used to abort the process inside NNG
+    /// (seen in CI as `pthread_mutex_lock: Invalid argument`). A 1 ms poll makes a receive
+    /// expire at nearly every moment, and four threads opening and closing links side by side
+    /// make the expiry thread late, so the rounds hit the window (before the fix the test
+    /// aborted in most runs).
+    #[test]
+    fn closing_while_receives_expire_does_not_abort() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for round in 0..1_500u64 {
+                        let link = ManagerLink::listen_polling(
+                            "tcp://127.0.0.1:0",
+                            1024,
+                            tx.clone(),
+                            std::time::Duration::from_millis(1),
+                        )
+                        .unwrap_or_else(|e| panic!("thread {t} round {round}: {e}"));
+                        assert_ne!(link.port(), 0);
+                        // Not a wait for anything: the link stays open for 0 to 1.2 ms so that
+                        // the close falls at every phase of the receive's 1 ms timeout.
+                        std::thread::sleep(std::time::Duration::from_micros((round + t) % 9 * 150));
+                        link.close();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a link thread panicked");
+        }
+        drop(tx);
+        assert!(rx.iter().next().is_none(), "no manager connected");
     }
 }
