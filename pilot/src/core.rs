@@ -323,7 +323,7 @@ impl Core {
         if self.draining && self.inflight.is_empty() && (self.results.is_empty() || !self.connected)
         {
             match self.drained_at {
-                None if self.connected => {
+                None if self.registered => {
                     self.drained_at = Some(now);
                     out.push(Action::Send(ManagerMsg::Drained));
                     self.next_heartbeat = self.next_heartbeat.min(now + DRAIN_GRACE);
@@ -457,7 +457,7 @@ impl Core {
         for id in &back {
             self.known.remove(id);
         }
-        if !back.is_empty() && self.connected {
+        if !back.is_empty() && self.registered {
             out.push(Action::Send(ManagerMsg::Returned { tasks: back }));
         }
     }
@@ -500,8 +500,11 @@ impl Core {
         caps
     }
 
+    /// Sends acknowledgements and results, once the interchange has welcomed this connection:
+    /// before that only the handshake may go (it closes a connection that sends anything
+    /// else first).
     fn flush(&mut self, out: &mut Vec<Action>) {
-        if !self.connected {
+        if !self.registered {
             return;
         }
         for seq in self.acks.drain(..) {

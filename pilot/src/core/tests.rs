@@ -499,3 +499,55 @@ fn an_interchange_without_the_secret_gets_no_registration() {
     assert!(matches!(exit, Some(Exit::Refused(r)) if r.contains("did not prove")));
     assert!(out.is_empty(), "nothing was sent: {out:?}");
 }
+
+/// Found at 16,384 simulated managers: a manager that reconnected with results still to send
+/// sent them right after `Hello`, before the interchange had welcomed it; the interchange
+/// closes a connection whose first messages are not the handshake, the manager reconnected
+/// and did the same again, for ever. Nothing but the handshake goes out before `Welcome`.
+#[test]
+fn after_a_reconnect_only_the_handshake_goes_out_before_welcome() {
+    let mut w = World::new(1, 0);
+    w.tasks(vec![task(1, None)]);
+    let started = World::starts(&w.take());
+    let (slot, g, _) = started[0].clone();
+    w.ready(slot, g);
+    w.take();
+    w.ev(Event::LinkDown);
+    w.done(slot, g, &[1]);
+    assert!(World::results(&w.take()).is_empty(), "no link: kept");
+    let nonce = [3; 32];
+    w.ev(Event::LinkUp { nonce });
+    w.poll();
+    w.now += Duration::from_secs(5);
+    w.poll();
+    let before: Vec<Action> = w.take();
+    assert!(
+        before
+            .iter()
+            .all(|a| matches!(a, Action::Send(ManagerMsg::Hello { .. }))),
+        "before the challenge: {before:?}"
+    );
+    let theirs = [4; 32];
+    w.ev(Event::FromInterchange(InterchangeMsg::Challenge {
+        nonce: theirs,
+        proof: fxr_protocol::auth::interchange_proof("s", &nonce, &theirs),
+        encrypt: false,
+    }));
+    w.poll();
+    let between = w.take();
+    assert!(
+        matches!(between[..], [Action::Send(ManagerMsg::Register(_))]),
+        "between the challenge and the welcome: {between:?}"
+    );
+    w.ev(Event::FromInterchange(InterchangeMsg::Welcome {
+        heartbeat_period_ms: 1000,
+        heartbeat_threshold_ms: 10_000,
+        workers: WorkerSettings {
+            runtimes: vec![],
+            max_idle_ms: 0,
+        },
+    }));
+    w.poll();
+    let after = World::results(&w.take());
+    assert_eq!(after.len(), 1, "the kept result goes once welcomed");
+}
