@@ -79,6 +79,8 @@ struct PipeState {
     /// With `encrypt`, from `Welcome` on: what we send is sealed, what we receive opened.
     seal: Option<fxr_protocol::auth::Cipher>,
     open: Option<fxr_protocol::auth::Cipher>,
+    /// Something went to it since the last heartbeat round, which then skips it.
+    sent: bool,
 }
 
 impl PipeState {
@@ -90,6 +92,7 @@ impl PipeState {
             hello: None,
             seal: None,
             open: None,
+            sent: false,
         }
     }
 }
@@ -174,9 +177,7 @@ impl<C: Comm> Core<C> {
                 self.publish_metrics();
                 if now >= next_heartbeat {
                     next_heartbeat = now + self.settings.heartbeat_period;
-                    for m in self.dispatcher.manager_ids() {
-                        out.to_managers.push((m, InterchangeMsg::Heartbeat));
-                    }
+                    self.heartbeats(&mut out);
                 }
             }
             if self.shutting_down.is_none() {
@@ -191,6 +192,21 @@ impl<C: Comm> Core<C> {
             }
         }
         self.comm.close();
+    }
+
+    /// One heartbeat round: a heartbeat to each manager that was sent nothing since the last
+    /// round (anything it was sent tells it the interchange is alive).
+    pub(crate) fn heartbeats(&mut self, out: &mut Outbox) {
+        for m in self.dispatcher.manager_ids() {
+            let sent = self
+                .manager_pipe
+                .get(&m)
+                .and_then(|p| self.pipes.get_mut(p))
+                .is_some_and(|s| std::mem::take(&mut s.sent));
+            if !sent {
+                out.to_managers.push((m, InterchangeMsg::Heartbeat));
+            }
+        }
     }
 
     /// Handles one event at time `now`; what must be sent goes to `out` (see [`Core::flush`]).
@@ -484,14 +500,19 @@ impl<C: Comm> Core<C> {
     fn send(&mut self, pipe_id: u32, msg: &InterchangeMsg) {
         self.frame.clear();
         match fxr_protocol::encode_into(&mut self.frame, msg) {
-            Ok(()) => self.send_frame(pipe_id),
+            Ok(()) => self.send_frame(pipe_id, true),
             Err(e) => tracing::error!(pipe_id, error = %e, "cannot encode a message for a manager"),
         }
     }
 
-    /// Sends `self.frame` on a pipe, sealed when the connection is encrypted.
-    fn send_frame(&mut self, pipe_id: u32) {
-        match self.pipes.get_mut(&pipe_id).and_then(|s| s.seal.as_mut()) {
+    /// Sends `self.frame` on a pipe, sealed when the connection is encrypted; `news` marks the
+    /// pipe as sent to since the last heartbeat round (a heartbeat itself does not).
+    fn send_frame(&mut self, pipe_id: u32, news: bool) {
+        let state = self.pipes.get_mut(&pipe_id);
+        match state.and_then(|s| {
+            s.sent |= news;
+            s.seal.as_mut()
+        }) {
             Some(c) => {
                 let sealed = c.seal(&self.frame);
                 self.comm.send(pipe_id, &sealed);
@@ -509,7 +530,10 @@ impl<C: Comm> Core<C> {
             if let Some(&pipe) = self.manager_pipe.get(&m) {
                 self.frame.clear();
                 match fxr_protocol::encode_into(&mut self.frame, &msg) {
-                    Ok(()) => self.send_frame(pipe),
+                    Ok(()) => {
+                        let beat = matches!(msg, InterchangeMsg::Heartbeat);
+                        self.send_frame(pipe, !beat)
+                    }
                     Err(e) => tracing::error!(manager_id = %m, error = %e, "cannot encode a batch"),
                 }
             }

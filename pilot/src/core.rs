@@ -304,7 +304,10 @@ impl Core {
             self.assign(out);
         }
         self.retire_idle(now, out);
-        self.flush(out);
+        if self.flush(out) && !self.draining {
+            // Results carry what a heartbeat would (capacity, counters): the next one can wait.
+            self.next_heartbeat = now + self.heartbeat_period;
+        }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.heartbeat_period;
             if self.registered {
@@ -313,10 +316,10 @@ impl Core {
                     counters: self.counters,
                 }));
             }
-            let silent = now.saturating_duration_since(self.last_heard);
-            if silent > self.cfg.give_up_after {
-                return Some(Exit::Lost(silent));
-            }
+        }
+        let silent = now.saturating_duration_since(self.last_heard);
+        if silent > self.cfg.give_up_after {
+            return Some(Exit::Lost(silent));
         }
         // Draining with the interchange gone: what is left cannot be delivered (the
         // interchange has re-queued it), so there is nothing to wait for.
@@ -503,10 +506,12 @@ impl Core {
     /// Sends acknowledgements and results, once the interchange has welcomed this connection:
     /// before that only the handshake may go (it closes a connection that sends anything
     /// else first).
-    fn flush(&mut self, out: &mut Vec<Action>) {
+    /// Returns whether results went.
+    fn flush(&mut self, out: &mut Vec<Action>) -> bool {
         if !self.registered {
-            return;
+            return false;
         }
+        let mut sent = false;
         for seq in self.acks.drain(..) {
             out.push(Action::Send(ManagerMsg::Ack { seq }));
         }
@@ -525,7 +530,9 @@ impl Core {
                 capacity: self.capacity(),
                 counters: self.counters,
             }));
+            sent = true;
         }
+        sent
     }
 
     /// Slots with a worker that must be stopped when the manager exits.

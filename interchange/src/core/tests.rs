@@ -293,3 +293,57 @@ fn shutdown_drains_managers_and_refuses_new_work_and_managers() {
         Some((2, InterchangeMsg::Refused { .. }))
     ));
 }
+
+#[test]
+fn heartbeats_go_only_to_managers_sent_nothing_since_the_last_round() {
+    let mut c = core();
+    let now = Instant::now();
+    register(&mut c, 1, 1, "right", now);
+    register(&mut c, 2, 2, "right", now);
+    let round = |c: &mut Core<Fake>| -> Vec<u32> {
+        c.comm.sent.clear();
+        let mut out = Outbox::default();
+        c.heartbeats(&mut out);
+        c.flush(&mut out);
+        let mut to: Vec<u32> = c
+            .comm
+            .sent
+            .iter()
+            .filter(|(_, m)| matches!(m, InterchangeMsg::Heartbeat))
+            .map(|(p, _)| *p)
+            .collect();
+        to.sort_unstable();
+        to
+    };
+    assert!(round(&mut c).is_empty(), "both were just welcomed");
+    assert_eq!(round(&mut c), vec![1, 2], "nothing sent since");
+    assert_eq!(round(&mut c), vec![1, 2], "a heartbeat is not news");
+    // One task goes to one of them: only the other needs a heartbeat.
+    let (tx, _rx) = channel();
+    feed(&mut c, Event::ClientConnected(5, tx), now);
+    let task = fxr_protocol::Task {
+        id: TaskId(1),
+        function: fxr_protocol::Function::Builtin(fxr_protocol::Builtin::Noop),
+        args: Vec::new(),
+        attempt: 0,
+        container: None,
+    };
+    feed(
+        &mut c,
+        Event::Client(5, ClientMsg::Submit { tasks: vec![task] }),
+        now,
+    );
+    let mut out = Outbox::default();
+    c.dispatcher.dispatch(now, &mut out);
+    c.flush(&mut out);
+    let got: Vec<u32> = c
+        .comm
+        .sent
+        .iter()
+        .filter(|(_, m)| matches!(m, InterchangeMsg::Tasks { .. }))
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(got.len(), 1, "{:?}", c.comm.sent);
+    let other = if got[0] == 1 { 2 } else { 1 };
+    assert_eq!(round(&mut c), vec![other], "{:?}", got);
+}

@@ -551,3 +551,34 @@ fn after_a_reconnect_only_the_handshake_goes_out_before_welcome() {
     let after = World::results(&w.take());
     assert_eq!(after.len(), 1, "the kept result goes once welcomed");
 }
+
+fn heartbeats(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Send(ManagerMsg::Heartbeat { .. })))
+        .count()
+}
+
+/// Results carry capacity and counters, so a manager sending results sends no heartbeat on
+/// top of them; a quiet one still does, once a period (1 s here).
+#[test]
+fn results_stand_in_for_heartbeats_and_a_quiet_manager_still_sends_them() {
+    let mut w = World::new(1, 0);
+    let t0 = w.now;
+    w.tasks(vec![task(1, None)]);
+    let (slot, g, _) = World::starts(&w.take())[0].clone();
+    w.ready(slot, g);
+    w.now = t0 + Duration::from_millis(900);
+    w.done(slot, g, &[1]);
+    let a = w.take();
+    assert_eq!(World::results(&a).len(), 1);
+    w.now = t0 + Duration::from_millis(1200);
+    w.poll();
+    assert_eq!(heartbeats(&w.take()), 0, "results went 300 ms ago");
+    w.now = t0 + Duration::from_millis(2000);
+    w.poll();
+    assert_eq!(heartbeats(&w.take()), 1, "quiet for a period");
+    w.now = t0 + Duration::from_millis(2500);
+    w.poll();
+    assert_eq!(heartbeats(&w.take()), 0);
+}
