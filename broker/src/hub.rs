@@ -158,6 +158,8 @@ pub struct EndpointRuntime {
     inflight_bytes: u64,
     /// Python functions whose source went down this connection already.
     python_sent: std::collections::HashSet<String>,
+    /// Mean run time of its recent tasks, in milliseconds (a moving average).
+    task_ms: Option<f64>,
 }
 
 impl EndpointRuntime {
@@ -175,6 +177,7 @@ impl EndpointRuntime {
             open: 0,
             inflight_bytes: 0,
             python_sent: Default::default(),
+            task_ms: None,
         }
     }
 
@@ -220,6 +223,7 @@ pub struct Hub {
     counts: [u64; 3],
     rr: usize,
     limits: Limits,
+    provisioner: crate::provision::Provisioner,
 }
 
 impl Hub {
@@ -456,6 +460,51 @@ impl Hub {
         }
     }
 
+    /// Folds the run times of results from `endpoint` into its mean.
+    pub fn note_runs(&mut self, endpoint: &str, results: &[TaskResult]) {
+        let Some(ep) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
+        for r in results.iter().filter(|r| r.run_us > 0) {
+            let ms = r.run_us as f64 / 1000.0;
+            ep.task_ms = Some(ep.task_ms.map_or(ms, |m| 0.9 * m + 0.1 * ms));
+        }
+    }
+
+    /// What provisioning and routing know of an endpoint.
+    pub fn view(&self, id: &str) -> crate::provision::View {
+        match self.endpoints.get(id) {
+            Some(e) => {
+                crate::provision::View::new(e.connected(), e.open, e.status.as_ref(), e.task_ms)
+            }
+            None => crate::provision::View::default(),
+        }
+    }
+
+    /// Asks endpoints for blocks where open tasks outnumber their workers, and lets them go
+    /// when they no longer do (see [`crate::provision`]). Returns what was sent.
+    pub fn provision(&mut self, now: Instant) -> Vec<(String, fxr_protocol::ProvisionRequest)> {
+        let views: Vec<(String, crate::provision::View)> = self
+            .endpoints
+            .keys()
+            .map(|id| (id.clone(), self.view(id)))
+            .collect();
+        let sent = self
+            .provisioner
+            .tick(now, views.iter().map(|(id, v)| (id.as_str(), v.clone())));
+        for (id, r) in &sent {
+            if let Some(tx) = self.endpoints.get(id).and_then(|e| e.tx.as_ref()) {
+                let _ = tx.send(BrokerMsg::Provision(r.clone()));
+            }
+        }
+        sent
+    }
+
+    /// The number of blocks last asked of `endpoint`, while the request stands.
+    pub fn asked(&self, endpoint: &str) -> Option<u32> {
+        self.provisioner.asked(endpoint)
+    }
+
     pub fn set_status(&mut self, endpoint: &str, status: EndpointStatus) {
         let ep = self.ep(endpoint);
         ep.status = Some(status);
@@ -649,12 +698,20 @@ impl Hub {
         shrunk
     }
 
-    /// Picks an endpoint among `candidates` by `policy`.
-    /// The endpoint for one task of container type `kind` among `candidates`.
-    pub fn route(&mut self, candidates: &[String], policy: Policy, kind: &str) -> Option<String> {
+    /// The endpoint for one task of container type `kind` among `candidates`, by `policy`;
+    /// `planned` counts the tasks of the same submission already routed to each, which the
+    /// hub does not hold yet.
+    pub fn route(
+        &mut self,
+        candidates: &[String],
+        policy: Policy,
+        kind: &str,
+        planned: &HashMap<String, u64>,
+    ) -> Option<String> {
         if candidates.is_empty() {
             return None;
         }
+        let planned_for = |id: &String| planned.get(id).copied().unwrap_or(0);
         if policy == Policy::Warm {
             // The connected endpoint reporting the most idle warm workers of the type; without
             // any, the least loaded.
@@ -679,10 +736,25 @@ impl Hub {
             {
                 return Some(best.clone());
             }
-            return self.route(candidates, Policy::LeastLoaded, kind);
+            return self.route(candidates, Policy::LeastLoaded, kind, planned);
+        }
+        if policy == Policy::ShortestWait {
+            let wait = |id: &String| {
+                let v = self.view(id);
+                let ahead = v.open + planned_for(id);
+                v.expected_wait_ms(ahead)
+            };
+            let best = (0..candidates.len())
+                .min_by(|a, b| {
+                    wait(&candidates[*a])
+                        .partial_cmp(&wait(&candidates[*b]))
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .unwrap_or(0);
+            return Some(candidates[best].clone());
         }
         let i = match policy {
-            Policy::Warm => 0,
+            Policy::Warm | Policy::ShortestWait => 0,
             Policy::Random => fastrand::usize(0..candidates.len()),
             Policy::RoundRobin => {
                 self.rr = self.rr.wrapping_add(1);
@@ -696,7 +768,8 @@ impl Hub {
                     let workers = e.status.as_ref().map_or(0, |s| {
                         s.managers.iter().map(|m| u64::from(m.workers)).sum::<u64>()
                     });
-                    (!e.connected(), e.open as f64 / (workers.max(1) as f64))
+                    let open = e.open + planned_for(id);
+                    (!e.connected(), open as f64 / (workers.max(1) as f64))
                 };
                 (0..candidates.len())
                     .min_by(|a, b| {
@@ -731,6 +804,9 @@ pub enum Policy {
     LeastLoaded,
     /// The endpoint reporting the most idle workers of the function's container type.
     Warm,
+    /// The endpoint where a task would start soonest: a free worker, else a block's start-up
+    /// where blocks may be added, plus the tasks ahead of it over every worker it can have.
+    ShortestWait,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod hub;
 pub mod link;
 pub mod metrics;
+pub mod provision;
 pub mod rate;
 mod shared;
 pub mod store;
@@ -640,6 +641,9 @@ impl Broker {
     async fn housekeeping(&self) {
         if self.hub().compact() {
             trim_heap();
+        }
+        for (endpoint, r) in self.hub().provision(std::time::Instant::now()) {
+            tracing::info!(endpoint_id = %endpoint, blocks = r.blocks, reason = %r.reason, "asking the endpoint for blocks");
         }
         let mut expired = self.hub().expired(self.config.endpoint_wait);
         let local = expired.len();

@@ -109,7 +109,12 @@ async fn on_message(
             crate::lock(&broker.fetches).answer(endpoint, request, reply);
         }
         LinkMsg::Results { results } => {
-            let (mine, mut ignored, mut foreign) = broker.hub().screen(endpoint, results);
+            let (mine, mut ignored, mut foreign) = {
+                let mut hub = broker.hub();
+                let screened = hub.screen(endpoint, results);
+                hub.note_runs(endpoint, &screened.0);
+                screened
+            };
             if broker.shared && foreign < ignored.len() {
                 // Tasks this broker does not hold may be open at another.
                 match broker.foreign_elsewhere(endpoint, &ignored).await {

@@ -42,7 +42,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub endpoint: String,
     /// random | round-robin | least-loaded | warm (the endpoint with idle workers of the
-    /// function's container type), for several endpoints.
+    /// function's container type) | shortest-wait (where the task would start soonest), for
+    /// several endpoints.
     #[arg(long, default_value = "random")]
     pub policy: String,
     /// One JSON argument object per line; one task per line.

@@ -88,10 +88,20 @@ pub fn render(e: &EndpointInfo, standalone: Option<&str>, now_ms: u64) -> String
                 b.workers,
                 b.workers_busy
             );
+            if !b.reason.is_empty() {
+                let _ = writeln!(t, "    why: {}", b.reason);
+            }
             if let Some(m) = &b.message {
                 let _ = writeln!(t, "    {m}");
             }
         }
+    }
+    if let Some(r) = &e.requested {
+        let _ = writeln!(
+            t,
+            "the broker asks for {} blocks (max_blocks {}; holds {}s more): {}",
+            r.blocks, e.max_blocks, r.valid_s, r.reason
+        );
     }
     if !e.scheduler_errors.is_empty() {
         let _ = writeln!(t, "scheduler errors (oldest first):");
@@ -147,6 +157,7 @@ mod tests {
                         nodes: 2,
                         age_ms: 125_000,
                         message: Some("sbatch: error: invalid partition specified".into()),
+                        reason: "init_blocks = 1".into(),
                     },
                     BlockReport {
                         id: "ep-3".into(),
@@ -155,6 +166,7 @@ mod tests {
                         nodes: 2,
                         age_ms: 5_000,
                         message: None,
+                        reason: "the broker asked for 2 blocks: 12 tasks open for 4 workers".into(),
                     },
                 ],
                 errors: vec![SchedulerError {
@@ -163,12 +175,21 @@ mod tests {
                     message: "sbatch: error: invalid partition specified".into(),
                 }],
                 gave_up: None,
+                max_blocks: 2,
+                slots_per_block: 4,
+                block_start_ms: Some(3_000),
             },
             queued: 3,
             running: 9,
             completed: 10,
             failed: 1,
             stopping: false,
+            requested: Some(fxr_protocol::ProvisionRequest {
+                blocks: 2,
+                backlog: 12,
+                reason: "12 tasks open for 4 workers".into(),
+                valid_ms: 20_500,
+            }),
         }
     }
 
@@ -207,6 +228,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("waiting at the broker 0"));
+        assert!(
+            text.contains("ep-3             1042       running       2      5s        1       4     4\n    why: the broker asked for 2 blocks: 12 tasks open for 4 workers\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("the broker asks for 2 blocks (max_blocks 2; holds 21s more): 12 tasks open for 4 workers"),
+            "{text}"
+        );
         let local = render(
             &EndpointInfo::default().with_status(&status()),
             Some("127.0.0.1:9"),

@@ -513,3 +513,172 @@ fn a_wrong_partition_is_refused_at_start_or_shown_in_status_and_fails_waiting_ta
         assert!(err.contains("queue `nosuch`"), "{err}");
     }
 }
+
+/// The broker provisions (issue: "the broker asks endpoints for blocks"): two endpoints on the
+/// Slurm cluster, each allowed two one-worker blocks and holding one broker task at a time,
+/// so alone each would never run more than one block. Eight 3 s tasks routed by shortest
+/// expected wait: the broker asks both for blocks, each runs two, a block says the broker
+/// asked for it, and once the work is done the broker lets them go and the blocks end.
+#[test]
+fn the_broker_asks_two_slurm_endpoints_for_blocks_and_lets_them_go() {
+    use support::broker_world::{call, register, submit, wait_all, World};
+    let Some(cluster) = Cluster::up() else { return };
+    let _one = CLUSTER.lock();
+    let w = World::new();
+    let _broker = w.broker(&[]);
+    let token = w.user("alice");
+    let mut ids = Vec::new();
+    let mut endpoints = Vec::new();
+    for name in ["ea", "eb"] {
+        ids.push(w.create_endpoint("alice", &token, name, 1));
+        for (key, value) in [
+            ("kind", "\"slurm\""),
+            ("partition", "\"debug\""),
+            ("walltime", "\"00:10:00\""),
+            ("nodes_per_block", "1"),
+            ("init_blocks", "0"),
+            ("min_blocks", "0"),
+            ("max_blocks", "2"),
+            ("max_idletime", "\"2s\""),
+            ("launcher", "\"srun\""),
+        ] {
+            w.configure("alice", name, "provider", key, value);
+        }
+        w.configure("alice", name, "engine", "broker_window", "1");
+        let child = w
+            .fxr("alice", &token)
+            .env("SLURM_CONF", &cluster.conf)
+            .args(["endpoint", "start", name, "--foreground"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        endpoints.push(support::broker_world::Proc(child));
+    }
+    let info = |id: &str| {
+        call(
+            "GET",
+            &format!("{}/v1/endpoints/{id}", w.url),
+            Some(&token),
+            None,
+        )
+        .1
+    };
+    for id in &ids {
+        assert!(
+            wait_until(Duration::from_secs(60), || info(id)["connected"] == true),
+            "endpoint {id} did not connect: {}",
+            info(id)
+        );
+    }
+    let nap = register(
+        &w.url,
+        &token,
+        serde_json::json!({"name": "nap", "kind": "builtin", "builtin": "sleep"}),
+    );
+    let tasks: Vec<serde_json::Value> = (0..8)
+        .map(|_| {
+            serde_json::json!({"function_id": nap, "endpoints": ids, "policy": "shortest-wait",
+                               "args": {"ms": 3000}})
+        })
+        .collect();
+    let submitted = submit(&w.url, &token, tasks);
+    // Both endpoints come to run two blocks, at least one of them at the broker's request,
+    // which `fxr endpoint status` shows.
+    let broker_blocks = |v: &serde_json::Value| -> usize {
+        v["blocks"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter(|b| {
+                        b["reason"]
+                            .as_str()
+                            .unwrap_or("")
+                            .starts_with("the broker asked")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for id in &ids {
+        assert!(
+            wait_until(Duration::from_secs(90), || {
+                let v = info(id);
+                let running = v["blocks"]
+                    .as_array()
+                    .map_or(0, |b| b.iter().filter(|b| b["state"] == "running").count());
+                running == 2 && broker_blocks(&v) >= 1
+            }),
+            "endpoint {id} did not run two blocks at the broker's request: {}",
+            info(id)
+        );
+    }
+    let text = w
+        .fxr("alice", &token)
+        .args(["endpoint", "status", "ea"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("why: the broker asked for"), "{text}");
+    let results = wait_all(&w.url, &token, &submitted, Duration::from_secs(120));
+    support::broker_world::assert_complete(&results, &submitted);
+    let (_, listed) = call(
+        "GET",
+        &format!(
+            "{}/v1/tasks?ids={}",
+            w.url,
+            submitted
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Some(&token),
+        None,
+    );
+    for id in &ids {
+        let here = listed["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["endpoint_id"] == id.as_str())
+            .count();
+        assert!(
+            here >= 2,
+            "shortest wait used both endpoints: {here} on {id}"
+        );
+    }
+    // The broker lets the blocks go: its request falls to zero (and then lapses), idle blocks
+    // drain and end.
+    for id in &ids {
+        assert!(
+            wait_until(Duration::from_secs(20), || info(id)["requested"]["blocks"]
+                == 0),
+            "the broker did not release endpoint {id}: {}",
+            info(id)
+        );
+    }
+    for id in &ids {
+        assert!(
+            wait_until(Duration::from_secs(90), || {
+                let v = info(id);
+                let live = v["blocks"].as_array().map_or(0, |b| {
+                    b.iter()
+                        .filter(|b| matches!(b["state"].as_str(), Some("pending" | "running")))
+                        .count()
+                });
+                (v["requested"].is_null() || v["requested"]["blocks"] == 0) && live == 0
+            }),
+            "endpoint {id} kept its blocks: {}",
+            info(id)
+        );
+    }
+    drop(endpoints);
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster
+            .squeue()
+            .trim()
+            .is_empty()),
+        "jobs left: {}",
+        cluster.squeue()
+    );
+}

@@ -112,6 +112,10 @@ pub struct EngineConfig {
     /// Seal every message between the interchange and its managers (ChaCha20-Poly1305, keys
     /// from the endpoint secret and the connection's nonces).
     pub encrypt: bool,
+    /// Most of the broker's tasks held at the endpoint ahead of running them (at least one per
+    /// worker); the rest wait at the broker, which asks for blocks when they outnumber the
+    /// workers.
+    pub broker_window: u64,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +139,7 @@ impl Default for EngineConfig {
             store_ttl: None,
             result_inline_max: 1 << 20,
             encrypt: false,
+            broker_window: 100_000,
         }
     }
 }
@@ -339,6 +344,12 @@ impl EndpointConfig {
         if let Some(t) = &self.engine.store_ttl {
             parse_duration(t).map_err(|e| format!("engine.store_ttl: {e}"))?;
         }
+        if !(1..=10_000_000).contains(&self.engine.broker_window) {
+            return Err(format!(
+                "engine.broker_window: {} is not between 1 and 10000000 tasks",
+                self.engine.broker_window
+            ));
+        }
         if self.engine.result_inline_max > fxr_protocol::MAX_BODY as u64 {
             return Err(format!(
                 "engine.result_inline_max: {} is over {} (10 MiB), the largest result that travels whole",
@@ -391,6 +402,12 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("engine.dispatch"));
         let round: EndpointConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round.engine.dispatch, "fastest");
+        let c: EndpointConfig =
+            toml::from_str("name = \"x\"\n[engine]\nbroker_window = 0\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("engine.broker_window: 0"));
         let c: EndpointConfig =
             toml::from_str("name = \"x\"\n[engine]\nstore_ttl = \"soon\"\n").unwrap();
         assert!(c.validate().unwrap_err().contains("engine.store_ttl"));

@@ -121,6 +121,8 @@ pub(crate) struct Core<C: Comm> {
     shutting_down: Option<Instant>,
     frame: Vec<u8>,
     provider: fxr_protocol::ProviderStatus,
+    /// The broker's last request for blocks and when it came.
+    requested: Option<(fxr_protocol::ProvisionRequest, Instant)>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -142,6 +144,7 @@ impl<C: Comm> Core<C> {
             shutting_down: None,
             frame: Vec::with_capacity(4096),
             provider: fxr_protocol::ProviderStatus::default(),
+            requested: None,
             metrics,
         }
     }
@@ -419,7 +422,7 @@ impl<C: Comm> Core<C> {
                 self.reply(client, FrontMsg::Accepted { count });
             }
             ClientMsg::Status => {
-                let status = self.status();
+                let status = self.status(now);
                 self.reply(client, FrontMsg::Status(status));
             }
             ClientMsg::DrainManager { manager_id } => {
@@ -443,6 +446,18 @@ impl<C: Comm> Core<C> {
                 self.dispatcher.cancel(&ours, out);
             }
             ClientMsg::ProviderReport { report } => self.provider = report,
+            ClientMsg::Provision(r) => {
+                let before = self.requested.as_ref().map(|(r, _)| r.blocks);
+                if before == Some(r.blocks) {
+                    tracing::debug!(
+                        blocks = r.blocks,
+                        "the broker renews its request for blocks"
+                    );
+                } else {
+                    tracing::info!(blocks = r.blocks, backlog = r.backlog, reason = %r.reason, "the broker asks for blocks");
+                }
+                self.requested = Some((r, now));
+            }
             ClientMsg::FailQueued { reason } => self.dispatcher.fail_queued(&reason, out),
             ClientMsg::Fetch { .. } => self.reply(
                 client,
@@ -479,9 +494,17 @@ impl<C: Comm> Core<C> {
         m.retried.store(c.retried, Relaxed);
     }
 
-    /// A snapshot for status requests.
-    fn status(&self) -> EndpointStatus {
+    /// A snapshot for status requests at `now`: the broker's request with what is left of its
+    /// validity, while it holds.
+    fn status(&self, now: Instant) -> EndpointStatus {
         let c = self.dispatcher.counters();
+        let requested = self.requested.as_ref().and_then(|(r, at)| {
+            let age = now.saturating_duration_since(*at).as_millis() as u64;
+            (age < r.valid_ms).then(|| fxr_protocol::ProvisionRequest {
+                valid_ms: r.valid_ms - age,
+                ..r.clone()
+            })
+        });
         EndpointStatus {
             managers: self.dispatcher.manager_status(),
             provider: self.provider.clone(),
@@ -490,6 +513,7 @@ impl<C: Comm> Core<C> {
             completed: c.completed,
             failed: c.failed,
             stopping: self.shutting_down.is_some(),
+            requested,
         }
     }
 

@@ -162,11 +162,17 @@ fn run(
                 }
             }
         }
+        strategy.set_request(status.requested.as_ref());
         for action in strategy.decide(Instant::now(), outstanding, &load) {
             match action {
                 Action::Submit(block) => match submit(&mut *provider, &cfg, &block) {
                     Ok(job) => {
-                        tracing::info!(block_id = %block, job, provider = provider.name(), "block submitted");
+                        let why = strategy
+                            .blocks
+                            .get(&block)
+                            .map(|b| b.reason.clone())
+                            .unwrap_or_default();
+                        tracing::info!(block_id = %block, job, provider = provider.name(), reason = %why, "block submitted");
                         strategy.submitted(&block, job);
                     }
                     Err(e) => {

@@ -12,7 +12,11 @@
 //! - a block whose job fails or vanishes before its managers register counts as a failure;
 //!   after `max_failures` failures in a row the strategy gives up: no block is submitted until
 //!   `retry_after` has passed, then one is tried again (a block whose managers register resets
-//!   the count). Every failure is kept, with its time, for status reports.
+//!   the count). Every failure is kept, with its time, for status reports;
+//! - the broker may ask for blocks ([`Strategy::set_request`]): while its request holds, at
+//!   least that many blocks run (up to `max_blocks`, the site's ceiling) and none of them is
+//!   drained for being idle; a request for 0 blocks, or none, leaves the rules above alone.
+//!   Every block records who asked for it and why.
 
 use crate::providers::JobState;
 use fxr_protocol::{BlockReport, ProviderStatus, SchedulerError};
@@ -82,7 +86,19 @@ pub struct Block {
     pub cancel_sent: bool,
     /// Why it failed, in the scheduler's words.
     pub failure: Option<String>,
+    /// Who asked for it and why.
+    pub reason: String,
 }
+
+/// The broker's request as the strategy keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub blocks: u32,
+    pub reason: String,
+}
+
+/// How many recent block start-up times the median is taken over.
+const KEEP_STARTS: usize = 5;
 
 #[derive(Debug)]
 pub struct Strategy {
@@ -98,6 +114,10 @@ pub struct Strategy {
     hold_until: Option<Instant>,
     /// When the strategy gave up submitting blocks (after `max_failures` in a row).
     gave_up_at: Option<Instant>,
+    /// The broker's request in force, if any.
+    asked: Option<Asked>,
+    /// How long the most recent blocks took from submission to their first manager.
+    starts: VecDeque<Duration>,
 }
 
 impl Strategy {
@@ -112,7 +132,24 @@ impl Strategy {
             started: false,
             hold_until: None,
             gave_up_at: None,
+            asked: None,
+            starts: VecDeque::new(),
         }
+    }
+
+    /// The broker's request now: `None` when there is none or it has lapsed.
+    pub fn set_request(&mut self, r: Option<&fxr_protocol::ProvisionRequest>) {
+        self.asked = r.filter(|r| r.blocks > 0).map(|r| Asked {
+            blocks: r.blocks,
+            reason: r.reason.clone(),
+        });
+    }
+
+    /// The median time recent blocks took to start, once one has.
+    pub fn block_start(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.starts.iter().copied().collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
     }
 
     /// Numbers new blocks after `n` (the highest an earlier run of the endpoint used), so block
@@ -144,7 +181,7 @@ impl Strategy {
         self.errors.back().map(|(_, _, m)| m.as_str())
     }
 
-    fn new_block(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn new_block(&mut self, now: Instant, reason: String, out: &mut Vec<Action>) {
         self.next += 1;
         let id = format!("{}-{}", self.prefix, self.next);
         self.blocks.insert(
@@ -159,6 +196,7 @@ impl Strategy {
                 ever_registered: false,
                 cancel_sent: false,
                 failure: None,
+                reason,
             },
         );
         out.push(Action::Submit(id));
@@ -242,6 +280,11 @@ impl Strategy {
                     b.ever_registered = true;
                     self.failures_in_a_row = 0;
                     self.gave_up_at = None;
+                    if self.starts.len() == KEEP_STARTS {
+                        self.starts.pop_front();
+                    }
+                    self.starts
+                        .push_back(now.saturating_duration_since(b.submitted));
                 }
                 if b.phase == Phase::Pending {
                     b.phase = Phase::Running;
@@ -278,7 +321,10 @@ impl Strategy {
             self.failed(now, &id, message);
             out.push(Action::Cancel(id));
         }
-        // Drain blocks near their walltime, and idle ones above the minimum.
+        // Drain blocks near their walltime, and idle ones above the minimum (and above what the
+        // broker asked for).
+        let asked = self.asked.as_ref().map_or(0, |a| a.blocks);
+        let floor = self.cfg.min_blocks.max(asked.min(self.cfg.max_blocks));
         let running: Vec<String> = self.active().map(|(id, _)| id.clone()).collect();
         let mut keep = running.len() as u32;
         for id in &running {
@@ -291,7 +337,7 @@ impl Strategy {
             let idle = b
                 .idle_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.max_idletime);
-            if b.phase == Phase::Running && (near_end || (idle && keep > self.cfg.min_blocks)) {
+            if b.phase == Phase::Running && (near_end || (idle && keep > floor)) {
                 keep -= 1;
                 if let Some(b) = self.blocks.get_mut(id) {
                     b.phase = Phase::Draining;
@@ -313,11 +359,44 @@ impl Strategy {
         let active = self.active().count() as u32;
         let per_block = f64::from((self.cfg.nodes_per_block * self.cfg.workers_per_node).max(1));
         let demand = ((outstanding as f64 * self.cfg.parallelism) / per_block).ceil() as u32;
-        let mut target = demand.max(self.cfg.min_blocks).min(self.cfg.max_blocks);
+        // Who wants the most blocks names the new ones; the endpoint's own rules win ties.
+        let mut wants = vec![
+            (
+                self.cfg.min_blocks,
+                format!("min_blocks = {}", self.cfg.min_blocks),
+            ),
+            (
+                demand,
+                format!(
+                    "{outstanding} tasks outstanding at the endpoint ({} workers per block)",
+                    per_block as u64
+                ),
+            ),
+        ];
         if !self.started {
             self.started = true;
-            target = target.max(self.cfg.init_blocks.min(self.cfg.max_blocks));
+            let init = self.cfg.init_blocks;
+            wants.insert(0, (init, format!("init_blocks = {init}")));
         }
+        if let Some(a) = &self.asked {
+            let capped = if a.blocks > self.cfg.max_blocks {
+                format!(" (capped at max_blocks = {})", self.cfg.max_blocks)
+            } else {
+                String::new()
+            };
+            wants.push((
+                a.blocks,
+                format!(
+                    "the broker asked for {} blocks{capped}: {}",
+                    a.blocks, a.reason
+                ),
+            ));
+        }
+        let (want, reason) = wants
+            .into_iter()
+            .reduce(|best, w| if w.0 > best.0 { w } else { best })
+            .unwrap_or_default();
+        let mut target = want.min(self.cfg.max_blocks);
         // After giving up, one block is tried again once `retry_after` has passed.
         if self
             .gave_up_at
@@ -331,7 +410,7 @@ impl Strategy {
         let held = self.hold_until.is_some_and(|t| now < t);
         if !self.stalled() && !held {
             for _ in active..target {
-                self.new_block(now, &mut out);
+                self.new_block(now, reason.clone(), &mut out);
             }
         }
         out
@@ -398,6 +477,7 @@ impl Strategy {
                     nodes: self.cfg.nodes_per_block,
                     age_ms: ago(b.submitted),
                     message: b.failure.clone(),
+                    reason: b.reason.clone(),
                 })
                 .collect(),
             errors: self
@@ -421,253 +501,12 @@ impl Strategy {
                     left.as_secs()
                 )
             }),
+            max_blocks: self.cfg.max_blocks,
+            slots_per_block: self.cfg.nodes_per_block * self.cfg.workers_per_node,
+            block_start_ms: self.block_start().map(|d| d.as_millis() as u64),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> StrategyConfig {
-        StrategyConfig {
-            init_blocks: 1,
-            min_blocks: 0,
-            max_blocks: 3,
-            nodes_per_block: 2,
-            workers_per_node: 2,
-            parallelism: 1.0,
-            max_idletime: Duration::from_secs(60),
-            walltime: Duration::from_secs(3600),
-            drain_margin: Duration::from_secs(120),
-            max_failures: 2,
-            pending_timeout: Duration::from_secs(600),
-            retry_after: Duration::from_secs(300),
-        }
-    }
-
-    fn load(pairs: &[(&str, u32, u32)]) -> BTreeMap<String, BlockLoad> {
-        pairs
-            .iter()
-            .map(|(id, m, t)| {
-                (
-                    id.to_string(),
-                    BlockLoad {
-                        managers: *m,
-                        tasks: *t,
-                    },
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn starts_init_blocks_and_scales_out_to_the_max() {
-        let t0 = Instant::now();
-        let mut s = Strategy::new(cfg(), "b");
-        assert_eq!(
-            s.decide(t0, 0, &load(&[])),
-            vec![Action::Submit("b-1".into())]
-        );
-        s.submitted("b-1", "101".into());
-        assert!(
-            s.decide(t0, 4, &load(&[])).is_empty(),
-            "4 tasks fit the 4 slots of one block"
-        );
-        let a = s.decide(t0, 100, &load(&[]));
-        assert_eq!(
-            a,
-            vec![Action::Submit("b-2".into()), Action::Submit("b-3".into())],
-            "capped at max_blocks"
-        );
-        assert!(s.decide(t0, 1000, &load(&[])).is_empty());
-    }
-
-    #[test]
-    fn block_numbers_continue_after_an_earlier_run() {
-        let mut s = Strategy::new(cfg(), "b");
-        s.number_after(41);
-        assert_eq!(
-            s.decide(Instant::now(), 0, &load(&[])),
-            vec![Action::Submit("b-42".into())]
-        );
-    }
-
-    #[test]
-    fn idle_blocks_drain_then_cancel_and_walltime_drains() {
-        let t0 = Instant::now();
-        let mut s = Strategy::new(cfg(), "b");
-        s.decide(t0, 0, &load(&[]));
-        s.submitted("b-1", "101".into());
-        s.decide(t0, 0, &load(&[("b-1", 2, 0)]));
-        assert!(s
-            .decide(t0 + Duration::from_secs(30), 0, &load(&[("b-1", 2, 0)]))
-            .is_empty());
-        let a = s.decide(t0 + Duration::from_secs(61), 0, &load(&[("b-1", 2, 0)]));
-        assert_eq!(a, vec![Action::Drain("b-1".into())]);
-        assert!(
-            s.decide(t0 + Duration::from_secs(62), 0, &load(&[("b-1", 1, 0)]))
-                .is_empty(),
-            "wait for managers to leave"
-        );
-        let a = s.decide(t0 + Duration::from_secs(63), 0, &load(&[]));
-        assert_eq!(a, vec![Action::Cancel("b-1".into())]);
-
-        let mut s = Strategy::new(
-            StrategyConfig {
-                min_blocks: 1,
-                ..cfg()
-            },
-            "w",
-        );
-        s.decide(t0, 0, &load(&[]));
-        s.decide(t0, 1, &load(&[("w-1", 2, 1)]));
-        let a = s.decide(t0 + Duration::from_secs(3500), 1, &load(&[("w-1", 2, 1)]));
-        assert!(
-            a.contains(&Action::Drain("w-1".into())),
-            "drained before the walltime ends: {a:?}"
-        );
-        assert!(
-            a.contains(&Action::Submit("w-2".into())),
-            "and replaced to keep min_blocks: {a:?}"
-        );
-    }
-
-    #[test]
-    fn failures_are_bounded() {
-        let t0 = Instant::now();
-        let mut s = Strategy::new(
-            StrategyConfig {
-                min_blocks: 1,
-                ..cfg()
-            },
-            "f",
-        );
-        s.decide(t0, 0, &load(&[]));
-        s.submit_failed(t0, "f-1", "sbatch: error: invalid partition".into());
-        assert!(
-            s.decide(t0, 0, &load(&[])).is_empty(),
-            "backing off after a failure"
-        );
-        let later = t0 + Duration::from_secs(3);
-        assert_eq!(
-            s.decide(later, 0, &load(&[])),
-            vec![Action::Submit("f-2".into())]
-        );
-        s.submitted("f-2", "7".into());
-        s.job_state(later, "f-2", &JobState::Failed("NODE_FAIL".into()));
-        assert!(s.stalled());
-        assert_eq!(
-            s.given_up_for(later + Duration::from_secs(5)),
-            Some(Duration::from_secs(5))
-        );
-        assert!(
-            s.decide(later + Duration::from_secs(100), 10, &load(&[]))
-                .is_empty(),
-            "no endless resubmission"
-        );
-        let r = s.report("slurm", later + Duration::from_secs(100), 1_000_000);
-        let gave_up = r.gave_up.expect("the report says it gave up");
-        assert!(
-            gave_up.contains("NODE_FAIL") && gave_up.contains("200s"),
-            "{gave_up}"
-        );
-        assert_eq!(r.errors.len(), 2);
-        assert_eq!(r.errors[0].block, "f-1");
-        assert_eq!(
-            r.errors[0].at_ms,
-            1_000_000 - 103_000,
-            "the time of each error"
-        );
-        assert!(r.errors[1].message.contains("NODE_FAIL"));
-        let states: Vec<(&str, &str, Option<&str>)> = r
-            .blocks
-            .iter()
-            .map(|b| (b.id.as_str(), b.state.as_str(), b.job.as_deref()))
-            .collect();
-        assert_eq!(
-            states,
-            [("f-1", "failed", None), ("f-2", "failed", Some("7"))]
-        );
-        assert_eq!(r.blocks[0].nodes, 2);
-        assert!(r.blocks[0]
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("invalid partition"));
-
-        // After `retry_after`, exactly one block is tried again; one more failure gives up
-        // again at once.
-        let retry = later + Duration::from_secs(301);
-        assert_eq!(
-            s.decide(retry, 10, &load(&[])),
-            vec![Action::Submit("f-3".into())]
-        );
-        assert!(!s.stalled() && s.report("slurm", retry, 0).gave_up.is_none());
-        s.submit_failed(retry, "f-3", "sbatch: error: still wrong".into());
-        assert!(s.stalled());
-        // A block whose managers register clears it.
-        let much_later = retry + Duration::from_secs(301);
-        assert_eq!(s.decide(much_later, 10, &load(&[])).len(), 1);
-        s.decide(much_later, 10, &load(&[("f-4", 1, 1)]));
-        assert!(!s.stalled());
-    }
-
-    #[test]
-    fn ended_blocks_in_reports_are_bounded() {
-        let t0 = Instant::now();
-        let mut s = Strategy::new(
-            StrategyConfig {
-                max_failures: 1000,
-                min_blocks: 1,
-                ..cfg()
-            },
-            "e",
-        );
-        let mut now = t0;
-        for _ in 0..(KEEP_ENDED + 5) {
-            now += Duration::from_secs(100);
-            for a in s.decide(now, 0, &load(&[])) {
-                if let Action::Submit(id) = a {
-                    s.submit_failed(now, &id, format!("refused {id}"));
-                }
-            }
-        }
-        let r = s.report("slurm", now, 0);
-        assert_eq!(r.blocks.len(), KEEP_ENDED);
-        assert_eq!(r.blocks.last().unwrap().id, format!("e-{}", KEEP_ENDED + 5));
-        assert_eq!(r.errors.len(), KEEP_ERRORS);
-        assert_eq!(
-            r.errors.last().unwrap().message,
-            format!("refused e-{}", KEEP_ENDED + 5)
-        );
-    }
-
-    #[test]
-    fn a_block_that_never_starts_is_cancelled_and_replaced() {
-        let t0 = Instant::now();
-        let mut s = Strategy::new(
-            StrategyConfig {
-                min_blocks: 1,
-                ..cfg()
-            },
-            "p",
-        );
-        s.decide(t0, 0, &load(&[]));
-        s.submitted("p-1", "9".into());
-        assert!(s
-            .decide(t0 + Duration::from_secs(300), 0, &load(&[]))
-            .is_empty());
-        let a = s.decide(t0 + Duration::from_secs(601), 0, &load(&[]));
-        assert_eq!(a, vec![Action::Cancel("p-1".into())]);
-        let r = s.report("pbs", t0 + Duration::from_secs(601), 0);
-        assert_eq!(r.blocks[0].state, "draining");
-        assert!(r.errors[0].message.contains("did not start"));
-        let a = s.decide(t0 + Duration::from_secs(700), 0, &load(&[]));
-        assert_eq!(
-            a,
-            vec![Action::Submit("p-2".into())],
-            "replaced after the backoff"
-        );
-    }
-}
+mod tests;

@@ -17,7 +17,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The protocol version carried in every frame; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Length of the frame header.
 pub const FRAME_HEADER_LEN: usize = 8;
 /// The largest body a frame may carry (16 MiB: one 10 MiB task body plus room).

@@ -157,6 +157,23 @@ pub enum ClientMsg {
         offset: u64,
         len: u64,
     },
+    /// The broker's request for blocks, passed on by the broker link; it replaces the last one.
+    Provision(ProvisionRequest),
+}
+
+/// What the broker asks of an endpoint's blocks ([`BrokerMsg::Provision`]). The endpoint runs
+/// at least `blocks` blocks while the request holds, never more than its own `max_blocks`;
+/// `blocks: 0` says the broker needs none of them any more, so idle blocks may be drained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProvisionRequest {
+    pub blocks: u32,
+    /// Tasks open for this endpoint at the broker when it asked.
+    pub backlog: u64,
+    /// Why, in words, for status reports.
+    pub reason: String,
+    /// Milliseconds the request holds unless the broker renews it (in status reports: what is
+    /// left of that).
+    pub valid_ms: u64,
 }
 
 /// Interchange → client.
@@ -191,6 +208,8 @@ pub struct EndpointStatus {
     pub failed: u64,
     /// A shutdown was requested: managers are draining and no block should be replaced.
     pub stopping: bool,
+    /// The broker's request for blocks while it holds.
+    pub requested: Option<ProvisionRequest>,
 }
 
 /// What the scaling loop knows of its blocks.
@@ -205,6 +224,12 @@ pub struct ProviderStatus {
     /// Set while the endpoint has stopped submitting blocks after repeated failures: why, and
     /// when it tries again.
     pub gave_up: Option<String>,
+    /// The site's ceiling on blocks, and the workers one block brings.
+    pub max_blocks: u32,
+    pub slots_per_block: u32,
+    /// How long recent blocks took from submission to their first manager (the median of
+    /// the last few), once one has started.
+    pub block_start_ms: Option<u64>,
 }
 
 /// One block of the scaling loop.
@@ -221,6 +246,9 @@ pub struct BlockReport {
     pub age_ms: u64,
     /// Why it failed, in the scheduler's words.
     pub message: Option<String>,
+    /// Who asked for it and why: `init_blocks`, `min_blocks`, the endpoint's own backlog, or
+    /// the broker's request.
+    pub reason: String,
 }
 
 /// A scheduler error and when it happened.
@@ -282,6 +310,8 @@ pub enum BrokerMsg {
         offset: u64,
         len: u64,
     },
+    /// Blocks the broker would have this endpoint run (see [`ProvisionRequest`]).
+    Provision(ProvisionRequest),
 }
 
 /// Interchange → broker, over the endpoint link.

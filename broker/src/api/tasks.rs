@@ -271,7 +271,7 @@ pub async fn submit(
         let mut per_ep: HashMap<String, u64> = HashMap::new();
         for (fid, func, candidates, policy, args) in plan {
             let ep = hub
-                .route(&candidates, policy, &func.kind())
+                .route(&candidates, policy, &func.kind(), &per_ep)
                 .unwrap_or_default();
             *per_ep.entry(ep.clone()).or_default() += 1;
             routed.push((

@@ -239,6 +239,10 @@ pub struct EndpointInfo {
     pub scheduler_errors: Vec<SchedulerErrorInfo>,
     /// Set while the endpoint has stopped submitting blocks after repeated failures.
     pub gave_up: Option<String>,
+    /// The site's ceiling on blocks (0 before the endpoint's first report).
+    pub max_blocks: u32,
+    /// The broker's request for blocks, while it holds at the endpoint.
+    pub requested: Option<ProvisionInfo>,
     /// Containers started cold, workers switched to another container, containers that failed.
     pub cold_starts: u64,
     pub container_switches: u64,
@@ -262,6 +266,20 @@ pub struct BlockInfo {
     pub workers_busy: u64,
     /// Why it failed, in the scheduler's words.
     pub message: Option<String>,
+    /// Who asked for it and why.
+    pub reason: String,
+}
+
+/// The broker's request for an endpoint's blocks.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct ProvisionInfo {
+    /// Blocks the broker would have running (the endpoint runs at most its `max_blocks`).
+    pub blocks: u32,
+    /// Tasks open for the endpoint at the broker when it asked.
+    pub backlog: u64,
+    pub reason: String,
+    /// Seconds the request still holds unless renewed.
+    pub valid_s: u64,
 }
 
 /// A scheduler error.
@@ -287,6 +305,13 @@ impl EndpointInfo {
         self.failed = s.failed;
         self.provider = s.provider.kind.clone();
         self.gave_up = s.provider.gave_up.clone();
+        self.max_blocks = s.provider.max_blocks;
+        self.requested = s.requested.as_ref().map(|r| ProvisionInfo {
+            blocks: r.blocks,
+            backlog: r.backlog,
+            reason: r.reason.clone(),
+            valid_s: r.valid_ms.div_ceil(1000),
+        });
         self.scheduler_errors = s
             .provider
             .errors
@@ -308,6 +333,7 @@ impl EndpointInfo {
                 nodes: b.nodes,
                 age_s: b.age_ms / 1000,
                 message: b.message.clone(),
+                reason: b.reason.clone(),
                 ..BlockInfo::default()
             })
             .collect();

@@ -180,11 +180,13 @@ fn warm_routing_prefers_the_endpoint_with_idle_workers_of_the_type() {
     let eps: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
     for _ in 0..10 {
         assert_eq!(
-            hub.route(&eps, Policy::Warm, "podman:x").as_deref(),
+            hub.route(&eps, Policy::Warm, "podman:x", &HashMap::new())
+                .as_deref(),
             Some("b")
         );
         assert_eq!(
-            hub.route(&eps, Policy::Warm, "podman:y").as_deref(),
+            hub.route(&eps, Policy::Warm, "podman:y", &HashMap::new())
+                .as_deref(),
             Some("c")
         );
     }
@@ -192,7 +194,100 @@ fn warm_routing_prefers_the_endpoint_with_idle_workers_of_the_type() {
     hub.enqueue("a", task(1, 1), meta(1));
     hub.enqueue("c", task(2, 1), meta(1));
     assert_eq!(
-        hub.route(&eps, Policy::Warm, "bwrap:z").as_deref(),
+        hub.route(&eps, Policy::Warm, "bwrap:z", &HashMap::new())
+            .as_deref(),
         Some("b")
     );
+}
+
+/// An endpoint status with `workers` workers that may grow to `max_blocks` blocks of 2.
+fn capacity(workers: u32, max_blocks: u32) -> fxr_protocol::EndpointStatus {
+    fxr_protocol::EndpointStatus {
+        managers: vec![fxr_protocol::ManagerStatus {
+            manager_id: fxr_protocol::ManagerId(1),
+            block_id: fxr_protocol::BlockId("b".into()),
+            hostname: "h".into(),
+            workers,
+            in_flight: 0,
+            draining: false,
+            simulated: false,
+            capacity: Vec::new(),
+            counters: Default::default(),
+        }],
+        provider: fxr_protocol::ProviderStatus {
+            max_blocks,
+            slots_per_block: 2,
+            block_start_ms: Some(4_000),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn shortest_wait_spreads_one_submission_and_prefers_free_workers_then_room_to_grow() {
+    let mut hub = Hub::default();
+    let mut links = Vec::new();
+    for e in ["a", "b", "c"] {
+        let (tx, rx) = unbounded_channel();
+        let (kick, k) = oneshot::channel();
+        hub.connect(e, tx, kick);
+        links.push((rx, k));
+    }
+    hub.set_status("a", capacity(2, 1));
+    hub.set_status("b", capacity(0, 4));
+    hub.set_status("c", capacity(0, 4));
+    for e in ["a", "b", "c"] {
+        // Tasks of 20 s: half a task's wait at a is longer than a block's start-up.
+        let mut r = TaskResult::failure(TaskId(0), fxr_protocol::FailureKind::Rejected, "");
+        r.run_us = 20_000_000;
+        hub.note_runs(e, &[r]);
+    }
+    let eps: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let mut planned: HashMap<String, u64> = HashMap::new();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let ep = hub
+            .route(&eps, Policy::ShortestWait, "", &planned)
+            .unwrap_or_default();
+        *planned.entry(ep.clone()).or_default() += 1;
+        order.push(ep);
+    }
+    // a's two free workers first; then a is full and cannot grow, so b and c (which can)
+    // share the rest in turn, as each task routed makes its endpoint's queue longer.
+    assert_eq!(order[..2], ["a", "a"]);
+    assert_eq!(planned["b"], 2, "{order:?}");
+    assert_eq!(planned["c"], 2, "{order:?}");
+    // Least-loaded also counts what the submission has routed so far.
+    let mut planned: HashMap<String, u64> = HashMap::new();
+    for _ in 0..4 {
+        let ep = hub
+            .route(&eps[1..], Policy::LeastLoaded, "", &planned)
+            .unwrap_or_default();
+        *planned.entry(ep).or_default() += 1;
+    }
+    assert_eq!((planned["b"], planned["c"]), (2, 2));
+}
+
+#[test]
+fn the_hub_asks_a_linked_endpoint_for_blocks_over_its_link() {
+    let mut hub = Hub::default();
+    let (tx, mut rx) = unbounded_channel();
+    let (kick, _k) = oneshot::channel();
+    hub.connect("a", tx, kick);
+    hub.set_status("a", capacity(2, 3));
+    for id in 1..=7 {
+        hub.enqueue("a", task(id, 1), meta(1));
+    }
+    let sent = hub.provision(Instant::now());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(hub.asked("a"), Some(4), "7 open tasks, 2 workers per block");
+    let mut got = None;
+    while let Ok(m) = rx.try_recv() {
+        if let BrokerMsg::Provision(r) = m {
+            got = Some(r);
+        }
+    }
+    let r = got.expect("a Provision message on the link");
+    assert_eq!((r.blocks, r.backlog), (4, 7));
 }

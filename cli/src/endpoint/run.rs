@@ -282,7 +282,7 @@ pub fn configured(a: &StartArgs, name: &str) -> anyhow::Result<Configured> {
                 broker: url.clone(),
                 endpoint_id: id.clone(),
                 credential: credential.trim().to_string(),
-                window: 100_000,
+                window: config.engine.broker_window,
                 status_period: Duration::from_secs(2),
                 connected: None,
                 ca_cert: config

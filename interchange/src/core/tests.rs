@@ -116,7 +116,7 @@ fn the_right_secret_registers_and_is_welcomed() {
         c.comm.sent.as_slice(),
         [(7, InterchangeMsg::Welcome { .. })]
     ));
-    assert_eq!(c.status().managers.len(), 1);
+    assert_eq!(c.status(now).managers.len(), 1);
     assert!(c.comm.closed.is_empty());
     // Registered: never closed for being slow to register.
     c.reap_refused(now + Duration::from_secs(60));
@@ -199,7 +199,7 @@ fn a_replayed_registration_or_one_without_hello_is_refused() {
         c.comm.sent.last(),
         Some((9, InterchangeMsg::Refused { .. }))
     ));
-    assert_eq!(c.status().managers.len(), 1);
+    assert_eq!(c.status(now).managers.len(), 1);
 }
 
 #[test]
@@ -222,12 +222,12 @@ fn a_wrong_secret_is_refused_then_its_pipe_closed() {
         c.comm.sent.as_slice(),
         [(3, InterchangeMsg::Refused { .. })]
     ));
-    assert!(c.status().managers.is_empty());
+    assert!(c.status(Instant::now()).managers.is_empty());
     // Anything else it sends is ignored; the pipe closes a moment later, so the refusal
     // itself is delivered first.
     let again = register_with(1, [0; 32]);
     from_pipe(&mut c, 3, again, t0);
-    assert!(c.status().managers.is_empty());
+    assert!(c.status(Instant::now()).managers.is_empty());
     c.reap_refused(t0 + Duration::from_millis(100));
     assert!(c.comm.closed.is_empty());
     c.reap_refused(t0 + Duration::from_millis(300));
@@ -257,7 +257,7 @@ fn a_manager_registering_again_on_a_new_pipe_closes_the_old_one() {
         register(&mut c, pipe, 9, "right", now);
     }
     assert_eq!(c.comm.closed, vec![1]);
-    assert_eq!(c.status().managers.len(), 1);
+    assert_eq!(c.status(now).managers.len(), 1);
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn shutdown_drains_managers_and_refuses_new_work_and_managers() {
             }
         ))
     ));
-    assert!(c.status().stopping);
+    assert!(c.status(now).stopping);
     feed(
         &mut c,
         Event::Client(5, ClientMsg::Submit { tasks: vec![] }),
@@ -346,4 +346,32 @@ fn heartbeats_go_only_to_managers_sent_nothing_since_the_last_round() {
     assert_eq!(got.len(), 1, "{:?}", c.comm.sent);
     let other = if got[0] == 1 { 2 } else { 1 };
     assert_eq!(round(&mut c), vec![other], "{:?}", got);
+}
+
+#[test]
+fn the_brokers_request_shows_in_status_with_what_is_left_of_it_then_lapses() {
+    let mut c = core();
+    let now = Instant::now();
+    let (tx, _rx) = channel();
+    feed(&mut c, Event::ClientConnected(5, tx), now);
+    let r = fxr_protocol::ProvisionRequest {
+        blocks: 3,
+        backlog: 40,
+        reason: "40 tasks open for 8 workers".into(),
+        valid_ms: 30_000,
+    };
+    feed(
+        &mut c,
+        Event::Client(5, ClientMsg::Provision(r.clone())),
+        now,
+    );
+    let held = c.status(now + Duration::from_secs(10)).requested;
+    assert_eq!(
+        held,
+        Some(fxr_protocol::ProvisionRequest {
+            valid_ms: 20_000,
+            ..r
+        })
+    );
+    assert_eq!(c.status(now + Duration::from_secs(30)).requested, None);
 }

@@ -26,7 +26,8 @@ pub struct BrokerLinkConfig {
     pub broker: String,
     pub endpoint_id: String,
     pub credential: String,
-    /// Most broker tasks held at this endpoint at once.
+    /// Most broker tasks held at this endpoint at once, or one per worker when it has more
+    /// workers than that (the window grows as blocks come up, so new workers have tasks).
     pub window: u64,
     pub status_period: Duration,
     /// A site's own CA bundle (PEM) for a `https://` broker; the web PKI's roots otherwise.
@@ -61,6 +62,8 @@ struct State {
     core: LocalSender,
     inflight: HashSet<TaskId>,
     unacked: HashMap<TaskId, TaskResult>,
+    /// The window now: the configured one, or the most workers seen if more.
+    window: u64,
 }
 
 /// Runs the link on a thread of its own until the interchange stops.
@@ -97,6 +100,7 @@ pub(crate) fn start(
                 }
             };
             let mut st = State {
+                window: cfg.window,
                 cfg,
                 python_sources: HashMap::new(),
                 secret,
@@ -252,7 +256,19 @@ impl State {
                 }
                 split_results(results)
             }
-            FrontMsg::Status(s) => vec![LinkMsg::Status(s)],
+            FrontMsg::Status(s) => {
+                let workers: u64 = s.managers.iter().map(|m| u64::from(m.workers)).sum();
+                let mut out = Vec::with_capacity(2);
+                if workers > self.window {
+                    // More workers than tasks to hold: widen the window so each has one.
+                    out.push(LinkMsg::Credit {
+                        tasks: workers - self.window,
+                    });
+                    self.window = workers;
+                }
+                out.push(LinkMsg::Status(s));
+                out
+            }
             FrontMsg::Accepted { .. } | FrontMsg::Data(_) => Vec::new(),
             FrontMsg::Error { message } => {
                 tracing::error!(%message, "the interchange refused a request from the broker link");
@@ -273,7 +289,7 @@ impl State {
         let mut writer = tokio::spawn(write(sink, out_rx));
         let held = (self.inflight.len() + self.unacked.len()) as u64;
         let _ = out.send(LinkMsg::Credit {
-            tasks: self.cfg.window.saturating_sub(held),
+            tasks: self.window.saturating_sub(held),
         });
         for m in split_results(self.unacked.values().cloned().collect()) {
             let _ = out.send(m);
@@ -376,6 +392,9 @@ impl State {
             }
             BrokerMsg::Cancel { tasks } => {
                 let _ = self.core.send(ClientMsg::Cancel { tasks });
+            }
+            BrokerMsg::Provision(r) => {
+                let _ = self.core.send(ClientMsg::Provision(r));
             }
             BrokerMsg::Fetch {
                 request,
