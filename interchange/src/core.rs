@@ -216,6 +216,24 @@ impl<C: Comm> Core<C> {
     pub(crate) fn handle(&mut self, ev: Event, now: Instant, out: &mut Outbox) {
         match ev {
             Event::FromPipe { pipe_id, body } => self.on_pipe_message(pipe_id, &body, now, out),
+            Event::Decoded { pipe_id, msg } => {
+                let sealed = self.pipes.get(&pipe_id).is_some_and(|s| s.open.is_some());
+                if sealed {
+                    // Only plain connections are decoded before the core; a sealed one never
+                    // sends plain messages after its welcome.
+                    tracing::warn!(
+                        pipe_id,
+                        "a plain message on a sealed connection; closing it"
+                    );
+                    self.close_unreadable(
+                        pipe_id,
+                        "sent a plain message on a sealed connection",
+                        out,
+                    );
+                } else {
+                    self.on_manager_msg(pipe_id, msg, now, out);
+                }
+            }
             Event::PipeOpened(pipe_id) => {
                 self.pipes.entry(pipe_id).or_insert(PipeState::new(now));
             }
@@ -252,29 +270,35 @@ impl<C: Comm> Core<C> {
                     pipe_id,
                     "a message that does not open with the connection's key; closing it"
                 );
-                if let Some(m) = state.manager {
-                    self.manager_pipe.remove(&m);
-                    self.dispatcher
-                        .lost(m, "sent a message that does not open", out);
-                }
-                self.pipes.remove(&pipe_id);
-                self.comm.close_pipe(pipe_id);
+                self.close_unreadable(pipe_id, "sent a message that does not open", out);
                 return;
             }
         };
-        let msg = match fxr_protocol::decode::<ManagerMsg>(body) {
-            Ok(m) => m,
+        match fxr_protocol::decode::<ManagerMsg>(body) {
+            Ok(m) => self.on_manager_msg(pipe_id, m, now, out),
             Err(e) => {
                 tracing::warn!(pipe_id, error = %e, "undecodable message from a manager; closing its connection");
-                if let Some(m) = state.manager {
-                    self.manager_pipe.remove(&m);
-                    self.dispatcher.lost(m, "sent an undecodable message", out);
-                }
-                self.pipes.remove(&pipe_id);
-                self.comm.close_pipe(pipe_id);
-                return;
+                self.close_unreadable(pipe_id, "sent an undecodable message", out);
             }
-        };
+        }
+    }
+
+    /// Closes a connection that sent something unreadable, and loses its manager's tasks.
+    fn close_unreadable(&mut self, pipe_id: u32, why: &str, out: &mut Outbox) {
+        if let Some(m) = self.pipes.get(&pipe_id).and_then(|s| s.manager) {
+            self.manager_pipe.remove(&m);
+            self.dispatcher.lost(m, why, out);
+        }
+        self.pipes.remove(&pipe_id);
+        self.comm.close_pipe(pipe_id);
+    }
+
+    /// A decoded message from a manager connection.
+    fn on_manager_msg(&mut self, pipe_id: u32, msg: ManagerMsg, now: Instant, out: &mut Outbox) {
+        let state = self.pipes.entry(pipe_id).or_insert(PipeState::new(now));
+        if state.refused_at.is_some() {
+            return;
+        }
         match (state.manager, msg) {
             (Some(m), msg) => self.dispatcher.on_message(m, msg, now, out),
             (None, ManagerMsg::Hello { nonce }) => {

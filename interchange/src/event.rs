@@ -1,7 +1,7 @@
 //! Everything that can happen to the interchange, as the socket threads and clients report it
 //! to the core. Plain data: a pipe is named by its number, never by a socket handle.
 
-use fxr_protocol::{ClientMsg, FrontMsg};
+use fxr_protocol::{ClientMsg, FrontMsg, ManagerMsg};
 use std::sync::mpsc::Sender;
 
 /// A client of the interchange, in-process or behind the TCP front door.
@@ -12,6 +12,9 @@ pub type ClientId = u64;
 pub enum Event {
     /// A message arrived on a manager pipe.
     FromPipe { pipe_id: u32, body: Vec<u8> },
+    /// A message arrived on a manager pipe of an interchange that does not encrypt, and the
+    /// receiving thread decoded it (off the dispatch thread).
+    Decoded { pipe_id: u32, msg: ManagerMsg },
     /// A manager connection opened (it must register within a deadline).
     PipeOpened(u32),
     /// A manager pipe closed.

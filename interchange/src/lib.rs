@@ -92,7 +92,12 @@ impl Interchange {
             return Err(StartError::EmptySecret);
         }
         let (tx, rx) = mpsc::channel();
-        let link = ManagerLink::listen(&config.manager_url, fxr_protocol::MAX_FRAME, tx.clone())?;
+        let link = ManagerLink::listen(
+            &config.manager_url,
+            fxr_protocol::MAX_FRAME,
+            tx.clone(),
+            !config.encrypt,
+        )?;
         let port = link.port();
         let secret: Arc<str> = config.secret.as_str().into();
         let settings = CoreSettings {

@@ -171,9 +171,65 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
         fxr_protocol::decode::<InterchangeMsg>(&plain),
         Ok(InterchangeMsg::Drain { .. })
     ));
-    // A message in clear (or replayed) after Welcome closes the connection.
+    // A message in clear (or replayed) after Welcome closes the connection, also when the
+    // receiving thread had decoded it.
+    let decoded = fxr_protocol::decode::<ManagerMsg>(&hb).unwrap();
     from_pipe(&mut c, 4, hb, now);
     assert_eq!(c.comm.closed, vec![4]);
+    let mut c = core();
+    c.settings.encrypt = true;
+    from_pipe(
+        &mut c,
+        5,
+        fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap(),
+        now,
+    );
+    let Some((_, InterchangeMsg::Challenge { nonce, .. })) = c.comm.sent.pop() else {
+        panic!("a challenge");
+    };
+    from_pipe(
+        &mut c,
+        5,
+        register_with(2, auth::manager_proof("right", &nonce, &mine)),
+        now,
+    );
+    feed(
+        &mut c,
+        Event::Decoded {
+            pipe_id: 5,
+            msg: decoded,
+        },
+        now,
+    );
+    assert_eq!(c.comm.closed, vec![5]);
+}
+
+#[test]
+fn messages_decoded_by_the_receiving_thread_register_and_report_like_raw_ones() {
+    use fxr_protocol::auth;
+    let mut c = core();
+    let now = Instant::now();
+    let mine = [6u8; auth::NONCE];
+    feed(
+        &mut c,
+        Event::Decoded {
+            pipe_id: 6,
+            msg: ManagerMsg::Hello { nonce: mine },
+        },
+        now,
+    );
+    let Some((6, InterchangeMsg::Challenge { nonce, .. })) = c.comm.sent.pop() else {
+        panic!("a challenge");
+    };
+    let reg = register_with(3, auth::manager_proof("right", &nonce, &mine));
+    let msg = fxr_protocol::decode::<ManagerMsg>(&reg).unwrap();
+    feed(&mut c, Event::Decoded { pipe_id: 6, msg }, now);
+    assert!(matches!(
+        c.comm.sent.pop(),
+        Some((6, InterchangeMsg::Welcome { .. }))
+    ));
+    assert_eq!(c.status(now).managers.len(), 1);
+    assert!(c.comm.closed.is_empty());
 }
 
 #[test]

@@ -63,12 +63,15 @@ pub fn close_pipe_id(pipe: u32) {
 impl ManagerLink {
     /// Listens on `url` (for example `tcp://127.0.0.1:0`) and forwards every message and every
     /// closed pipe to `events`.
+    /// With `decode`, messages are decoded here, on the receiving thread, and reach the core
+    /// as [`Event::Decoded`] (for an interchange whose connections are never sealed).
     pub fn listen(
         url: &str,
         max_frame: usize,
         events: Sender<Event>,
+        decode: bool,
     ) -> Result<ManagerLink, LinkError> {
-        ManagerLink::listen_polling(url, max_frame, events, RECV_POLL)
+        ManagerLink::listen_polling(url, max_frame, events, RECV_POLL, decode)
     }
 
     /// [`ManagerLink::listen`] with the receiving thread's wake-up period `poll`.
@@ -77,6 +80,7 @@ impl ManagerLink {
         max_frame: usize,
         events: Sender<Event>,
         poll: std::time::Duration,
+        decode: bool,
     ) -> Result<ManagerLink, LinkError> {
         let raw = RawSocket::new(Protocol::Rep0).map_err(LinkError::Open)?;
         let socket = raw.socket;
@@ -115,7 +119,7 @@ impl ManagerLink {
         let rx_stop = stop.clone();
         let receiver = std::thread::Builder::new()
             .name("ix-recv".into())
-            .spawn(move || receive_loop(rx_socket, events, &rx_stop))
+            .spawn(move || receive_loop(rx_socket, events, &rx_stop, decode))
             .map_err(LinkError::Thread)?;
         Ok(ManagerLink {
             socket,
@@ -157,7 +161,7 @@ impl ManagerLink {
     }
 }
 
-fn receive_loop(socket: nng::Socket, events: Sender<Event>, stop: &AtomicBool) {
+fn receive_loop(socket: nng::Socket, events: Sender<Event>, stop: &AtomicBool, decode: bool) {
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -173,8 +177,18 @@ fn receive_loop(socket: nng::Socket, events: Sender<Event>, stop: &AtomicBool) {
         };
         let Some(pipe) = msg.pipe() else { continue };
         let id = pipe_id(pipe);
-        let body = msg.as_slice().to_vec();
-        if events.send(Event::FromPipe { pipe_id: id, body }).is_err() {
+        // What does not decode goes to the core as it came, which closes the connection.
+        let ev = match decode
+            .then(|| fxr_protocol::decode::<fxr_protocol::ManagerMsg>(msg.as_slice()).ok())
+            .flatten()
+        {
+            Some(msg) => Event::Decoded { pipe_id: id, msg },
+            None => Event::FromPipe {
+                pipe_id: id,
+                body: msg.as_slice().to_vec(),
+            },
+        };
+        if events.send(ev).is_err() {
             return;
         }
     }
@@ -202,6 +216,7 @@ mod tests {
                             1024,
                             tx.clone(),
                             std::time::Duration::from_millis(1),
+                            true,
                         )
                         .unwrap_or_else(|e| panic!("thread {t} round {round}: {e}"));
                         assert_ne!(link.port(), 0);
