@@ -5,6 +5,7 @@
 
 use crate::endpoint::{start_local, LocalEndpoint, StartArgs};
 use crate::exit;
+use crate::procstat;
 use anyhow::Context;
 use fxr_interchange::client;
 use fxr_interchange::dispatch::Policy;
@@ -317,47 +318,6 @@ impl ViaBroker {
     }
 }
 
-/// CPU seconds spent by this process's threads named `name`, in nanoseconds from each thread's
-/// `schedstat` (clock ticks from `stat` where that is missing).
-fn thread_cpu_seconds(name: &str) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let mut secs = 0.0;
-    for t in dir.flatten() {
-        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else {
-            continue;
-        };
-        if comm.trim_end() != name {
-            continue;
-        }
-        if let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        {
-            secs += ns as f64 / 1e9;
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        // After the command: state is field 3; utime and stime are fields 14 and 15.
-        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |i: usize| {
-            rest.get(i - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        secs += (field(14) + field(15)) as f64 / hz;
-    }
-    secs
-}
-
 impl Drop for ViaBroker {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
@@ -511,28 +471,6 @@ pub(crate) fn endpoint_with(
     Ok((ep, workers))
 }
 
-/// Peak resident memory of this process (the interchange), in bytes.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the struct we pass.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        (u.ru_utime.tv_sec + u.ru_stime.tv_sec) as f64
-            + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) as f64 / 1e6
-    }
-}
-
 pub(crate) fn shutdown(mut ep: LocalEndpoint) {
     let mut c = ep.interchange.local_client();
     let _ = fxr_interchange::FrontDoor::send(&mut c, fxr_protocol::ClientMsg::Shutdown);
@@ -571,7 +509,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let mut rates = Vec::new();
     let mut times = Vec::new();
     let mut failed = 0;
-    let cpu0 = cpu_seconds();
+    let cpu0 = procstat::cpu_seconds();
+    let pilots = ep.blocks.pids();
+    let pilots_cpu0 = procstat::processes_cpu_seconds(&pilots);
     anyhow::ensure!(
         a.common.via_broker || (a.backlog.is_none() && a.clients == 1),
         "--backlog and --clients need --via-broker"
@@ -595,7 +535,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     } else {
         None
     };
-    let broker_cpu0 = thread_cpu_seconds(BROKER_THREADS);
+    let broker_cpu0 = procstat::thread_cpu_seconds(BROKER_THREADS);
     let mut submit_s = 0.0;
     for rep in 0..a.repeat.max(1) {
         if let Some(v) = &via {
@@ -657,12 +597,13 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
             );
         }
     }
-    let cpu = cpu_seconds() - cpu0;
-    let broker_cpu = thread_cpu_seconds(BROKER_THREADS) - broker_cpu0;
+    let cpu = procstat::cpu_seconds() - cpu0;
+    let pilots_cpu = procstat::processes_cpu_seconds(&pilots) - pilots_cpu0;
+    let broker_cpu = procstat::thread_cpu_seconds(BROKER_THREADS) - broker_cpu0;
     let runs_total = (a.tasks * a.repeat.max(1)) as f64;
     drop(via);
     drop(door);
-    let rss = peak_rss();
+    let rss = procstat::peak_rss();
     shutdown(ep);
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -683,7 +624,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "store": a.common.store.name(), "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
         "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
-        "broker_cpu_s": broker_cpu,
+        "broker_cpu_s": broker_cpu, "pilots_cpu_s": pilots_cpu,
         "broker_cpu_us_per_task": if a.common.via_broker { broker_cpu * 1e6 / runs_total } else { 0.0 },
     });
     if json {

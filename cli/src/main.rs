@@ -13,6 +13,7 @@ mod experiment;
 mod function;
 mod opts;
 mod pilot;
+mod procstat;
 mod progress;
 mod queuebench;
 mod routing;
