@@ -27,6 +27,7 @@ pub const COLUMNS: &[&str] = &[
     "peak_rss_mib",
     "cpu_s",
     "cpu_us_per_task",
+    "pilots_cpu_s",
     "ideal_s",
     "efficiency",
     "broker_cpu_us_per_task",
@@ -111,6 +112,7 @@ impl Row {
             f("interchange_peak_rss_bytes").map(|b| b / (1024.0 * 1024.0)),
         );
         put("cpu_s", f("interchange_cpu_s"));
+        put("pilots_cpu_s", f("pilots_cpu_s"));
         // The interchange process's CPU (simulated runs: with the in-process client) per task.
         if let (Some(cpu), Some(tasks)) = (f("interchange_cpu_s"), f("tasks")) {
             put("cpu_us_per_task", Some(cpu * 1e6 / tasks.max(1.0)));
@@ -303,6 +305,7 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
             "peak_rss_mib",
             "cpu_s",
             "cpu_us_per_task",
+            "pilots_cpu_s",
             "broker_cpu_us_per_task",
         ]
     };
@@ -391,6 +394,7 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
             }
         }
     }
+    s.push_str(&bounds(rows));
     if !def.comparisons.is_empty() {
         let all: Vec<Row> = others.iter().chain(&mapreduce).cloned().collect();
         s.push_str(&comparisons(def, &all));
@@ -416,6 +420,72 @@ pub fn write_summary(def: &Definition, dir: &Path, rows: &[Row]) -> std::io::Res
         None => s.push_str("\nAnchors: not measured in this run (`make experiment-anchors` installs Parsl in a virtual environment and measures it here). Figures measured earlier on a machine of this size: Parsl HTEX ≈ 1,170 no-op tasks/s (p50 1.6 ms, p99 2.7 ms), Ray ≈ 2,400/s, Dask ≈ 520/s, HyperQueue ≈ 900 process tasks/s.\n"),
     }
     std::fs::write(dir.join("summary.md"), s)
+}
+
+/// What bounds each point with an ideal time, read from its own figures, and what one
+/// interchange would sustain with a core of its own; empty without such points.
+fn bounds(rows: &[Row]) -> String {
+    let m: Vec<Row> = medians(rows)
+        .into_iter()
+        .filter(|r| r.get("ideal_s").is_some() && r.get("cpu_us_per_task").is_some())
+        .collect();
+    if m.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## What bounds each point\n\nFrom each point's own figures: the interchange process's share of one core over the run (`cpu_s / seconds`), the simulated pilots' CPU over the run in cores, and what the interchange's CPU per task alone would allow: `tasks × cpu_us_per_task`, the shortest run one interchange core could give, against the ideal. The machine has 2 cores, shared by the interchange and every pilot.\n\n| series | workers | efficiency | interchange busy | pilots (cores) | interchange-bound s | ideal s | bound by |\n|---|---|---|---|---|---|---|---|\n");
+    // CPU per task where the interchange is the bound (elsewhere it also counts idle time).
+    let mut per_task = Vec::new();
+    let mut bound_per_task = Vec::new();
+    for r in &m {
+        let (Some(secs), Some(ideal), Some(cpu), Some(us), Some(tasks)) = (
+            r.get("seconds"),
+            r.get("ideal_s"),
+            r.get("cpu_s"),
+            r.get("cpu_us_per_task"),
+            r.get("tasks"),
+        ) else {
+            continue;
+        };
+        per_task.push(us);
+        let busy = cpu / secs.max(1e-9);
+        let pilots = r.get("pilots_cpu_s").map(|p| p / secs.max(1e-9));
+        let floor = tasks * us / 1e6;
+        let eff = r.get("efficiency").unwrap_or(ideal / secs.max(1e-9));
+        let why = if eff >= 0.9 {
+            "the tasks themselves (near ideal)"
+        } else if busy >= 0.8 {
+            bound_per_task.push(us);
+            "the interchange's one core"
+        } else if pilots.is_some_and(|p| busy + p >= 1.6) {
+            "the machine's 2 cores, shared by the interchange and the pilots"
+        } else {
+            "start-up and the last wave of tasks (neither core is full)"
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.0}% | {} | {} | {} | {why} |\n",
+            r.series,
+            r.value,
+            fmt(Some(eff)),
+            100.0 * busy,
+            pilots.map_or("".into(), |p| format!("{p:.2}")),
+            fmt(Some(floor)),
+            fmt(Some(ideal)),
+        ));
+    }
+    let (which, per_task) = if bound_per_task.is_empty() {
+        ("all points", per_task)
+    } else {
+        ("the points it bounds", bound_per_task)
+    };
+    if let Some(us) = median(per_task) {
+        let rate = 1e6 / us.max(1e-9);
+        s.push_str(&format!(
+            "\n**Projection.** The median interchange CPU per task over {which} is {us:.2} µs, so one interchange on a core of its own (the managers on their own nodes, as on a cluster) sustains about {} tasks/s. Weak scaling with 4 tasks of 1 s per worker stays near ideal while 4 × workers × {us:.2} µs stays under 4 s, that is up to about {} workers; past that the run takes about 4 × workers × {us:.2} µs. A login node with more cores does not speed up one dispatch thread; it does keep the pilots and the broker off it, which is what this 2-core machine cannot do.\n",
+            fmt(Some(rate)),
+            fmt(Some(1e6 / us.max(1e-9))),
+        ));
+    }
+    s
 }
 
 /// The comparisons section: each series against its baseline at every point both have.
@@ -616,4 +686,63 @@ pub fn write_all(
     write_summary(def, dir, rows)?;
     write_setup(dir, opts)?;
     plot(def, &dir.join("plot.svg"), rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(workers: u64, secs: f64, cpu: f64, pilots: f64) -> Row {
+        let mut r = Row {
+            series: "weak".into(),
+            var: "workers".into(),
+            value: workers,
+            ..Row::default()
+        };
+        let tasks = 4.0 * workers as f64;
+        for (k, v) in [
+            ("tasks", tasks),
+            ("seconds", secs),
+            ("ideal_s", 4.0),
+            ("efficiency", 4.0 / secs),
+            ("cpu_s", cpu),
+            ("cpu_us_per_task", cpu * 1e6 / tasks),
+            ("pilots_cpu_s", pilots),
+        ] {
+            r.num.insert(k.into(), v);
+        }
+        r
+    }
+
+    #[test]
+    fn each_point_says_what_bounds_it_and_the_summary_projects_one_core() {
+        let s = bounds(&[
+            point(1_000, 4.1, 0.02, 0.5),
+            point(500_000, 10.0, 9.0, 8.0),
+            point(100_000, 8.0, 2.0, 12.0),
+            point(200_000, 8.0, 1.0, 2.0),
+        ]);
+        let row = |w: u64| {
+            s.lines()
+                .find(|l| l.starts_with(&format!("| weak | {w} |")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            row(1_000).ends_with("the tasks themselves (near ideal) |"),
+            "{s}"
+        );
+        assert!(row(500_000).contains("| 90% |"), "{s}");
+        assert!(
+            row(500_000).ends_with("the interchange's one core |"),
+            "{s}"
+        );
+        assert!(
+            row(100_000).ends_with("shared by the interchange and the pilots |"),
+            "{s}"
+        );
+        assert!(row(200_000).ends_with("(neither core is full) |"), "{s}");
+        assert!(s.contains("over the points it bounds is 4.50 µs"), "{s}");
+        assert!(bounds(&[]).is_empty());
+    }
 }
