@@ -116,7 +116,7 @@ pub(crate) struct Core<C: Comm> {
     pipes: HashMap<u32, PipeState>,
     manager_pipe: HashMap<ManagerId, u32>,
     /// Interchange task id → (client, the client's own task id).
-    routes: HashMap<TaskId, (ClientId, TaskId)>,
+    routes: routes::Routes,
     next_task: u64,
     shutting_down: Option<Instant>,
     frame: Vec<u8>,
@@ -139,7 +139,7 @@ impl<C: Comm> Core<C> {
             comm,
             pipes: HashMap::default(),
             manager_pipe: HashMap::default(),
-            routes: HashMap::default(),
+            routes: routes::Routes::default(),
             next_task: 1,
             shutting_down: None,
             frame: Vec::with_capacity(4096),
@@ -465,7 +465,7 @@ impl<C: Comm> Core<C> {
                     .routes
                     .iter()
                     .filter(|(_, (c, original))| *c == client && wanted.contains(original))
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 self.dispatcher.cancel(&ours, out);
             }
@@ -598,7 +598,7 @@ impl<C: Comm> Core<C> {
         }
         let mut per_client: HashMap<ClientId, Vec<TaskResult>> = HashMap::default();
         for mut r in out.results.drain(..) {
-            if let Some((client, original)) = self.routes.remove(&r.id) {
+            if let Some((client, original)) = self.routes.remove(r.id) {
                 r.id = original;
                 per_client.entry(client).or_default().push(r);
             }
@@ -609,5 +609,6 @@ impl<C: Comm> Core<C> {
     }
 }
 
+mod routes;
 #[cfg(test)]
 mod tests;
