@@ -624,7 +624,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "store": a.common.store.name(), "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
         "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
-        "broker_cpu_s": broker_cpu, "pilots_cpu_s": pilots_cpu,
+        "broker_cpu_s": broker_cpu,
+        // Only pilots this process started (local blocks); a batch job's are not measured.
+        "pilots_cpu_s": (!pilots.is_empty()).then_some(pilots_cpu),
         "broker_cpu_us_per_task": if a.common.via_broker { broker_cpu * 1e6 / runs_total } else { 0.0 },
     });
     if json {
