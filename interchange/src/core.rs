@@ -116,7 +116,7 @@ pub(crate) struct Core<C: Comm> {
     pipes: HashMap<u32, PipeState>,
     manager_pipe: HashMap<ManagerId, u32>,
     /// Interchange task id → (client, the client's own task id).
-    routes: routes::Routes,
+    routes: crate::idmap::IdMap<(ClientId, TaskId)>,
     next_task: u64,
     shutting_down: Option<Instant>,
     frame: Vec<u8>,
@@ -139,7 +139,7 @@ impl<C: Comm> Core<C> {
             comm,
             pipes: HashMap::default(),
             manager_pipe: HashMap::default(),
-            routes: routes::Routes::default(),
+            routes: Default::default(),
             next_task: 1,
             shutting_down: None,
             frame: Vec::with_capacity(4096),
@@ -598,7 +598,7 @@ impl<C: Comm> Core<C> {
         }
         let mut per_client: HashMap<ClientId, Vec<TaskResult>> = HashMap::default();
         for mut r in out.results.drain(..) {
-            if let Some((client, original)) = self.routes.remove(r.id) {
+            if let Some((client, original)) = self.routes.remove(&r.id) {
                 r.id = original;
                 per_client.entry(client).or_default().push(r);
             }
@@ -609,6 +609,5 @@ impl<C: Comm> Core<C> {
     }
 }
 
-mod routes;
 #[cfg(test)]
 mod tests;

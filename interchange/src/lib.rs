@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod event;
+pub mod idmap;
 pub mod links;
 pub mod metrics;
 pub mod providers;

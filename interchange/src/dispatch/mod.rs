@@ -127,7 +127,8 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Dispatcher {
     config: DispatchConfig,
-    tasks: HashMap<TaskId, Entry>,
+    /// Every open task by id (ids come in order: a ring, not a hash table; see `idmap.rs`).
+    tasks: crate::idmap::IdMap<Entry>,
     /// Queued task ids per container type (`""` for the bare node). Ids whose entry has moved on
     /// are skipped when popped.
     queues: BTreeMap<String, VecDeque<TaskId>>,
@@ -157,7 +158,7 @@ impl Dispatcher {
             .build(config.seed, config.cold_routing_interval);
         Dispatcher {
             config,
-            tasks: HashMap::default(),
+            tasks: Default::default(),
             queues: BTreeMap::new(),
             queued: 0,
             managers: BTreeMap::new(),
@@ -717,7 +718,7 @@ impl Dispatcher {
             .tasks
             .iter()
             .filter(|(_, e)| matches!(e.place, Place::Queued))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in queued {
             self.tasks.remove(&id);

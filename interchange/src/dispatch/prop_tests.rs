@@ -117,7 +117,7 @@ fn check(d: &Dispatcher, model: &Model, seed: u64, step: usize) {
         .filter(|e| matches!(e.place, Place::Queued))
         .count();
     assert_eq!(queued, d.queued(), "seed {seed} step {step}: queued");
-    for (id, e) in &d.tasks {
+    for (id, e) in d.tasks.iter() {
         if let Place::InFlight(m) = e.place {
             assert!(
                 d.managers.contains_key(&m),
