@@ -129,9 +129,9 @@ pub struct Dispatcher {
     config: DispatchConfig,
     /// Every open task by id (ids come in order: a ring, not a hash table; see `idmap.rs`).
     tasks: crate::idmap::IdMap<Entry>,
-    /// Queued task ids per container type (`""` for the bare node). Ids whose entry has moved on
-    /// are skipped when popped.
-    queues: BTreeMap<String, VecDeque<TaskId>>,
+    /// Queued task ids per container type, by the type's index in `kinds` (no string lookup per
+    /// task). Ids whose entry has moved on are skipped when popped.
+    queues: Vec<VecDeque<TaskId>>,
     queued: usize,
     managers: BTreeMap<ManagerId, Manager>,
     /// The policy and its index of managers with room, kept current by [`Dispatcher::touch`].
@@ -159,7 +159,7 @@ impl Dispatcher {
         Dispatcher {
             config,
             tasks: Default::default(),
-            queues: BTreeMap::new(),
+            queues: vec![VecDeque::new()],
             queued: 0,
             managers: BTreeMap::new(),
             policy,
@@ -284,17 +284,14 @@ impl Dispatcher {
         }
         let i = self.kinds.len() as u32;
         self.kinds.push(key.clone());
+        self.queues.push(VecDeque::new());
         self.kind_index.insert(key, i);
         i
     }
 
     fn enqueue(&mut self, task: Task, kind: u32, front: bool) {
         let id = task.id;
-        let name = self.kinds[kind as usize].as_str();
-        if !self.queues.contains_key(name) {
-            self.queues.insert(name.to_string(), VecDeque::new());
-        }
-        let Some(queue) = self.queues.get_mut(name) else {
+        let Some(queue) = self.queues.get_mut(kind as usize) else {
             return;
         };
         if front {
@@ -549,11 +546,8 @@ impl Dispatcher {
         if self.queued == 0 {
             return;
         }
-        let containers: Vec<String> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(c, _)| c.clone())
+        let containers: Vec<u32> = (0..self.queues.len() as u32)
+            .filter(|k| !self.queues[*k as usize].is_empty())
             .collect();
         // Warm work first, wherever it waits; then the rest. Within a pass, types take turns
         // by the age of their oldest queued task (task ids grow with submission), so they share
@@ -568,7 +562,7 @@ impl Dispatcher {
             let mut stale = 0;
             while !active.is_empty() {
                 let Some((i, oldest)) = (0..active.len())
-                    .map(|i| (i, self.front(&active[i])))
+                    .map(|i| (i, self.front(active[i])))
                     .min_by_key(|(_, f)| *f)
                 else {
                     break;
@@ -577,10 +571,10 @@ impl Dispatcher {
                     // Every queue is empty: asking a policy would only spend its cold budget.
                     break;
                 }
-                let keep = match self.pick(&active[i], now, warm_only) {
+                let keep = match self.pick(active[i], now, warm_only) {
                     None => false,
                     Some((target, most)) => {
-                        match self.send_batch(target, &active[i], most, now, out) {
+                        match self.send_batch(target, active[i], most, now, out) {
                             Sent::Batch => true,
                             Sent::QueueEmpty => false,
                             Sent::NoRoom => {
@@ -599,9 +593,9 @@ impl Dispatcher {
         }
     }
 
-    /// The id of the oldest task still queued for `container`, dropping stale ids on the way.
-    fn front(&mut self, container: &str) -> u64 {
-        let Some(q) = self.queues.get_mut(container) else {
+    /// The id of the oldest task still queued for type `kind`, dropping stale ids on the way.
+    fn front(&mut self, kind: u32) -> u64 {
+        let Some(q) = self.queues.get_mut(kind as usize) else {
             return u64::MAX;
         };
         while let Some(id) = q.front() {
@@ -615,12 +609,8 @@ impl Dispatcher {
 
     /// The policy's choice among managers with room that run `container`: a lookup in its
     /// index, not a scan of every manager.
-    fn pick(
-        &mut self,
-        container: &str,
-        now: Instant,
-        warm_only: bool,
-    ) -> Option<(ManagerId, usize)> {
+    fn pick(&mut self, kind: u32, now: Instant, warm_only: bool) -> Option<(ManagerId, usize)> {
+        let container = self.kinds[kind as usize].as_str();
         let managers = &self.managers;
         let view = |id: ManagerId| managers.get(&id).map(|m| m.view(container));
         self.policy.pick(container, &view, now, warm_only)
@@ -630,7 +620,7 @@ impl Dispatcher {
     fn send_batch(
         &mut self,
         target: ManagerId,
-        container: &str,
+        kind: u32,
         most: usize,
         now: Instant,
         out: &mut Outbox,
@@ -638,7 +628,7 @@ impl Dispatcher {
         let Some(m) = self.managers.get_mut(&target) else {
             return Sent::NoRoom;
         };
-        let Some(queue) = self.queues.get_mut(container) else {
+        let Some(queue) = self.queues.get_mut(kind as usize) else {
             return Sent::QueueEmpty;
         };
         if !m.can_take(self.config.max_unacked) {
@@ -671,7 +661,7 @@ impl Dispatcher {
         if batch.is_empty() {
             return Sent::QueueEmpty;
         }
-        m.hold(container, batch.len() as isize);
+        m.hold(&self.kinds[kind as usize], batch.len() as isize);
         let seq = m.next_seq;
         m.next_seq += 1;
         m.unacked.insert(
@@ -730,7 +720,9 @@ impl Dispatcher {
                 reason,
             ));
         }
-        self.queues.clear();
+        for q in &mut self.queues {
+            q.clear();
+        }
     }
 
     /// A status line per manager.
