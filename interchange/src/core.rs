@@ -109,6 +109,11 @@ pub(crate) struct CoreSettings {
     pub encrypt: bool,
 }
 
+/// Longest a broker's request for blocks holds without being renewed (10 minutes).
+const MAX_REQUEST_MS: u64 = 600_000;
+/// Most bytes of a request's reason that are kept.
+const MAX_REASON: usize = 1000;
+
 pub(crate) struct Core<C: Comm> {
     settings: CoreSettings,
     dispatcher: Dispatcher,
@@ -470,7 +475,17 @@ impl<C: Comm> Core<C> {
                 self.dispatcher.cancel(&ours, out);
             }
             ClientMsg::ProviderReport { report } => self.provider = report,
-            ClientMsg::Provision(r) => {
+            ClientMsg::Provision(mut r) => {
+                // Bounded whatever comes: the reason is shown in status reports, and the
+                // validity is how long the request may hold the endpoint's blocks.
+                r.valid_ms = r.valid_ms.min(MAX_REQUEST_MS);
+                if r.reason.len() > MAX_REASON {
+                    let mut end = MAX_REASON;
+                    while !r.reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    r.reason.truncate(end);
+                }
                 let before = self.requested.as_ref().map(|(r, _)| r.blocks);
                 if before == Some(r.blocks) {
                     tracing::debug!(

@@ -430,4 +430,17 @@ fn the_brokers_request_shows_in_status_with_what_is_left_of_it_then_lapses() {
         })
     );
     assert_eq!(c.status(now + Duration::from_secs(30)).requested, None);
+    // Whatever a request says, it holds at most 10 minutes and keeps 1,000 bytes of reason
+    // (cut between characters).
+    let long = fxr_protocol::ProvisionRequest {
+        blocks: 1,
+        backlog: 1,
+        reason: "é".repeat(5_000),
+        valid_ms: u64::MAX,
+    };
+    feed(&mut c, Event::Client(5, ClientMsg::Provision(long)), now);
+    let held = c.status(now).requested.expect("held");
+    assert_eq!(held.valid_ms, 600_000);
+    assert_eq!(held.reason.len(), 1000);
+    assert!(c.status(now + Duration::from_secs(601)).requested.is_none());
 }
