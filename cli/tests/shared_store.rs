@@ -215,11 +215,18 @@ fn a_cancel_or_a_deletion_at_one_broker_reaches_tasks_held_by_the_other() {
     for r in &rest {
         assert_eq!(r["error"]["kind"], "function_deleted", "{r}");
     }
-    let (s, _) = call(
-        "GET",
-        &format!("{}/v1/functions/{f}", w.url),
-        Some(&token),
-        None,
+    // The other broker hears of it by a notice, so shortly, not at once.
+    let gone = || {
+        call(
+            "GET",
+            &format!("{}/v1/functions/{f}", w.url),
+            Some(&token),
+            None,
+        )
+        .0 == 404
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(10), gone),
+        "the deletion reached the other broker"
     );
-    assert_eq!(s, 404, "the deletion reached the other broker");
 }
