@@ -239,7 +239,7 @@ fn malformed_requests_get_the_right_4xx() {
     let too_many = json!({"tasks": (0..10_001).map(|_| json!({"function_id": "x", "endpoint_id": "y"})).collect::<Vec<_>>()});
     let huge = format!(
         r#"{{"name":"{}","kind":"builtin","builtin":"noop"}}"#,
-        "x".repeat(200_000)
+        "x".repeat(4_000_000)
     );
     let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
         (
@@ -343,14 +343,8 @@ fn malformed_requests_get_the_right_4xx() {
         ("DELETE", "/v1/tasks".into(), None, 405, "method"),
     ];
     for (method, path, body, status, needle) in cases {
-        let mut tries = 0;
-        let (s, v) = loop {
-            let r = call(method, &format!("{url}{path}"), Some(&t), body.as_deref());
-            tries += 1;
-            if r.0 != 0 || tries == 10 {
-                break r;
-            }
-        };
+        // Asked once: an oversized body must get its answer, not a reset connection.
+        let (s, v) = call(method, &format!("{url}{path}"), Some(&t), body.as_deref());
         assert_eq!(s, status, "{method} {path}: {v}");
         let msg = v["error"]["message"]
             .as_str()

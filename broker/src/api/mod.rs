@@ -354,5 +354,52 @@ pub fn router(broker: Arc<Broker>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            refuse_oversized(limit, req, next)
+        }))
         .with_state(broker)
+}
+
+/// The most of an oversized body the broker reads (and discards) before it answers 413.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+/// How long it reads for.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers 413 to a request whose declared length exceeds the body limit, after reading the
+/// body it declared (at most [`DRAIN_MAX`] bytes for at most [`DRAIN_TIME`]).
+///
+/// Why read what it refuses: a server that answers and closes while the client is still
+/// writing leaves unread bytes in its socket, and the kernel then resets the connection, which
+/// can destroy the answer before the client reads it; the client sees a broken pipe instead of
+/// the 413 that says what is wrong. A body without a declared length is still cut at the limit
+/// by the extractors.
+async fn refuse_oversized(limit: usize, req: Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(len) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(req).await;
+    };
+    if len <= DRAIN_MAX {
+        use futures_util::StreamExt;
+        let mut body = req.into_body().into_data_stream();
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut read = 0u64;
+            while let Some(Ok(chunk)) = body.next().await {
+                read += chunk.len() as u64;
+                if read >= len {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body exceeds the limit: {len} bytes declared, {limit} allowed"),
+    )
+    .into_response()
 }
