@@ -23,17 +23,20 @@
 //! idle list and nothing else is; the count of workers per type equals the slots of that type.
 
 pub use crate::event::Event;
+use fxr_protocol::ids::IdHash;
 use fxr_protocol::{
     Capacity, ContainerSpec, FailureKind, InterchangeMsg, ManagerMsg, Registration, Task, TaskId,
     TaskResult, WorkerCounters, WorkerSettings,
 };
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A worker's batching depth: tasks whose recent mean run time is under this go to a worker
 /// many at a time; longer ones one at a time, so no task waits behind a long one.
 const SHORT_TASK_US: f64 = 500.0;
 const MAX_WORKER_BATCH: usize = 64;
+/// The index of the bare node's type in [`Core::kinds`].
+const BARE: usize = 0;
 const MAX_RESULT_BATCH: usize = 4096;
 const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
 /// Most Python functions whose source a manager keeps.
@@ -107,9 +110,11 @@ enum SlotState {
 struct Slot {
     state: SlotState,
     generation: u64,
-    /// The type (a [`ContainerSpec::key`], `""` for the bare node) while not empty.
-    kind: String,
-    assigned: VecDeque<TaskId>,
+    /// The type (an index into [`Core::kinds`]) while not empty.
+    kind: usize,
+    /// Tasks given to the worker, the running one first: kept so that those not started can
+    /// be queued again if the worker dies.
+    assigned: VecDeque<Task>,
     /// When the worker started, or last became idle.
     since: Instant,
 }
@@ -117,6 +122,8 @@ struct Slot {
 /// Tasks and workers of one container type.
 #[derive(Debug)]
 struct Kind {
+    /// [`ContainerSpec::key`], `""` for the bare node.
+    key: String,
     spec: Option<ContainerSpec>,
     queue: VecDeque<Task>,
     /// Tasks held by its workers.
@@ -135,6 +142,7 @@ struct Kind {
 impl Kind {
     fn new(spec: Option<ContainerSpec>) -> Kind {
         Kind {
+            key: spec.as_ref().map(ContainerSpec::key).unwrap_or_default(),
             spec,
             queue: VecDeque::new(),
             running: 0,
@@ -162,11 +170,13 @@ pub struct Core {
     last_heard: Instant,
     heartbeat_period: Duration,
     next_heartbeat: Instant,
-    kinds: BTreeMap<String, Kind>,
+    /// Container types in the order they first appeared; the bare node is always the first.
+    /// Slots name their type by its index here, so no task or result looks a type up by name.
+    kinds: Vec<Kind>,
     queued: usize,
-    known: HashSet<TaskId>,
-    /// Tasks handed to workers, kept so they can be re-queued if the worker dies.
-    inflight: HashMap<TaskId, Task>,
+    known: HashSet<TaskId, IdHash>,
+    /// Tasks handed to workers (held in their slots).
+    assigned: usize,
     slots: Vec<Slot>,
     empty: Vec<usize>,
     results: Vec<TaskResult>,
@@ -196,15 +206,15 @@ impl Core {
             connected: false,
             registered: false,
             last_heard: now,
-            kinds: BTreeMap::new(),
+            kinds: vec![Kind::new(None)],
             queued: 0,
-            known: HashSet::new(),
-            inflight: HashMap::new(),
+            known: HashSet::default(),
+            assigned: 0,
             slots: (0..n)
                 .map(|_| Slot {
                     state: SlotState::Empty,
                     generation: 0,
-                    kind: String::new(),
+                    kind: BARE,
                     assigned: VecDeque::new(),
                     since: now,
                 })
@@ -231,7 +241,7 @@ impl Core {
 
     /// Tasks held: queued here or at a worker.
     pub fn held(&self) -> usize {
-        self.queued + self.inflight.len()
+        self.queued + self.assigned
     }
 
     /// The earliest time [`Core::poll`] has something to do without a new event.
@@ -239,13 +249,13 @@ impl Core {
         let mut d = self.next_heartbeat;
         if self.settings.max_idle_ms > 0 {
             let idle = Duration::from_millis(self.settings.max_idle_ms);
-            for k in self.kinds.values() {
+            for k in &self.kinds {
                 if let Some(s) = k.idle.first() {
                     d = d.min(self.slots[*s].since + idle);
                 }
             }
         }
-        for k in self.kinds.values() {
+        for k in &self.kinds {
             if let (Some(t), false) = (k.blocked_until, k.queue.is_empty()) {
                 d = d.min(t);
             }
@@ -292,11 +302,8 @@ impl Core {
         self.unblock(now);
         if self.cfg.prestart && !self.prestarted {
             self.prestarted = true;
-            self.kinds
-                .entry(String::new())
-                .or_insert_with(|| Kind::new(None));
             while let Some(slot) = self.empty.pop() {
-                self.start(slot, "", now, out);
+                self.start(slot, BARE, now, out);
             }
         }
         if !self.draining {
@@ -323,8 +330,7 @@ impl Core {
         }
         // Draining with the interchange gone: what is left cannot be delivered (the
         // interchange has re-queued it), so there is nothing to wait for.
-        if self.draining && self.inflight.is_empty() && (self.results.is_empty() || !self.connected)
-        {
+        if self.draining && self.assigned == 0 && (self.results.is_empty() || !self.connected) {
             match self.drained_at {
                 None if self.registered => {
                     self.drained_at = Some(now);
@@ -409,8 +415,8 @@ impl Core {
             }
             InterchangeMsg::Heartbeat => {}
             InterchangeMsg::Cancel { tasks } => {
-                let cancel: HashSet<TaskId> = tasks.into_iter().collect();
-                for k in self.kinds.values_mut() {
+                let cancel: HashSet<TaskId, IdHash> = tasks.into_iter().collect();
+                for k in &mut self.kinds {
                     let before = k.queue.len();
                     let mut kept = VecDeque::with_capacity(before);
                     for t in k.queue.drain(..) {
@@ -434,11 +440,18 @@ impl Core {
     }
 
     fn enqueue(&mut self, t: Task, front: bool) {
-        let key = t.container.as_ref().map(|c| c.key()).unwrap_or_default();
-        let kind = self
-            .kinds
-            .entry(key)
-            .or_insert_with(|| Kind::new(t.container.as_deref().cloned()));
+        // Most tasks run on the bare node; the few container types are compared field by field.
+        let i = match t.container.as_deref() {
+            None => BARE,
+            Some(c) => match self.kinds.iter().position(|k| k.spec.as_ref() == Some(c)) {
+                Some(i) => i,
+                None => {
+                    self.kinds.push(Kind::new(Some(c.clone())));
+                    self.kinds.len() - 1
+                }
+            },
+        };
+        let kind = &mut self.kinds[i];
         if front {
             kind.queue.push_front(t);
         } else {
@@ -453,7 +466,7 @@ impl Core {
         }
         self.draining = true;
         let mut back = Vec::new();
-        for k in self.kinds.values_mut() {
+        for k in &mut self.kinds {
             back.extend(k.queue.drain(..).map(|t| t.id));
         }
         self.queued = 0;
@@ -476,31 +489,19 @@ impl Core {
             self.cfg.registration.workers as usize + self.cfg.registration.prefetch as usize;
         let free = slots.saturating_sub(self.held()) as u32;
         let unused = (self.empty.len() + self.spare_bare()) as u32;
-        let mut caps: Vec<Capacity> = self
-            .kinds
+        // The bare node always reports (its index is 0, so it comes first).
+        self.kinds
             .iter()
-            .filter(|(key, k)| key.is_empty() || k.workers > 0 || !k.queue.is_empty())
-            .map(|(key, k)| Capacity {
-                container: key.clone(),
+            .enumerate()
+            .filter(|(i, k)| *i == BARE || k.workers > 0 || !k.queue.is_empty())
+            .map(|(_, k)| Capacity {
+                container: k.key.clone(),
                 total: k.workers as u32,
                 free,
                 warm: k.idle.len() as u32,
                 unused,
             })
-            .collect();
-        if !self.kinds.contains_key("") {
-            caps.insert(
-                0,
-                Capacity {
-                    container: String::new(),
-                    total: 0,
-                    free,
-                    warm: 0,
-                    unused,
-                },
-            );
-        }
-        caps
+            .collect()
     }
 
     /// Sends acknowledgements and results, once the interchange has welcomed this connection:
@@ -549,17 +550,28 @@ impl Core {
     fn check_invariants(&self) {
         let mut seen = HashSet::new();
         let mut queued = 0;
-        for (key, k) in &self.kinds {
+        assert!(self.kinds[BARE].spec.is_none() && self.kinds[BARE].key.is_empty());
+        for (i, k) in self.kinds.iter().enumerate() {
+            assert_eq!(
+                self.kinds.iter().filter(|o| o.spec == k.spec).count(),
+                1,
+                "one entry per type"
+            );
             for t in &k.queue {
                 assert!(seen.insert(t.id), "task {:?} twice", t.id);
+                assert_eq!(
+                    t.container.as_deref(),
+                    k.spec.as_ref(),
+                    "queued by its type"
+                );
                 queued += 1;
             }
             let slots: Vec<&Slot> = self
                 .slots
                 .iter()
-                .filter(|s| &s.kind == key && s.state != SlotState::Empty)
+                .filter(|s| s.kind == i && s.state != SlotState::Empty)
                 .collect();
-            assert_eq!(k.workers, slots.len(), "workers of `{key}`");
+            assert_eq!(k.workers, slots.len(), "workers of `{}`", k.key);
             assert_eq!(
                 k.starting,
                 slots
@@ -589,12 +601,12 @@ impl Core {
                 "slot {i}"
             );
             for t in &s.assigned {
-                assert!(seen.insert(*t), "task {t:?} twice");
-                assert!(self.inflight.contains_key(t));
+                assert!(seen.insert(t.id), "task {:?} twice", t.id);
+                assert!(self.known.contains(&t.id), "task {:?} not known", t.id);
             }
         }
         assert_eq!(
-            self.inflight.len(),
+            self.assigned,
             self.slots.iter().map(|s| s.assigned.len()).sum::<usize>()
         );
     }

@@ -2,29 +2,30 @@
 //! which idle worker runs which queued tasks, retirement, and what a worker's end means (a lost
 //! task, or a container that cannot start).
 
-use super::{Action, Core, Kind, SlotState, MAX_WORKER_BATCH, SHORT_TASK_US};
-use fxr_protocol::{FailureKind, FromWorker, Task, TaskResult};
-use std::collections::HashMap;
+use super::{Action, Core, Kind, SlotState, BARE, MAX_WORKER_BATCH, SHORT_TASK_US};
+use fxr_protocol::{FailureKind, FromWorker, TaskResult};
 use std::time::{Duration, Instant};
 
 impl Core {
     /// Idle bare-node workers with no bare-node task waiting: as good as unused slots.
     pub(super) fn spare_bare(&self) -> usize {
-        self.kinds
-            .get("")
-            .filter(|k| k.queue.is_empty())
-            .map_or(0, |k| k.idle.len())
+        let k = &self.kinds[BARE];
+        if k.queue.is_empty() {
+            k.idle.len()
+        } else {
+            0
+        }
     }
 
     pub(super) fn unblock(&mut self, now: Instant) {
-        for k in self.kinds.values_mut() {
+        for k in &mut self.kinds {
             if k.blocked_until.is_some_and(|t| t <= now) {
                 k.blocked_until = None;
             }
         }
         // Tasks of a type whose container cannot start fail at once, with its message.
         let mut failed = Vec::new();
-        for k in self.kinds.values_mut() {
+        for k in &mut self.kinds {
             if k.blocked_until.is_none() || k.spec.is_none() {
                 continue;
             }
@@ -45,14 +46,16 @@ impl Core {
     }
 
     /// Each type's share of the slots, in proportion to its demand (at least one slot for every
-    /// type with demand, so none starves).
-    fn shares(&self) -> HashMap<String, usize> {
+    /// type with demand, so none starves; none for a type without), by type index.
+    fn shares(&self) -> Vec<usize> {
         let n = self.slots.len();
-        let total: usize = self.kinds.values().map(Kind::demand).sum();
+        let total: usize = self.kinds.iter().map(Kind::demand).sum();
         self.kinds
             .iter()
-            .filter(|(_, k)| k.demand() > 0)
-            .map(|(key, k)| (key.clone(), (n * k.demand()).div_ceil(total).max(1)))
+            .map(|k| match k.demand() {
+                0 => 0,
+                d => (n * d).div_ceil(total).max(1),
+            })
             .collect()
     }
 
@@ -62,35 +65,36 @@ impl Core {
         // Nothing can start while every slot holds a busy or starting worker: the common case
         // under load, so it is checked before anything is computed.
         if self.queued == 0
-            || (self.empty.is_empty() && self.kinds.values().all(|k| k.idle.is_empty()))
+            || (self.empty.is_empty() && self.kinds.iter().all(|k| k.idle.is_empty()))
         {
             return;
         }
-        let wanting: Vec<String> = self
+        let wanting: Vec<usize> = self
             .kinds
             .iter()
+            .enumerate()
             .filter(|(_, k)| k.blocked_until.is_none() && k.queue.len() > k.starting + k.idle.len())
-            .map(|(key, _)| key.clone())
+            .map(|(i, _)| i)
             .collect();
         if wanting.is_empty() {
             return;
         }
         let shares = self.shares();
         for key in wanting {
-            let share = shares.get(&key).copied().unwrap_or(1);
+            let share = shares[key].max(1);
             loop {
-                let k = &self.kinds[&key];
+                let k = &self.kinds[key];
                 if k.queue.len() <= k.starting + k.idle.len() || k.workers >= share {
                     break;
                 }
                 let slot = match self.empty.pop() {
                     Some(s) => s,
-                    None => match self.victim(&key, &shares) {
+                    None => match self.victim(key, &shares) {
                         Some(s) => {
                             // An idle worker on the bare node gives way without a container
                             // switch: it is the node's default, not a container.
-                            if !self.slots[s].kind.is_empty() {
-                                tracing::debug!(slot = s, kind = %key, "container switch");
+                            if self.slots[s].kind != BARE {
+                                tracing::debug!(slot = s, kind = %self.kinds[key].key, "container switch");
                                 self.counters.container_switches += 1;
                             }
                             self.free_slot(s, out);
@@ -100,26 +104,25 @@ impl Core {
                         None => break,
                     },
                 };
-                self.start(slot, &key, now, out);
+                self.start(slot, key, now, out);
             }
         }
     }
 
     /// An idle worker to evict for `wanted`: of a type without demand, or over its share; one
     /// on the bare node first, then the one idle longest.
-    fn victim(&self, wanted: &str, shares: &HashMap<String, usize>) -> Option<usize> {
+    fn victim(&self, wanted: usize, shares: &[usize]) -> Option<usize> {
         self.kinds
             .iter()
-            .filter(|(key, k)| {
-                key.as_str() != wanted
-                    && !k.idle.is_empty()
-                    && (k.demand() == 0 || k.workers > shares.get(*key).copied().unwrap_or(0))
+            .enumerate()
+            .filter(|(i, k)| {
+                *i != wanted && !k.idle.is_empty() && (k.demand() == 0 || k.workers > shares[*i])
             })
             .filter_map(|(_, k)| k.idle.first().copied())
-            .min_by_key(|s| (!self.slots[*s].kind.is_empty(), self.slots[*s].since))
+            .min_by_key(|s| (self.slots[*s].kind != BARE, self.slots[*s].since))
     }
 
-    pub(super) fn start(&mut self, slot: usize, key: &str, now: Instant, out: &mut Vec<Action>) {
+    pub(super) fn start(&mut self, slot: usize, key: usize, now: Instant, out: &mut Vec<Action>) {
         let Some(k) = self.kinds.get_mut(key) else {
             return;
         };
@@ -128,11 +131,11 @@ impl Core {
         if k.spec.is_some() {
             self.counters.cold_starts += 1;
         }
-        tracing::debug!(slot, kind = key, "starting a worker");
+        tracing::debug!(slot, kind = k.key, "starting a worker");
         let s = &mut self.slots[slot];
         s.generation += 1;
         s.state = SlotState::Starting;
-        s.kind = key.to_string();
+        s.kind = key;
         s.since = now;
         out.push(Action::Start {
             slot,
@@ -154,8 +157,7 @@ impl Core {
         });
         s.generation += 1;
         s.state = SlotState::Empty;
-        let key = std::mem::take(&mut s.kind);
-        if let Some(k) = self.kinds.get_mut(&key) {
+        if let Some(k) = self.kinds.get_mut(s.kind) {
             k.workers -= 1;
             match state {
                 SlotState::Idle => k.idle.retain(|i| *i != slot),
@@ -172,7 +174,7 @@ impl Core {
             return;
         }
         let short = self.seen_results && self.ewma_us < SHORT_TASK_US;
-        for k in self.kinds.values_mut() {
+        for k in &mut self.kinds {
             while !k.queue.is_empty() {
                 let Some(slot) = k.idle.pop() else { break };
                 let per_worker = if short {
@@ -184,15 +186,13 @@ impl Core {
                     1
                 };
                 let n = per_worker.min(k.queue.len());
-                let tasks: Vec<Task> = k.queue.drain(..n).collect();
+                let tasks: Vec<_> = k.queue.drain(..n).collect();
                 self.queued -= n;
+                self.assigned += n;
                 k.running += n;
                 let s = &mut self.slots[slot];
                 s.state = SlotState::Busy;
-                for t in &tasks {
-                    s.assigned.push_back(t.id);
-                    self.inflight.insert(t.id, t.clone());
-                }
+                s.assigned.extend(tasks.iter().cloned());
                 out.push(Action::Run {
                     slot,
                     generation: s.generation,
@@ -210,7 +210,7 @@ impl Core {
         }
         let idle = Duration::from_millis(self.settings.max_idle_ms);
         let mut due = Vec::new();
-        for k in self.kinds.values() {
+        for k in &self.kinds {
             due.extend(
                 k.idle
                     .iter()
@@ -241,7 +241,7 @@ impl Core {
                 if s.state == SlotState::Starting {
                     s.state = SlotState::Idle;
                     s.since = now;
-                    if let Some(k) = self.kinds.get_mut(&s.kind) {
+                    if let Some(k) = self.kinds.get_mut(s.kind) {
                         k.starting -= 1;
                         k.idle.push(slot);
                         k.failures = 0;
@@ -251,14 +251,15 @@ impl Core {
             FromWorker::Results { results } => {
                 for r in results {
                     let s = &mut self.slots[slot];
-                    let pos = if s.assigned.front() == Some(&r.id) {
+                    let pos = if s.assigned.front().is_some_and(|t| t.id == r.id) {
                         Some(0)
                     } else {
-                        s.assigned.iter().position(|t| *t == r.id)
+                        s.assigned.iter().position(|t| t.id == r.id)
                     };
                     let Some(pos) = pos else { continue };
                     s.assigned.remove(pos);
-                    if let Some(k) = self.kinds.get_mut(&s.kind) {
+                    self.assigned -= 1;
+                    if let Some(k) = self.kinds.get_mut(s.kind) {
                         k.running -= 1;
                         if s.assigned.is_empty() && s.state == SlotState::Busy {
                             s.state = SlotState::Idle;
@@ -274,7 +275,6 @@ impl Core {
 
     pub(super) fn finish(&mut self, r: TaskResult) {
         self.known.remove(&r.id);
-        self.inflight.remove(&r.id);
         self.ewma_us = if self.seen_results {
             0.9 * self.ewma_us + 0.1 * r.run_us as f64
         } else {
@@ -293,12 +293,13 @@ impl Core {
         }
         let state = s.state;
         let lived = now.saturating_duration_since(s.since);
-        let key = std::mem::take(&mut s.kind);
+        let key = s.kind;
         let mut assigned = std::mem::take(&mut s.assigned);
         s.state = SlotState::Empty;
         s.generation += 1;
         self.empty.push(slot);
-        let Some(k) = self.kinds.get_mut(&key) else {
+        self.assigned -= assigned.len();
+        let Some(k) = self.kinds.get_mut(key) else {
             return;
         };
         k.workers -= 1;
@@ -318,27 +319,24 @@ impl Core {
                 Some(spec) => format!("container {} did not start: {}", spec.key(), reason.trim()),
                 None => format!("worker did not start: {}", reason.trim()),
             };
-            tracing::warn!(slot, kind = %key, "{what}");
+            tracing::warn!(slot, kind = %k.key, "{what}");
             if k.spec.is_some() {
                 self.counters.container_errors += 1;
             }
             k.last_error = Some(what);
         } else {
-            tracing::warn!(slot, kind = %key, reason, "worker exited");
+            tracing::warn!(slot, kind = %k.key, reason, "worker exited");
         }
         // The first was running; the rest never started and go back to the queue.
-        let running = assigned.pop_front();
-        for id in assigned.into_iter().rev() {
-            if let Some(task) = self.inflight.remove(&id) {
-                self.enqueue(task, true);
-            }
+        let running = assigned.pop_front().map(|t| t.id);
+        for task in assigned.into_iter().rev() {
+            self.enqueue(task, true);
         }
         if let Some(id) = running {
-            let msg = match &self.kinds[&key].last_error {
+            let msg = match &self.kinds[key].last_error {
                 Some(e) if failed_start => e.clone(),
                 _ => format!("worker {slot} died while running it: {}", reason.trim()),
             };
-            self.inflight.remove(&id);
             self.known.remove(&id);
             self.results
                 .push(TaskResult::failure(id, FailureKind::WorkerLost, msg));
