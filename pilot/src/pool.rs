@@ -443,14 +443,16 @@ impl SimPool {
         }
     }
 
-    /// Starts the next task of `slot`, finishing those that take no time at once.
+    /// Starts the next task of `slot`, finishing those that take no time at once (their
+    /// results go out together, as a real worker's batch would).
     fn next(&mut self, slot: usize, now: Instant) {
         let Some(w) = self.workers.get_mut(&slot) else {
             return;
         };
+        let mut results = Vec::new();
         while w.running.is_none() && w.ready {
             let Some(task) = w.queue.pop_front() else {
-                return;
+                break;
             };
             let outcome = match &task.function {
                 Function::Builtin(Builtin::Sleep | Builtin::Spin) => {
@@ -469,7 +471,7 @@ impl SimPool {
                                 Due::Done(ms * 1000),
                             )));
                             w.running = Some(task);
-                            return;
+                            break;
                         }
                         Err(e) => Outcome::Failure {
                             kind: FailureKind::FunctionError,
@@ -483,16 +485,17 @@ impl SimPool {
                     message: "simulated workers run builtin functions only".into(),
                 },
             };
+            results.push(TaskResult {
+                id: task.id,
+                outcome,
+                run_us: 0,
+            });
+        }
+        if !results.is_empty() {
             self.done.push(Event::Worker {
                 slot,
                 generation: w.generation,
-                msg: FromWorker::Results {
-                    results: vec![TaskResult {
-                        id: task.id,
-                        outcome,
-                        run_us: 0,
-                    }],
-                },
+                msg: FromWorker::Results { results },
             });
         }
     }
