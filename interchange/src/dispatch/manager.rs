@@ -6,7 +6,7 @@ use fxr_protocol::{Capacity, Registration, TaskId, WorkerCounters};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashSet as HashSet;
 
 #[derive(Debug)]
 pub(super) struct Unacked {
@@ -36,8 +36,8 @@ pub(super) struct Manager {
     pub(super) draining: bool,
     pub(super) capacity: Vec<Capacity>,
     pub(super) counters: WorkerCounters,
-    /// Tasks in flight per container type.
-    pub(super) held: HashMap<String, usize>,
+    /// Tasks in flight per container type, by the type's number in the dispatcher's `kinds`.
+    pub(super) held: Vec<usize>,
     /// Order of registration, for round-robin.
     pub(super) order: u64,
     /// Python functions whose source this manager has been sent.
@@ -78,11 +78,13 @@ impl Manager {
                 .any(|c| c == container || c == runtime)
     }
 
-    pub(super) fn view(&self, container: &str) -> View<'_> {
+    /// What a policy sees of it; `kinds` names the container types by number.
+    pub(super) fn view<'a>(&'a self, container: &str, kinds: &'a [String]) -> View<'a> {
         View {
             runs: self.runs(container),
             capacity: &self.capacity,
             held: &self.held,
+            kinds,
             workers: self.reg.workers,
         }
     }
@@ -97,20 +99,13 @@ impl Manager {
         }
     }
 
-    pub(super) fn hold(&mut self, kind: &str, delta: isize) {
-        if delta > 0 {
-            // Look up before inserting: `entry` would allocate the key on every batch.
-            match self.held.get_mut(kind) {
-                Some(n) => *n += delta as usize,
-                None => {
-                    self.held.insert(kind.to_string(), delta as usize);
-                }
-            }
-        } else if let Some(n) = self.held.get_mut(kind) {
-            *n = n.saturating_sub(delta.unsigned_abs());
-            if *n == 0 {
-                self.held.remove(kind);
-            }
+    /// Counts `delta` more (or fewer) tasks of container type number `kind` in flight here.
+    pub(super) fn hold(&mut self, kind: u32, delta: isize) {
+        let k = kind as usize;
+        if self.held.len() <= k {
+            self.held.resize(k + 1, 0);
         }
+        let n = &mut self.held[k];
+        *n = n.saturating_add_signed(delta);
     }
 }

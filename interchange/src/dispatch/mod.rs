@@ -191,7 +191,7 @@ impl Dispatcher {
                     limit: m.limit,
                 },
                 m.can_take(max_unacked),
-                &m.view(""),
+                &m.view("", &self.kinds),
             ),
             None => self.policy.remove(id),
         }
@@ -335,7 +335,7 @@ impl Dispatcher {
                 draining: false,
                 capacity: Vec::new(),
                 counters: WorkerCounters::default(),
-                held: HashMap::default(),
+                held: Vec::new(),
                 order: self.next_order,
                 python_sent: HashSet::default(),
             },
@@ -384,7 +384,7 @@ impl Dispatcher {
                 for t in back.into_iter().rev() {
                     if let Some(entry) = self.tasks.remove(&t) {
                         if let Some(m) = self.managers.get_mut(&id) {
-                            m.hold(&self.kinds[entry.kind as usize], -1);
+                            m.hold(entry.kind, -1);
                         }
                         self.enqueue(entry.task, entry.kind, true);
                     }
@@ -403,7 +403,7 @@ impl Dispatcher {
             if let Some(e) = self.tasks.get(&r.id) {
                 if matches!(e.place, Place::InFlight(x) if x == from) {
                     m.in_flight -= 1;
-                    m.hold(&self.kinds[e.kind as usize], -1);
+                    m.hold(e.kind, -1);
                 }
             }
             m.observe(
@@ -441,7 +441,7 @@ impl Dispatcher {
             Place::InFlight(other) if other != from => {
                 if let Some(m) = self.managers.get_mut(&other) {
                     m.in_flight -= 1;
-                    m.hold(&self.kinds[entry.kind as usize], -1);
+                    m.hold(entry.kind, -1);
                 }
                 self.touch(other);
             }
@@ -612,7 +612,8 @@ impl Dispatcher {
     fn pick(&mut self, kind: u32, now: Instant, warm_only: bool) -> Option<(ManagerId, usize)> {
         let container = self.kinds[kind as usize].as_str();
         let managers = &self.managers;
-        let view = |id: ManagerId| managers.get(&id).map(|m| m.view(container));
+        let kinds = &self.kinds;
+        let view = |id: ManagerId| managers.get(&id).map(|m| m.view(container, kinds));
         self.policy.pick(container, &view, now, warm_only)
     }
 
@@ -661,7 +662,7 @@ impl Dispatcher {
         if batch.is_empty() {
             return Sent::QueueEmpty;
         }
-        m.hold(&self.kinds[kind as usize], batch.len() as isize);
+        m.hold(kind, batch.len() as isize);
         let seq = m.next_seq;
         m.next_seq += 1;
         m.unacked.insert(

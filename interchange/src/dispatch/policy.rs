@@ -33,11 +33,23 @@ pub struct Load {
 pub struct View<'a> {
     pub runs: bool,
     pub capacity: &'a [Capacity],
-    pub held: &'a HashMap<String, usize>,
+    /// Tasks in flight by container type number: `held[i]` of type `kinds[i]`.
+    pub held: &'a [usize],
+    pub kinds: &'a [String],
     pub workers: u32,
 }
 
 impl View<'_> {
+    /// Tasks of `kind` in flight.
+    pub fn held(&self, kind: &str) -> usize {
+        self.kinds
+            .iter()
+            .position(|k| k == kind)
+            .and_then(|i| self.held.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Workers of `kind` not claimed by a task in flight: reported workers minus held tasks.
     pub fn warm_room(&self, kind: &str) -> usize {
         let total = self
@@ -45,7 +57,7 @@ impl View<'_> {
             .iter()
             .find(|c| c.container == kind)
             .map_or(0, |c| c.total as usize);
-        total.saturating_sub(self.held.get(kind).copied().unwrap_or(0))
+        total.saturating_sub(self.held(kind))
     }
 
     /// Slots free to start any container, as far as the dispatcher can tell: the reported
@@ -53,7 +65,7 @@ impl View<'_> {
     pub fn unused(&self) -> usize {
         let reported = self.capacity.first().map_or(self.workers, |c| c.unused) as usize;
         let mut needed = 0usize;
-        for (k, n) in self.held {
+        for (k, n) in self.kinds.iter().zip(self.held).filter(|(_, n)| **n > 0) {
             let total = self
                 .capacity
                 .iter()
@@ -73,7 +85,7 @@ impl View<'_> {
     }
 
     fn idle(&self) -> bool {
-        self.held.is_empty()
+        self.held.iter().all(|n| *n == 0)
     }
 }
 
@@ -500,14 +512,12 @@ impl DispatchPolicy for Warm {
 mod tests {
     use super::*;
 
-    static NONE: std::sync::LazyLock<HashMap<String, usize>> =
-        std::sync::LazyLock::new(HashMap::default);
-
     fn all(_: ManagerId) -> Option<View<'static>> {
         Some(View {
             runs: true,
             capacity: &[],
-            held: &NONE,
+            held: &[],
+            kinds: &[],
             workers: 4,
         })
     }
@@ -627,7 +637,8 @@ mod tests {
             Some(View {
                 runs: id.0 % 2 == 1,
                 capacity: &[],
-                held: &NONE,
+                held: &[],
+                kinds: &[],
                 workers: 4,
             })
         };

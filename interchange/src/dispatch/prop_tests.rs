@@ -98,6 +98,19 @@ fn check(d: &Dispatcher, model: &Model, seed: u64, step: usize) {
             m.in_flight, really,
             "seed {seed} step {step}: manager {id}'s count"
         );
+        for (k, n) in m.held.iter().enumerate() {
+            let of_kind = d
+                .tasks
+                .values()
+                .filter(|e| {
+                    e.kind as usize == k && matches!(e.place, Place::InFlight(x) if x == *id)
+                })
+                .count();
+            assert_eq!(
+                *n, of_kind,
+                "seed {seed} step {step}: manager {id}'s count of type {k}"
+            );
+        }
         let most = m.slots.max(m.reg.workers as usize + burst);
         assert!(
             m.in_flight <= most,
