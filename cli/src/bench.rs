@@ -11,6 +11,7 @@ use fxr_interchange::client;
 use fxr_interchange::dispatch::Policy;
 use fxr_protocol::{Builtin, Function, ShellSpec, Task, TaskId};
 use hdrhistogram::Histogram;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Debug)]
@@ -512,6 +513,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let cpu0 = procstat::cpu_seconds();
     let pilots = ep.blocks.pids();
     let pilots_cpu0 = procstat::processes_cpu_seconds(&pilots);
+    let metrics = ep.interchange.metrics();
+    let batches0 = metrics.dispatch_batch.count();
+    let messages0 = metrics.manager_messages.load(Ordering::Relaxed);
     anyhow::ensure!(
         a.common.via_broker || (a.backlog.is_none() && a.clients == 1),
         "--backlog and --clients need --via-broker"
@@ -601,6 +605,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let pilots_cpu = procstat::processes_cpu_seconds(&pilots) - pilots_cpu0;
     let broker_cpu = procstat::thread_cpu_seconds(BROKER_THREADS) - broker_cpu0;
     let runs_total = (a.tasks * a.repeat.max(1)) as f64;
+    // Messages each way per task: what NNG's per-message cost is paid on.
+    let batches = metrics.dispatch_batch.count() - batches0;
+    let messages = metrics.manager_messages.load(Ordering::Relaxed) - messages0;
     drop(via);
     drop(door);
     let rss = procstat::peak_rss();
@@ -624,7 +631,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "store": a.common.store.name(), "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
         "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
-        "broker_cpu_s": broker_cpu,
+        "broker_cpu_s": broker_cpu, "task_batches": batches, "manager_messages": messages,
         // Only pilots this process started (local blocks); a batch job's are not measured.
         "pilots_cpu_s": (!pilots.is_empty()).then_some(pilots_cpu),
         "broker_cpu_us_per_task": if a.common.via_broker { broker_cpu * 1e6 / runs_total } else { 0.0 },

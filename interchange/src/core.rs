@@ -300,6 +300,9 @@ impl<C: Comm> Core<C> {
 
     /// A decoded message from a manager connection.
     fn on_manager_msg(&mut self, pipe_id: u32, msg: ManagerMsg, now: Instant, out: &mut Outbox) {
+        self.metrics
+            .manager_messages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let state = self.pipes.entry(pipe_id).or_insert(PipeState::new(now));
         if state.refused_at.is_some() {
             return;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub blocks_draining: AtomicU64,
     pub block_failures: AtomicU64,
     pub dispatch_batch: Histogram,
+    /// Messages from managers (results, acknowledgements, heartbeats, handshakes).
+    pub manager_messages: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -48,6 +50,7 @@ impl Default for Metrics {
             blocks_draining: z(),
             block_failures: z(),
             dispatch_batch: Histogram::new(COUNTS),
+            manager_messages: z(),
         }
     }
 }
@@ -108,6 +111,12 @@ impl Metrics {
         ] {
             t.sample("fxr_interchange_blocks", &[("state", state)], get(v));
         }
+        t.single(
+            "fxr_interchange_manager_messages_total",
+            "counter",
+            "Messages received from managers.",
+            get(&self.manager_messages),
+        );
         t.single(
             "fxr_interchange_block_failures",
             "gauge",
