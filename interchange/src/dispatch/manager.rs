@@ -25,6 +25,10 @@ pub(super) struct Manager {
     pub(super) results_seen: u64,
     /// Tasks it holds (the dispatcher's task table says which: `Place::InFlight` of it).
     pub(super) in_flight: usize,
+    /// What it added to the dispatcher's counts of idle workers and of workers when last
+    /// touched.
+    pub(super) counted_idle: usize,
+    pub(super) counted_workers: usize,
     /// Ids of the tasks sent to it, in order, including some that have since finished or
     /// moved: appending costs less than a set insert and remove per task. Compacted when it
     /// grows past twice what it holds ([`Manager::sent`]); read only when the manager is lost
@@ -47,6 +51,45 @@ pub(super) struct Manager {
 impl Manager {
     pub(super) fn free(&self) -> usize {
         self.limit.saturating_sub(self.in_flight)
+    }
+
+    /// Its workers (none while draining): what it adds to the dispatcher's count.
+    pub(super) fn workers(&self) -> usize {
+        if self.draining {
+            0
+        } else {
+            self.reg.workers as usize
+        }
+    }
+
+    /// Whether its tasks are short (mean run time under `short_us`, once results are in).
+    pub(super) fn short(&self, short_us: u64) -> bool {
+        self.results_seen > 0 && self.mean_run_us < short_us as f64
+    }
+
+    /// Its workers without a task (none while draining): what it adds to the dispatcher's
+    /// count of idle workers.
+    pub(super) fn idle_workers(&self) -> usize {
+        if self.draining {
+            0
+        } else {
+            (self.reg.workers as usize)
+                .saturating_sub(self.in_flight)
+                .min(self.free())
+        }
+    }
+
+    /// The most the next batch may bring: its idle workers, and of its prefetch room only
+    /// `extra`, the tasks the dispatcher has beyond what workers elsewhere will take (zero
+    /// when it has no idle worker and nothing is left over: the policy is not offered it).
+    ///
+    /// Why: filling the prefetch room too leaves tasks waiting behind busy workers while
+    /// another manager's workers sit idle or are about to finish; with as many tasks as
+    /// workers, a whole wave ran one task time late.
+    pub(super) fn room(&self, extra: usize) -> usize {
+        let free = self.free();
+        let idle = self.idle_workers();
+        idle + (free - idle).min(extra)
     }
 
     pub(super) fn observe(&mut self, run_us: u64, burst: usize, short_us: u64) {

@@ -133,6 +133,11 @@ pub struct Dispatcher {
     /// task). Ids whose entry has moved on are skipped when popped.
     queues: Vec<VecDeque<TaskId>>,
     queued: usize,
+    /// Workers without a task over all managers not draining (each manager's `counted_idle`,
+    /// kept by [`Dispatcher::touch`]), and all their workers: a batch prefetches only the
+    /// queued tasks beyond these (see [`Dispatcher::send_batch`]).
+    idle_workers: usize,
+    workers: usize,
     managers: BTreeMap<ManagerId, Manager>,
     /// The policy and its index of managers with room, kept current by [`Dispatcher::touch`].
     policy: Box<dyn DispatchPolicy>,
@@ -141,6 +146,31 @@ pub struct Dispatcher {
     /// Container types seen, `""` (the bare node) first; tasks name theirs by index.
     kinds: Vec<String>,
     kind_index: HashMap<String, u32>,
+}
+
+/// The counts that size a batch (see [`Backlog::room`]).
+#[derive(Clone, Copy, Debug)]
+struct Backlog {
+    queued: usize,
+    idle_workers: usize,
+    workers: usize,
+    short_us: u64,
+}
+
+impl Backlog {
+    /// The most a batch to `m` may bring. Prefetched tasks wait behind busy workers. For short
+    /// tasks that is worth it as soon as every idle worker has a task (the wait is shorter
+    /// than a round trip to the interchange); for longer ones only once every worker has a
+    /// task after its current one, so the last wave does not leave some workers a task
+    /// behind while others have none.
+    fn room(&self, m: &Manager) -> usize {
+        let taken_elsewhere = if m.short(self.short_us) {
+            self.idle_workers
+        } else {
+            self.workers
+        };
+        m.room(self.queued.saturating_sub(taken_elsewhere))
+    }
 }
 
 /// What one attempt to send a batch did.
@@ -161,6 +191,8 @@ impl Dispatcher {
             tasks: Default::default(),
             queues: vec![VecDeque::new()],
             queued: 0,
+            idle_workers: 0,
+            workers: 0,
             managers: BTreeMap::new(),
             policy,
             next_order: 0,
@@ -182,6 +214,14 @@ impl Dispatcher {
     /// every change to a manager's tasks, room, batches or draining.
     fn touch(&mut self, id: ManagerId) {
         let max_unacked = self.config.max_unacked;
+        if let Some(m) = self.managers.get_mut(&id) {
+            let idle = m.idle_workers();
+            self.idle_workers = self.idle_workers - m.counted_idle + idle;
+            m.counted_idle = idle;
+            let workers = m.workers();
+            self.workers = self.workers - m.counted_workers + workers;
+            m.counted_workers = workers;
+        }
         match self.managers.get(&id) {
             Some(m) => self.policy.update(
                 id,
@@ -328,6 +368,8 @@ impl Dispatcher {
                 mean_run_us: 0.0,
                 results_seen: 0,
                 in_flight: 0,
+                counted_idle: 0,
+                counted_workers: 0,
                 sent_ids: Vec::new(),
                 unacked: BTreeMap::new(),
                 next_seq: 1,
@@ -461,6 +503,8 @@ impl Dispatcher {
         let Some(m) = self.managers.remove(&id) else {
             return;
         };
+        self.idle_workers -= m.counted_idle;
+        self.workers -= m.counted_workers;
         self.policy.remove(id);
         let mut held: Vec<TaskId> = m
             .sent_ids
@@ -613,8 +657,26 @@ impl Dispatcher {
         let container = self.kinds[kind as usize].as_str();
         let managers = &self.managers;
         let kinds = &self.kinds;
-        let view = |id: ManagerId| managers.get(&id).map(|m| m.view(container, kinds));
+        let backlog = self.backlog();
+        // A manager whose next batch could hold nothing (no idle worker, and no task left
+        // over for its prefetch room) is not offered.
+        let view = |id: ManagerId| {
+            managers.get(&id).map(|m| {
+                let mut v = m.view(container, kinds);
+                v.runs &= backlog.room(m) > 0;
+                v
+            })
+        };
         self.policy.pick(container, &view, now, warm_only)
+    }
+
+    fn backlog(&self) -> Backlog {
+        Backlog {
+            queued: self.queued,
+            idle_workers: self.idle_workers,
+            workers: self.workers,
+            short_us: self.config.short_task_us,
+        }
     }
 
     /// Sends one batch to `target`.
@@ -626,6 +688,7 @@ impl Dispatcher {
         now: Instant,
         out: &mut Outbox,
     ) -> Sent {
+        let backlog = self.backlog();
         let Some(m) = self.managers.get_mut(&target) else {
             return Sent::NoRoom;
         };
@@ -635,7 +698,11 @@ impl Dispatcher {
         if !m.can_take(self.config.max_unacked) {
             return Sent::NoRoom;
         }
-        let room = m.free().min(self.config.max_batch).min(most.max(1));
+        let room = backlog.room(m);
+        if room == 0 {
+            return Sent::NoRoom;
+        }
+        let room = room.min(self.config.max_batch).min(most.max(1));
         let mut batch = Vec::with_capacity(room.min(queue.len()));
         let mut ids = Vec::with_capacity(batch.capacity());
         let mut bytes = 0;

@@ -88,6 +88,16 @@ fn check(d: &Dispatcher, model: &Model, seed: u64, step: usize) {
         "seed {seed} step {step}: queued + in flight"
     );
     let mut held = 0;
+    assert_eq!(
+        d.idle_workers,
+        d.managers.values().map(|m| m.idle_workers()).sum::<usize>(),
+        "seed {seed} step {step}: idle workers counted"
+    );
+    assert_eq!(
+        d.workers,
+        d.managers.values().map(|m| m.workers()).sum::<usize>(),
+        "seed {seed} step {step}: workers counted"
+    );
     for (id, m) in &d.managers {
         let really = d
             .tasks

@@ -89,6 +89,35 @@ fn batches_fill_each_manager_up_to_its_slots() {
     assert_eq!(d.in_flight(), 8);
 }
 
+/// With no more tasks than idle workers, every task goes to an idle worker: none waits in a
+/// manager's prefetch room behind busy workers while another manager's workers have nothing.
+#[test]
+fn prefetch_takes_only_the_tasks_idle_workers_leave() {
+    for policy in [Policy::LeastLoaded, Policy::RoundRobin] {
+        let now = Instant::now();
+        let mut d = dispatcher(policy);
+        let mut out = Outbox::default();
+        d.register(reg(1, 2, 2), now, &mut out);
+        d.register(reg(2, 2, 2), now, &mut out);
+        d.submit(tasks(0..4), &mut out);
+        d.dispatch(now, &mut out);
+        let mut per: Vec<usize> = sent(&out).iter().map(|(_, _, t)| t.len()).collect();
+        per.sort_unstable();
+        assert_eq!(per, [2, 2], "{policy:?}: one task per worker");
+        assert_eq!(d.idle_workers, 0, "{policy:?}");
+        // Every worker busy with tasks of unknown length: a fifth waits here for the first
+        // worker to finish, not behind a worker that may run long.
+        d.submit(tasks(4..5), &mut out);
+        d.dispatch(now, &mut out);
+        assert_eq!((d.in_flight(), d.queued()), (4, 1), "{policy:?}");
+        // Five queued for four workers: one is more than a task per worker, and is
+        // prefetched.
+        d.submit(tasks(5..9), &mut out);
+        d.dispatch(now, &mut out);
+        assert_eq!((d.in_flight(), d.queued()), (5, 4), "{policy:?}");
+    }
+}
+
 #[test]
 fn results_free_slots_and_leave_exactly_once() {
     let now = Instant::now();
@@ -467,6 +496,14 @@ fn warm_sends_a_type_to_the_manager_with_its_warm_workers_and_no_more_than_it_ha
     assert_eq!((s[0].0, s[0].2.len()), (ManagerId(1), 2));
     assert_eq!(s[1].2.len(), 1);
     let mut out = Outbox::default();
+    // Manager 2 finishes a task: one of its workers (of type b) is free.
+    let done = ManagerMsg::Results {
+        results: vec![ok(TaskId(0))],
+        capacity: vec![],
+        counters: Default::default(),
+    };
+    d.on_message(ManagerId(2), done, now, &mut out);
+    report(&mut d, 2, &[("b", 2)], 0, now);
     d.dispatch(now + Duration::from_secs(1), &mut out);
     assert!(sent(&out).is_empty(), "not again within the interval");
     d.dispatch(now + Duration::from_secs(3600), &mut out);
