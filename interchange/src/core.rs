@@ -21,6 +21,14 @@ use std::time::{Duration, Instant};
 pub trait Comm {
     /// Sends one frame to a manager pipe; never blocks (a full pipe drops it).
     fn send(&mut self, pipe: u32, frame: &[u8]);
+    /// Sends one message to a manager pipe, encoding it on the way: in production on the
+    /// link's sending thread, off the dispatch thread. Never blocks.
+    fn send_msg(&mut self, pipe: u32, msg: InterchangeMsg) {
+        match fxr_protocol::encode(&msg) {
+            Ok(frame) => self.send(pipe, &frame),
+            Err(e) => tracing::error!(pipe, error = %e, "cannot encode a message for a manager"),
+        }
+    }
     /// Closes a manager pipe.
     fn close_pipe(&mut self, pipe: u32);
     /// A client connected: its replies go to `tx`.
@@ -42,6 +50,11 @@ impl Comm for Links {
     fn send(&mut self, pipe: u32, frame: &[u8]) {
         if let Some(l) = &self.link {
             l.send(pipe, frame);
+        }
+    }
+    fn send_msg(&mut self, pipe: u32, msg: InterchangeMsg) {
+        if let Some(l) = &self.link {
+            l.send_msg(pipe, msg);
         }
     }
     fn close_pipe(&mut self, pipe: u32) {
@@ -593,14 +606,24 @@ impl<C: Comm> Core<C> {
             if let InterchangeMsg::Tasks { tasks, .. } = &msg {
                 self.metrics.dispatch_batch.observe(tasks.len() as f64);
             }
-            if let Some(&pipe) = self.manager_pipe.get(&m) {
-                self.frame.clear();
-                match fxr_protocol::encode_into(&mut self.frame, &msg) {
-                    Ok(()) => {
-                        let beat = matches!(msg, InterchangeMsg::Heartbeat);
-                        self.send_frame(pipe, !beat)
+            let Some(&pipe) = self.manager_pipe.get(&m) else {
+                continue;
+            };
+            let beat = matches!(msg, InterchangeMsg::Heartbeat);
+            match self.pipes.get_mut(&pipe) {
+                // A plain connection: encoded on the link's sending thread.
+                Some(s) if s.seal.is_none() => {
+                    s.sent |= !beat;
+                    self.comm.send_msg(pipe, msg);
+                }
+                _ => {
+                    self.frame.clear();
+                    match fxr_protocol::encode_into(&mut self.frame, &msg) {
+                        Ok(()) => self.send_frame(pipe, !beat),
+                        Err(e) => {
+                            tracing::error!(manager_id = %m, error = %e, "cannot encode a batch")
+                        }
                     }
-                    Err(e) => tracing::error!(manager_id = %m, error = %e, "cannot encode a batch"),
                 }
             }
         }

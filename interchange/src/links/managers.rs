@@ -10,10 +10,11 @@
 //! described in ARCHITECTURE.md.
 
 use crate::event::Event;
+use fxr_protocol::InterchangeMsg;
 use nng::options::{Options, RecvMaxSize, RecvTimeout};
 use nng::{Pipe, PipeEvent, Protocol, RawSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -33,13 +34,30 @@ pub enum LinkError {
 /// How often the receiving thread wakes to look at its stop flag.
 const RECV_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// The listening socket and its receiving thread.
+/// The listening socket, its receiving thread and its sending thread.
+///
+/// Sending has a thread of its own so that the core's dispatch thread does not encode batches
+/// or wait on NNG's locks: the core hands over messages ([`ManagerLink::send_msg`]) and goes on.
+/// Every send goes through that one thread in the order given, so a pipe's messages keep
+/// their order. The queue needs no bound of its own: the dispatcher keeps at most
+/// `max_unacked` batches unacknowledged per manager.
 #[derive(Debug)]
 pub struct ManagerLink {
     socket: nng::Socket,
     port: u16,
     receiver: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    outgoing: Option<Sender<Outgoing>>,
+    sender: Option<JoinHandle<()>>,
+}
+
+/// What the sending thread sends.
+#[derive(Debug)]
+enum Outgoing {
+    /// A frame encoded (and, on a sealed connection, sealed) by the core.
+    Frame(u32, Vec<u8>),
+    /// A message the sending thread encodes.
+    Msg(u32, InterchangeMsg),
 }
 
 /// The numeric id of a pipe, as it appears in message headers.
@@ -121,11 +139,27 @@ impl ManagerLink {
             .name("ix-recv".into())
             .spawn(move || receive_loop(rx_socket, events, &rx_stop, decode))
             .map_err(LinkError::Thread)?;
+        let (outgoing, queue) = mpsc::channel();
+        let tx_socket = socket.clone();
+        let sender = match std::thread::Builder::new()
+            .name("ix-send".into())
+            .spawn(move || send_loop(tx_socket, queue))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = receiver.join();
+                socket.close();
+                return Err(LinkError::Thread(e));
+            }
+        };
         Ok(ManagerLink {
             socket,
             port,
             receiver: Some(receiver),
             stop,
+            outgoing: Some(outgoing),
+            sender: Some(sender),
         })
     }
 
@@ -134,30 +168,67 @@ impl ManagerLink {
         self.port
     }
 
-    /// Sends one frame to one pipe. Never blocks; a full or closed pipe drops it.
+    /// Sends one encoded frame to one pipe, on the sending thread. Never blocks; a full or
+    /// closed pipe drops it.
     pub fn send(&self, pipe: u32, frame: &[u8]) {
-        let mut msg = nng::Message::with_capacity(frame.len());
-        msg.push_back(frame);
-        let header = msg.as_mut_header();
-        header.push_back(&pipe.to_be_bytes());
-        header.push_back(&0x8000_0000u32.to_be_bytes());
-        if let Err((_, e)) = self.socket.send(msg) {
-            tracing::debug!(pipe, error = %e, "send to manager dropped");
+        self.queue(Outgoing::Frame(pipe, frame.to_vec()));
+    }
+
+    /// Encodes and sends one message to one pipe, both on the sending thread.
+    pub fn send_msg(&self, pipe: u32, msg: InterchangeMsg) {
+        self.queue(Outgoing::Msg(pipe, msg));
+    }
+
+    fn queue(&self, out: Outgoing) {
+        if let Some(q) = &self.outgoing {
+            // The sending thread only ends when this side is dropped (in `close`).
+            let _ = q.send(out);
         }
     }
 
-    /// Stops the receiving thread, then closes the socket.
+    /// Sends what is queued, stops both threads, then closes the socket.
     ///
-    /// In that order: NNG 1.4 may expire a timed receive on another thread just as the socket
-    /// closes and then lock the socket's freed queue (`pthread_mutex_lock: Invalid argument`,
-    /// an abort). Once the thread has returned no receive is pending, so closing is safe; it
-    /// costs at most one [`RECV_POLL`].
+    /// The receiving thread stops before the close: NNG 1.4 may expire a timed receive on
+    /// another thread just as the socket closes and then lock the socket's freed queue
+    /// (`pthread_mutex_lock: Invalid argument`, an abort). Once the thread has returned no
+    /// receive is pending, so closing is safe; it costs at most one [`RECV_POLL`].
     pub fn close(mut self) {
+        drop(self.outgoing.take());
+        if let Some(h) = self.sender.take() {
+            let _ = h.join();
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.receiver.take() {
             let _ = h.join();
         }
         self.socket.close();
+    }
+}
+
+/// The sending thread: encodes what needs it (into one reused buffer) and sends, in order,
+/// until the link closes its queue.
+fn send_loop(socket: nng::Socket, queue: Receiver<Outgoing>) {
+    let mut buf = Vec::with_capacity(4096);
+    for out in queue {
+        let (pipe, frame) = match &out {
+            Outgoing::Frame(pipe, frame) => (*pipe, frame.as_slice()),
+            Outgoing::Msg(pipe, msg) => {
+                buf.clear();
+                if let Err(e) = fxr_protocol::encode_into(&mut buf, msg) {
+                    tracing::error!(pipe, error = %e, "cannot encode a message for a manager");
+                    continue;
+                }
+                (*pipe, buf.as_slice())
+            }
+        };
+        let mut msg = nng::Message::with_capacity(frame.len());
+        msg.push_back(frame);
+        let header = msg.as_mut_header();
+        header.push_back(&pipe.to_be_bytes());
+        header.push_back(&0x8000_0000u32.to_be_bytes());
+        if let Err((_, e)) = socket.send(msg) {
+            tracing::debug!(pipe, error = %e, "send to manager dropped");
+        }
     }
 }
 
