@@ -68,7 +68,8 @@ fn one() -> u32 {
 /// A line of the experiment: one `fxr bench` command run for each value of a variable.
 ///
 /// In `args`, `{v}` is the value; `{managers}` and `{per_manager}` split `{v}` workers into
-/// simulated managers of at most 64 workers; `{tasks}` is `tasks`, or `tasks_per_worker × v`.
+/// simulated managers of at most `per_manager` workers (64 unless given); `{tasks}` is `tasks`,
+/// or `tasks_per_worker × v`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sweep {
@@ -96,6 +97,9 @@ pub struct Sweep {
     /// For sleep workloads: the task length in ms, to compute the ideal completion time.
     #[serde(default)]
     pub sleep_ms: Option<u64>,
+    /// Most workers per simulated manager (64 when not given).
+    #[serde(default)]
+    pub per_manager: Option<u64>,
     /// `slurm`: the sweep runs on a Slurm cluster that the harness starts on this machine
     /// (`scripts/slurm-cluster.sh`), and is skipped, with a note, where Slurm is not installed.
     /// `parsl`: the sweep needs Parsl in `target/anchors-venv` (`make experiment-anchors`).

@@ -33,7 +33,9 @@ pub enum RunError {
 const PER_MANAGER: u64 = 64;
 
 fn expand(s: &Sweep, v: u64, quick: bool) -> Vec<String> {
-    let managers = v.div_ceil(PER_MANAGER).max(1);
+    let managers = v
+        .div_ceil(s.per_manager.unwrap_or(PER_MANAGER).max(1))
+        .max(1);
     let per_manager = v.div_ceil(managers).max(1);
     // Many managers are spread over up to 4 pilot processes, as on 4 nodes.
     let blocks = managers.clamp(1, 4);
