@@ -113,6 +113,12 @@ fn json_args(args: &[u8]) -> anyhow::Result<serde_json::Value> {
 
 /// Name of the broker's runtime threads.
 const BROKER_THREADS: &str = "fxr-broker";
+/// The interchange's core (dispatch) thread, and its manager link's threads.
+const DISPATCH_THREAD: &str = "interchange";
+
+fn link_threads_cpu() -> f64 {
+    procstat::thread_cpu_seconds("ix-recv") + procstat::thread_cpu_seconds("ix-send")
+}
 
 impl ViaBroker {
     /// Starts the broker; `connect` also connects the endpoint (otherwise call [`Self::connect`]).
@@ -514,6 +520,10 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let pilots = ep.blocks.pids();
     let pilots_cpu0 = procstat::processes_cpu_seconds(&pilots);
     let metrics = ep.interchange.metrics();
+    let dispatch_cpu0 = procstat::thread_cpu_seconds(DISPATCH_THREAD);
+    // This thread is the in-process client: it builds, submits and collects the tasks.
+    let client_cpu0 = procstat::this_thread_cpu_seconds();
+    let link_cpu0 = link_threads_cpu();
     let batches0 = metrics.dispatch_batch.count();
     let messages0 = metrics.manager_messages.load(Ordering::Relaxed);
     anyhow::ensure!(
@@ -608,6 +618,12 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     // Messages each way per task: what NNG's per-message cost is paid on.
     let batches = metrics.dispatch_batch.count() - batches0;
     let messages = metrics.manager_messages.load(Ordering::Relaxed) - messages0;
+    // The interchange process's CPU split: the dispatch thread alone, and the manager link's
+    // receiving and sending threads (decoding and encoding); the rest is NNG's own threads
+    // and the in-process client.
+    let dispatch_cpu = procstat::thread_cpu_seconds(DISPATCH_THREAD) - dispatch_cpu0;
+    let link_cpu = link_threads_cpu() - link_cpu0;
+    let client_cpu = procstat::this_thread_cpu_seconds() - client_cpu0;
     drop(via);
     drop(door);
     let rss = procstat::peak_rss();
@@ -632,6 +648,7 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
         "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
         "broker_cpu_s": broker_cpu, "task_batches": batches, "manager_messages": messages,
+        "dispatch_cpu_s": dispatch_cpu, "link_threads_cpu_s": link_cpu, "client_cpu_s": client_cpu,
         // Only pilots this process started (local blocks); a batch job's are not measured.
         "pilots_cpu_s": (!pilots.is_empty()).then_some(pilots_cpu),
         "broker_cpu_us_per_task": if a.common.via_broker { broker_cpu * 1e6 / runs_total } else { 0.0 },

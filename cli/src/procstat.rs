@@ -82,9 +82,46 @@ pub fn thread_cpu_seconds(name: &str) -> f64 {
     secs
 }
 
+/// CPU seconds spent by the calling thread.
+pub fn this_thread_cpu_seconds() -> f64 {
+    // SAFETY: clock_gettime fills the struct we pass.
+    unsafe {
+        let mut t: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) != 0 {
+            return 0.0;
+        }
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_calling_threads_cpu_grows_with_its_work_and_not_with_others() {
+        let before = this_thread_cpu_seconds();
+        std::thread::spawn(|| {
+            let t0 = this_thread_cpu_seconds();
+            let mut x = 0u64;
+            while this_thread_cpu_seconds() - t0 < 0.05 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        })
+        .join()
+        .expect("the spinning thread");
+        let idle = this_thread_cpu_seconds() - before;
+        assert!(idle < 0.05, "{idle} s while another thread spun");
+        // Spinning for 100 ms of wall time gets some CPU even on a busy machine.
+        let t0 = this_thread_cpu_seconds();
+        let wall = std::time::Instant::now();
+        let mut x = 0u64;
+        while wall.elapsed() < std::time::Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let spun = this_thread_cpu_seconds() - t0;
+        assert!(spun > 0.005, "{spun} s of CPU in 100 ms of spinning");
+    }
 
     #[test]
     fn cpu_times_are_read_after_a_command_name_with_spaces_and_parentheses() {
