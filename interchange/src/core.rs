@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 /// What the core does to the world: the only I/O it asks for. The nng manager link and the
 /// client channels implement it in production ([`Links`]); tests record the calls.
 pub trait Comm {
-    /// Sends one frame to a manager pipe; never blocks (a full pipe drops it).
-    fn send(&mut self, pipe: u32, frame: &[u8]);
+    /// Sends one frame to a manager pipe; never blocks (a full pipe drops it). Takes the frame
+    /// whole: the link queues it for its sending thread as it is.
+    fn send(&mut self, pipe: u32, frame: Vec<u8>);
     /// Sends one message to a manager pipe, encoding it on the way: in production on the
     /// link's sending thread, off the dispatch thread. Never blocks.
     fn send_msg(&mut self, pipe: u32, msg: InterchangeMsg) {
         match fxr_protocol::encode(&msg) {
-            Ok(frame) => self.send(pipe, &frame),
+            Ok(frame) => self.send(pipe, frame),
             Err(e) => tracing::error!(pipe, error = %e, "cannot encode a message for a manager"),
         }
     }
@@ -47,7 +48,7 @@ pub(crate) struct Links {
 }
 
 impl Comm for Links {
-    fn send(&mut self, pipe: u32, frame: &[u8]) {
+    fn send(&mut self, pipe: u32, frame: Vec<u8>) {
         if let Some(l) = &self.link {
             l.send(pipe, frame);
         }
@@ -594,9 +595,9 @@ impl<C: Comm> Core<C> {
         }) {
             Some(c) => {
                 let sealed = c.seal(&self.frame);
-                self.comm.send(pipe_id, &sealed);
+                self.comm.send(pipe_id, sealed);
             }
-            None => self.comm.send(pipe_id, &self.frame),
+            None => self.comm.send(pipe_id, self.frame.clone()),
         }
     }
 

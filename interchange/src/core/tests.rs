@@ -15,11 +15,11 @@ struct Fake {
 }
 
 impl Comm for Fake {
-    fn send(&mut self, pipe: u32, frame: &[u8]) {
+    fn send(&mut self, pipe: u32, frame: Vec<u8>) {
         // A sealed frame is kept as it went; others decoded.
-        match fxr_protocol::decode(frame) {
+        match fxr_protocol::decode(&frame) {
             Ok(m) => self.sent.push((pipe, m)),
-            Err(_) => self.raw.push(frame.to_vec()),
+            Err(_) => self.raw.push(frame),
         }
     }
     fn close_pipe(&mut self, pipe: u32) {
@@ -173,7 +173,7 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
     ));
     // A message in clear (or replayed) after Welcome closes the connection, also when the
     // receiving thread had decoded it.
-    let decoded = fxr_protocol::decode::<ManagerMsg>(&hb).unwrap();
+    let decoded = fxr_protocol::decode::<ManagerMsg>(&hb).expect("the heartbeat decodes");
     from_pipe(&mut c, 4, hb, now);
     assert_eq!(c.comm.closed, vec![4]);
     let mut c = core();
@@ -181,7 +181,7 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
     from_pipe(
         &mut c,
         5,
-        fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).unwrap(),
+        fxr_protocol::encode(&ManagerMsg::Hello { nonce: mine }).expect("a hello encodes"),
         now,
     );
     let Some((_, InterchangeMsg::Challenge { nonce, .. })) = c.comm.sent.pop() else {
@@ -222,7 +222,7 @@ fn messages_decoded_by_the_receiving_thread_register_and_report_like_raw_ones() 
         panic!("a challenge");
     };
     let reg = register_with(3, auth::manager_proof("right", &nonce, &mine));
-    let msg = fxr_protocol::decode::<ManagerMsg>(&reg).unwrap();
+    let msg = fxr_protocol::decode::<ManagerMsg>(&reg).expect("the registration decodes");
     feed(&mut c, Event::Decoded { pipe_id: 6, msg }, now);
     assert!(matches!(
         c.comm.sent.pop(),

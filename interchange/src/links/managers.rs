@@ -170,8 +170,8 @@ impl ManagerLink {
 
     /// Sends one encoded frame to one pipe, on the sending thread. Never blocks; a full or
     /// closed pipe drops it.
-    pub fn send(&self, pipe: u32, frame: &[u8]) {
-        self.queue(Outgoing::Frame(pipe, frame.to_vec()));
+    pub fn send(&self, pipe: u32, frame: Vec<u8>) {
+        self.queue(Outgoing::Frame(pipe, frame));
     }
 
     /// Encodes and sends one message to one pipe, both on the sending thread.
