@@ -55,6 +55,9 @@ pub struct Common {
     pub function: String,
     #[arg(long, default_value_t = 4)]
     pub prefetch: u32,
+    /// Dispatch shards in the interchange, each on its own thread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub dispatch_shards: u32,
     /// Go through a broker (started in this process): client → REST API → broker → endpoint
     /// link → interchange → workers and back.
     #[arg(long)]
@@ -113,9 +116,13 @@ fn json_args(args: &[u8]) -> anyhow::Result<serde_json::Value> {
 
 /// Name of the broker's runtime threads.
 const BROKER_THREADS: &str = "fxr-broker";
-/// The interchange's core (dispatch) thread, and its manager link's threads.
-const DISPATCH_THREAD: &str = "interchange";
 
+/// The interchange's core (dispatch) thread and its dispatch shards' threads (`dispatch-N`).
+fn dispatch_cpu() -> f64 {
+    procstat::threads_cpu_seconds(|n| n == "interchange" || n.starts_with("dispatch-"))
+}
+
+/// The interchange's manager link's threads.
 fn link_threads_cpu() -> f64 {
     procstat::thread_cpu_seconds("ix-recv") + procstat::thread_cpu_seconds("ix-send")
 }
@@ -426,6 +433,7 @@ pub(crate) fn endpoint_with(
         managers: c.managers,
         dispatch: Policy::LeastLoaded,
         max_retries: 2,
+        dispatch_shards: c.dispatch_shards,
         register_timeout: Duration::from_secs(10),
         encrypt: c.encrypt,
         heartbeat_period: Duration::from_secs(5),
@@ -460,6 +468,7 @@ pub(crate) fn endpoint_with(
         };
         cfg.engine.workers_per_node = Some(c.workers);
         cfg.engine.prefetch = c.prefetch;
+        cfg.engine.dispatch_shards = c.dispatch_shards;
         cfg.provider.kind = "slurm".into();
         cfg.provider.nodes_per_block = nodes;
         cfg.provider.init_blocks = 1;
@@ -520,7 +529,8 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     let pilots = ep.blocks.pids();
     let pilots_cpu0 = procstat::processes_cpu_seconds(&pilots);
     let metrics = ep.interchange.metrics();
-    let dispatch_cpu0 = procstat::thread_cpu_seconds(DISPATCH_THREAD);
+    let dispatch_cpu0 = dispatch_cpu();
+    let core_cpu0 = procstat::thread_cpu_seconds("interchange");
     // This thread is the in-process client: it builds, submits and collects the tasks.
     let client_cpu0 = procstat::this_thread_cpu_seconds();
     let link_cpu0 = link_threads_cpu();
@@ -621,7 +631,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
     // The interchange process's CPU split: the dispatch thread alone, and the manager link's
     // receiving and sending threads (decoding and encoding); the rest is NNG's own threads
     // and the in-process client.
-    let dispatch_cpu = procstat::thread_cpu_seconds(DISPATCH_THREAD) - dispatch_cpu0;
+    let dispatch_cpu = dispatch_cpu() - dispatch_cpu0;
+    // With dispatch shards, the core thread hands tasks out and the shards' threads dispatch.
+    let core_cpu = procstat::thread_cpu_seconds("interchange") - core_cpu0;
     let link_cpu = link_threads_cpu() - link_cpu0;
     let client_cpu = procstat::this_thread_cpu_seconds() - client_cpu0;
     drop(via);
@@ -648,7 +660,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
         "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
         "broker_cpu_s": broker_cpu, "task_batches": batches, "manager_messages": messages,
-        "dispatch_cpu_s": dispatch_cpu, "link_threads_cpu_s": link_cpu, "client_cpu_s": client_cpu,
+        "dispatch_cpu_s": dispatch_cpu, "core_thread_cpu_s": core_cpu,
+        "dispatch_shards": a.common.dispatch_shards,
+        "link_threads_cpu_s": link_cpu, "client_cpu_s": client_cpu,
         // Only pilots this process started (local blocks); a batch job's are not measured.
         "pilots_cpu_s": (!pilots.is_empty()).then_some(pilots_cpu),
         "broker_cpu_us_per_task": if a.common.via_broker { broker_cpu * 1e6 / runs_total } else { 0.0 },

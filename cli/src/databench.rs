@@ -359,6 +359,7 @@ pub fn mapreduce(a: MapReduceArgs, json: bool) -> anyhow::Result<u8> {
         blocks: 1,
         function: "noop".into(),
         prefetch: 0,
+        dispatch_shards: 1,
         via_broker: false,
         store: crate::bench::StoreKind::Sqlite,
         encrypt: false,

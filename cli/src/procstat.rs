@@ -57,29 +57,41 @@ pub fn processes_cpu_seconds(pids: &[u32]) -> f64 {
 /// CPU seconds spent by this process's threads named `name`, in nanoseconds from each thread's
 /// `schedstat` (clock ticks from `stat` where that is missing).
 pub fn thread_cpu_seconds(name: &str) -> f64 {
+    threads_cpu_seconds(|n| n == name)
+}
+
+/// CPU seconds spent by this process's threads whose name `named` accepts.
+pub fn threads_cpu_seconds(named: impl Fn(&str) -> bool) -> f64 {
+    each_thread_cpu_seconds(named).iter().map(|(_, s)| s).sum()
+}
+
+/// CPU seconds spent by each of this process's threads whose name `named` accepts, by thread
+/// id.
+pub fn each_thread_cpu_seconds(named: impl Fn(&str) -> bool) -> Vec<(u64, f64)> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
+        return Vec::new();
     };
-    let mut secs = 0.0;
+    let mut each = Vec::new();
     for t in dir.flatten() {
         let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else {
             continue;
         };
-        if comm.trim_end() != name {
+        if !named(comm.trim_end()) {
             continue;
         }
+        let tid = t.file_name().to_string_lossy().parse::<u64>().unwrap_or(0);
         if let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         {
-            secs += ns as f64 / 1e9;
+            each.push((tid, ns as f64 / 1e9));
             continue;
         }
         if let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) {
-            secs += stat_cpu_seconds(&stat);
+            each.push((tid, stat_cpu_seconds(&stat)));
         }
     }
-    secs
+    each
 }
 
 /// CPU seconds spent by the calling thread.

@@ -1,9 +1,11 @@
 //! `fxr bench queue`: the interchange's dispatcher alone, in this process, without sockets or
 //! encoding: how much memory a queued task costs, and how much CPU a task costs from
 //! submission through dispatch to its result. It isolates the dispatcher from the wire and the
-//! pilots, which `fxr bench throughput` measures together.
+//! pilots, which `fxr bench throughput` measures together. With `--shards N` the dispatcher is
+//! sharded across N threads (`[engine] dispatch_shards`), and the figures are those of the
+//! whole sharded dispatcher: the tasks waiting in front of the shards, and every thread.
 
-use fxr_interchange::dispatch::{DispatchConfig, Dispatcher, Outbox};
+use fxr_interchange::dispatch::{DispatchConfig, Outbox, Sharded};
 use fxr_protocol::{
     BlockId, Builtin, Function, InterchangeMsg, ManagerId, ManagerMsg, Outcome, Registration, Task,
     TaskId, TaskResult, WorkerCounters,
@@ -26,6 +28,14 @@ pub struct QueueArgs {
     pub workers: u32,
     #[arg(long, default_value_t = 5)]
     pub repeat: u32,
+    /// Dispatch shards, each on its own thread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub shards: u32,
+}
+
+/// CPU seconds of each dispatch shard's thread, by thread id.
+fn shard_cpu() -> Vec<(u64, f64)> {
+    crate::procstat::each_thread_cpu_seconds(|n| n.starts_with("dispatch-"))
 }
 
 /// Resident memory of this process now, in bytes.
@@ -57,7 +67,7 @@ fn registration(id: u64, workers: u32) -> Registration {
     }
 }
 
-fn queue(d: &mut Dispatcher, from: u64, n: u64, args_bytes: usize, out: &mut Outbox) {
+fn queue(d: &mut Sharded, from: u64, n: u64, args_bytes: usize, out: &mut Outbox) {
     d.submit(
         (from..from + n).map(|i| Task {
             id: TaskId(i),
@@ -72,13 +82,22 @@ fn queue(d: &mut Dispatcher, from: u64, n: u64, args_bytes: usize, out: &mut Out
 
 /// Dispatches until every task has its result, answering each batch at once; returns the
 /// results seen.
-fn run_all(d: &mut Dispatcher, out: &mut Outbox) -> u64 {
+fn run_all(d: &mut Sharded, n: u64, out: &mut Outbox) -> u64 {
     let mut done = 0;
-    while d.outstanding() > 0 {
+    let mut idle_turns = 0;
+    while done < n {
         d.dispatch(Instant::now(), out);
         let sent: Vec<(ManagerId, InterchangeMsg)> = out.to_managers.drain(..).collect();
+        done += out.results.len() as u64;
+        out.results.clear();
         if sent.is_empty() {
-            break;
+            // Nothing sent: finished, or (a bug) stuck; a few turns tell which.
+            idle_turns += 1;
+            if d.outstanding() == 0 || idle_turns > 1000 {
+                break;
+            }
+        } else {
+            idle_turns = 0;
         }
         for (m, msg) in sent {
             if let InterchangeMsg::Tasks { seq, tasks } = msg {
@@ -87,7 +106,7 @@ fn run_all(d: &mut Dispatcher, out: &mut Outbox) -> u64 {
                     .iter()
                     .map(|t| TaskResult {
                         id: t.id,
-                        outcome: Outcome::Success(b"null".to_vec()),
+                        outcome: Outcome::Success(Vec::new()),
                         run_us: 1,
                     })
                     .collect();
@@ -110,7 +129,10 @@ pub fn queue_bench(a: QueueArgs, json: bool) -> anyhow::Result<u8> {
         a.tasks > 0 && a.managers > 0 && a.workers > 0,
         "--tasks, --managers and --workers must be at least 1"
     );
-    let mut d = Dispatcher::new(DispatchConfig::default());
+    let mut d = Sharded::new(DispatchConfig {
+        shards: a.shards as usize,
+        ..DispatchConfig::default()
+    })?;
     let mut out = Outbox::default();
     // Memory: the first fill of a fresh dispatcher, before any manager takes a task.
     let before = rss();
@@ -124,24 +146,39 @@ pub fn queue_bench(a: QueueArgs, json: bool) -> anyhow::Result<u8> {
     // CPU: submit, dispatch and results, per repetition (the first drains the queue above).
     let mut next = a.tasks + 1;
     let mut runs = Vec::new();
+    let caller0 = crate::procstat::this_thread_cpu_seconds();
+    let shards0 = shard_cpu();
     for rep in 0..a.repeat.max(1) {
         let t0 = Instant::now();
         if rep > 0 {
             queue(&mut d, next, a.tasks, a.args_bytes, &mut out);
             next += a.tasks;
         }
-        let done = run_all(&mut d, &mut out);
+        let done = run_all(&mut d, a.tasks, &mut out);
         anyhow::ensure!(done == a.tasks, "{done} results for {} tasks", a.tasks);
         runs.push(t0.elapsed().as_secs_f64() * 1e6 / a.tasks as f64);
     }
+    let total = a.tasks as f64 * f64::from(a.repeat.max(1)) / 1e6;
+    let caller_us = (crate::procstat::this_thread_cpu_seconds() - caller0) / total;
+    let shard_us: Vec<f64> = shard_cpu()
+        .iter()
+        .map(|(tid, s)| {
+            let before = shards0.iter().find(|(t, _)| t == tid).map_or(0.0, |x| x.1);
+            (s - before) / total
+        })
+        .collect();
+    let busiest_shard_us = shard_us.iter().copied().fold(0.0, f64::max);
     let mut sorted = runs.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     let v = serde_json::json!({
         "tasks": a.tasks, "args_bytes": a.args_bytes, "managers": a.managers, "workers": a.workers,
+        "shards": a.shards,
         "bytes_per_queued_task": per_task,
         "bytes_per_queued_task_beyond_args": per_task - a.args_bytes as f64,
         "us_per_task": median, "runs_us_per_task": runs,
+        "caller_cpu_us_per_task": caller_us, "shard_threads_cpu_us_per_task": shard_us,
+        "busiest_thread_cpu_us_per_task": caller_us.max(busiest_shard_us),
     });
     if json {
         println!("{v}");
@@ -150,6 +187,14 @@ pub fn queue_bench(a: QueueArgs, json: bool) -> anyhow::Result<u8> {
             "{} queued tasks: {per_task:.0} bytes each ({:.0} beyond their arguments); submit → dispatch → result: median {median:.3} µs per task (first run included)",
             a.tasks,
             per_task - a.args_bytes as f64
+        );
+        println!(
+            "CPU per task: {caller_us:.3} µs on the calling thread (the simulated managers, and the hand-out when sharded); shard threads: {}",
+            shard_us
+                .iter()
+                .map(|u| format!("{u:.3} µs"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(crate::exit::OK)

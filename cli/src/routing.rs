@@ -131,6 +131,7 @@ pub fn routing(a: RoutingArgs, json: bool) -> anyhow::Result<u8> {
         blocks: if real { a.managers } else { 1 },
         function: "noop".into(),
         prefetch: 0,
+        dispatch_shards: 1,
         via_broker: false,
         store: crate::bench::StoreKind::Sqlite,
         encrypt: false,

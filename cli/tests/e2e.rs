@@ -186,6 +186,61 @@ fn kill_9_of_a_manager_loses_no_task() {
 }
 
 #[test]
+fn sharded_dispatch_runs_every_task_once_through_a_lost_manager() {
+    // Three pilots over two dispatch shards, each shard on its own thread; one pilot is
+    // killed once results flow, and what it held is run by the others, in either shard.
+    let ep = Endpoint::start(&[
+        "--blocks",
+        "3",
+        "--workers-per-node",
+        "2",
+        "--dispatch-shards",
+        "2",
+        "--heartbeat-threshold",
+        "5s",
+    ]);
+    ep.wait_workers(6);
+    let tasks: Vec<Task> = (0..3000)
+        .map(|i| task(i, Builtin::Echo, &format!("{{\"n\":{i}}}")))
+        .collect();
+    let results = run_all(&ep, tasks);
+    assert_exactly_once(&results, 3000);
+    for r in &results {
+        let Outcome::Success(v) = &r.outcome else {
+            panic!("task {} failed: {:?}", r.id, r.outcome)
+        };
+        let v: serde_json::Value = serde_json::from_slice(v).unwrap();
+        assert_eq!(v["n"], r.id.0, "each result is its own task's");
+    }
+    let victim = ep.pilots[0];
+    let mut killed = false;
+    let tasks: Vec<Task> = (0..600)
+        .map(|i| task(i, Builtin::Sleep, r#"{"ms":5}"#))
+        .collect();
+    let results = client::submit_and_wait(
+        &mut ep.client(),
+        tasks,
+        100,
+        Duration::from_secs(60),
+        &mut |_, _| {
+            if !killed {
+                killed = true;
+                // SAFETY: killing a pilot this test's endpoint started.
+                unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+            }
+        },
+    )
+    .expect("all results");
+    assert!(killed);
+    assert_exactly_once(&results, 600);
+    assert!(
+        results.iter().all(TaskResult::is_success),
+        "the lost pilot's tasks ran elsewhere"
+    );
+    ep.stop();
+}
+
+#[test]
 fn kill_9_of_a_worker_retries_its_task_and_replaces_the_worker() {
     let ep = Endpoint::start(&[
         "--blocks",

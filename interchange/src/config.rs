@@ -116,6 +116,9 @@ pub struct EngineConfig {
     /// worker); the rest wait at the broker, which asks for blocks when they outnumber the
     /// workers.
     pub broker_window: u64,
+    /// Dispatch shards: dispatchers over groups of managers, each on its own thread (1 to 64;
+    /// 1 dispatches on the interchange's main thread alone).
+    pub dispatch_shards: u32,
 }
 
 impl Default for EngineConfig {
@@ -140,9 +143,13 @@ impl Default for EngineConfig {
             result_inline_max: 1 << 20,
             encrypt: false,
             broker_window: 100_000,
+            dispatch_shards: 1,
         }
     }
 }
+
+/// Most dispatch shards an endpoint may run.
+pub const MAX_SHARDS: u32 = 64;
 
 /// The launchers the built-in templates know.
 pub const LAUNCHERS: &[&str] = &["srun", "mpiexec", "aprun", "single-node"];
@@ -344,6 +351,12 @@ impl EndpointConfig {
         if let Some(t) = &self.engine.store_ttl {
             parse_duration(t).map_err(|e| format!("engine.store_ttl: {e}"))?;
         }
+        if !(1..=MAX_SHARDS).contains(&self.engine.dispatch_shards) {
+            return Err(format!(
+                "engine.dispatch_shards: {} is not between 1 and {MAX_SHARDS}",
+                self.engine.dispatch_shards
+            ));
+        }
         if !(1..=10_000_000).contains(&self.engine.broker_window) {
             return Err(format!(
                 "engine.broker_window: {} is not between 1 and 10000000 tasks",
@@ -402,6 +415,12 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("engine.dispatch"));
         let round: EndpointConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round.engine.dispatch, "fastest");
+        let c: EndpointConfig =
+            toml::from_str("name = \"x\"\n[engine]\ndispatch_shards = 0\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("engine.dispatch_shards: 0 is not between 1 and 64"));
         let c: EndpointConfig =
             toml::from_str("name = \"x\"\n[engine]\nbroker_window = 0\n").unwrap();
         assert!(c

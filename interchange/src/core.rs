@@ -6,7 +6,7 @@
 //! and draining every waiting event before dispatching batches results and tasks naturally: the
 //! busier the endpoint, the larger each message.
 
-use crate::dispatch::{Dispatcher, Outbox};
+use crate::dispatch::{Outbox, Sharded};
 pub use crate::event::{ClientId, Event};
 use fxr_protocol::{
     ClientMsg, EndpointStatus, FrontMsg, InterchangeMsg, ManagerId, ManagerMsg, TaskId, TaskResult,
@@ -130,7 +130,7 @@ const MAX_REASON: usize = 1000;
 
 pub(crate) struct Core<C: Comm> {
     settings: CoreSettings,
-    dispatcher: Dispatcher,
+    dispatcher: Sharded,
     comm: C,
     pipes: HashMap<u32, PipeState>,
     manager_pipe: HashMap<ManagerId, u32>,
@@ -148,7 +148,7 @@ pub(crate) struct Core<C: Comm> {
 impl<C: Comm> Core<C> {
     pub(crate) fn new(
         settings: CoreSettings,
-        dispatcher: Dispatcher,
+        dispatcher: Sharded,
         comm: C,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Core<C> {
@@ -204,6 +204,8 @@ impl<C: Comm> Core<C> {
             }
             if self.shutting_down.is_none() {
                 self.dispatcher.dispatch(now, &mut out);
+            } else {
+                self.dispatcher.settle(&mut out);
             }
             self.flush(&mut out);
             if let Some(since) = self.shutting_down {
@@ -533,7 +535,7 @@ impl<C: Comm> Core<C> {
     }
 
     /// Refreshes the gauges `/metrics` reads.
-    fn publish_metrics(&self) {
+    fn publish_metrics(&mut self) {
         use std::sync::atomic::Ordering::Relaxed;
         let m = &self.metrics;
         let c = self.dispatcher.counters();
@@ -552,7 +554,7 @@ impl<C: Comm> Core<C> {
 
     /// A snapshot for status requests at `now`: the broker's request with what is left of its
     /// validity, while it holds.
-    fn status(&self, now: Instant) -> EndpointStatus {
+    fn status(&mut self, now: Instant) -> EndpointStatus {
         let c = self.dispatcher.counters();
         let requested = self.requested.as_ref().and_then(|(r, at)| {
             let age = now.saturating_duration_since(*at).as_millis() as u64;

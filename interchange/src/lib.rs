@@ -17,7 +17,7 @@ pub mod scaling;
 pub mod strategy;
 
 use crate::core::{Core, CoreSettings, Event};
-use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::dispatch::{DispatchConfig, Sharded};
 use crate::links::front::LocalClient;
 use crate::links::managers::{LinkError, ManagerLink};
 use std::net::TcpListener;
@@ -115,12 +115,8 @@ impl Interchange {
             link: Some(link),
             clients: Default::default(),
         };
-        let core = Core::new(
-            settings,
-            Dispatcher::new(config.dispatch),
-            comm,
-            metrics.clone(),
-        );
+        let dispatcher = Sharded::new(config.dispatch).map_err(StartError::Thread)?;
+        let core = Core::new(settings, dispatcher, comm, metrics.clone());
         let handle = std::thread::Builder::new()
             .name("interchange".into())
             .spawn(move || core.run(rx))

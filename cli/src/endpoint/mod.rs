@@ -173,6 +173,9 @@ pub struct StartArgs {
     pub limits: fxr_interchange::config::FailureLimits,
     #[arg(long, default_value_t = 2)]
     pub max_retries: u32,
+    /// Dispatch shards, each a dispatcher over a group of managers on its own thread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub dispatch_shards: u32,
     /// A connection to the manager port that has not registered within this long is closed.
     #[arg(long, value_parser = crate::opts::duration, default_value = "10s")]
     pub register_timeout: Duration,

@@ -110,6 +110,7 @@ pub fn start_local(a: &StartArgs) -> anyhow::Result<LocalEndpoint> {
             heartbeat_threshold: a.heartbeat_threshold,
             cold_routing_interval: a.cold_routing_interval,
             block_nodes: a.block_nodes,
+            shards: a.dispatch_shards as usize,
             ..DispatchConfig::default()
         },
         heartbeat_period: a.heartbeat_period,
@@ -249,6 +250,7 @@ pub fn from_config(a: &StartArgs, cfg: &EndpointConfig) -> anyhow::Result<StartA
             cfg.provider.nodes_per_block.max(1)
         },
         max_retries: e.max_retries,
+        dispatch_shards: e.dispatch_shards,
         heartbeat_period: duration(&e.heartbeat_period)?,
         heartbeat_threshold: duration(&e.heartbeat_threshold)?,
         metrics: a.metrics.clone().or_else(|| e.metrics.clone()),

@@ -44,7 +44,7 @@ fn core() -> Core<Fake> {
             register_timeout: Duration::from_secs(10),
             encrypt: false,
         },
-        Dispatcher::new(DispatchConfig::default()),
+        Sharded::single(DispatchConfig::default()),
         Fake::default(),
         Default::default(),
     )

@@ -94,7 +94,7 @@ impl Dispatcher {
     }
 
     /// The id of the oldest task still queued for type `kind`, dropping stale ids on the way.
-    fn front(&mut self, kind: u32) -> u64 {
+    pub(super) fn front(&mut self, kind: u32) -> u64 {
         let Some(q) = self.queues.get_mut(kind as usize) else {
             return u64::MAX;
         };
@@ -128,9 +128,9 @@ impl Dispatcher {
 
     fn backlog(&self) -> Backlog {
         Backlog {
-            queued: self.queued,
-            idle_workers: self.idle_workers,
-            workers: self.workers,
+            queued: self.queued + self.outside.queued,
+            idle_workers: self.idle_workers + self.outside.idle_workers,
+            workers: self.workers + self.outside.workers,
             short_us: self.config.short_task_us,
         }
     }

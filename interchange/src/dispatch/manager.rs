@@ -29,6 +29,7 @@ pub(super) struct Manager {
     /// touched.
     pub(super) counted_idle: usize,
     pub(super) counted_workers: usize,
+    pub(super) counted_free: usize,
     /// Ids of the tasks sent to it, in order, including some that have since finished or
     /// moved: appending costs less than a set insert and remove per task. Compacted when it
     /// grows past twice what it holds ([`Manager::sent`]); read only when the manager is lost

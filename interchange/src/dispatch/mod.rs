@@ -17,6 +17,7 @@
 mod batch;
 mod manager;
 mod policy;
+mod shards;
 use manager::Manager;
 #[cfg(test)]
 mod prop_tests;
@@ -24,6 +25,7 @@ mod prop_tests;
 mod tests;
 
 pub use policy::{DispatchPolicy, Load, Lookup, Policy, View};
+pub use shards::Sharded;
 
 use fxr_protocol::{
     BlockId, FailureKind, InterchangeMsg, ManagerId, ManagerMsg, ManagerStatus, Outcome,
@@ -60,6 +62,9 @@ pub struct DispatchConfig {
     /// Nodes in each of this endpoint's blocks: an MPI task asking for more is refused at
     /// once rather than failing when it runs.
     pub block_nodes: u32,
+    /// Dispatch shards, each a dispatcher over its own group of managers on its own thread
+    /// ([`Sharded`]); 1 dispatches on the core's thread alone.
+    pub shards: usize,
 }
 
 impl Default for DispatchConfig {
@@ -77,6 +82,7 @@ impl Default for DispatchConfig {
             cold_routing_interval: Duration::from_secs(1),
             seed: 0x0f0e_0d0c,
             block_nodes: 1,
+            shards: 1,
         }
     }
 }
@@ -113,6 +119,23 @@ struct Entry {
     kind: u32,
 }
 
+/// What the other shards of a [`Sharded`] dispatcher hold, as of the start of a cycle.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Outside {
+    pub(crate) queued: usize,
+    pub(crate) idle_workers: usize,
+    pub(crate) workers: usize,
+}
+
+/// What a shard can take, reported after each cycle of a [`Sharded`] dispatcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ShardLoad {
+    pub(crate) idle_workers: usize,
+    pub(crate) workers: usize,
+    pub(crate) free_slots: usize,
+    pub(crate) queued: usize,
+}
+
 /// Counters for status reports and experiments.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -139,6 +162,12 @@ pub struct Dispatcher {
     /// queued tasks beyond these (see [`Dispatcher::send_batch`]).
     idle_workers: usize,
     workers: usize,
+    /// Free slots (`limit - in_flight`) over all managers not draining, kept like
+    /// `idle_workers`: what a sharded dispatcher may hand this shard.
+    free_slots: usize,
+    /// Under a [`Sharded`] dispatcher, the queued tasks, idle workers and workers of the other
+    /// shards, added to this one's when a batch is sized (zero otherwise).
+    outside: Outside,
     managers: BTreeMap<ManagerId, Manager>,
     /// The policy and its index of managers with room, kept current by [`Dispatcher::touch`].
     policy: Box<dyn DispatchPolicy>,
@@ -161,6 +190,8 @@ impl Dispatcher {
             queued: 0,
             idle_workers: 0,
             workers: 0,
+            free_slots: 0,
+            outside: Outside::default(),
             managers: BTreeMap::new(),
             policy,
             next_order: 0,
@@ -190,6 +221,9 @@ impl Dispatcher {
                 let workers = m.workers();
                 self.workers = self.workers - m.counted_workers + workers;
                 m.counted_workers = workers;
+                let free = if m.draining { 0 } else { m.free() };
+                self.free_slots = self.free_slots - m.counted_free + free;
+                m.counted_free = free;
                 self.policy.update(
                     id,
                     Load {
@@ -338,6 +372,7 @@ impl Dispatcher {
                 in_flight: 0,
                 counted_idle: 0,
                 counted_workers: 0,
+                counted_free: 0,
                 sent_ids: Vec::new(),
                 unacked: BTreeMap::new(),
                 next_seq: 1,
@@ -473,6 +508,7 @@ impl Dispatcher {
         };
         self.idle_workers -= m.counted_idle;
         self.workers -= m.counted_workers;
+        self.free_slots -= m.counted_free;
         self.policy.remove(id);
         let mut held: Vec<TaskId> = m
             .sent_ids
@@ -598,6 +634,40 @@ impl Dispatcher {
         for q in &mut self.queues {
             q.clear();
         }
+    }
+
+    /// What this dispatcher could take now, for a [`Sharded`] one's hand-out.
+    pub(crate) fn load(&self) -> ShardLoad {
+        ShardLoad {
+            idle_workers: self.idle_workers,
+            workers: self.workers,
+            free_slots: self.free_slots,
+            queued: self.queued,
+        }
+    }
+
+    /// Takes up to `most` queued tasks out, oldest first (a [`Sharded`] dispatcher hands them
+    /// to another shard); the others stay queued, in their order.
+    pub(crate) fn take_queued(&mut self, most: usize) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        while tasks.len() < most && self.queued > 0 {
+            // The queue whose first live task is the oldest (`front` drops stale ids).
+            let Some((kind, _)) = (0..self.queues.len() as u32)
+                .map(|k| (k, self.front(k)))
+                .filter(|(_, f)| *f != u64::MAX)
+                .min_by_key(|(_, f)| *f)
+            else {
+                break;
+            };
+            let Some(id) = self.queues[kind as usize].pop_front() else {
+                break;
+            };
+            if let Some(e) = self.tasks.remove(&id) {
+                self.queued -= 1;
+                tasks.push(e.task);
+            }
+        }
+        tasks
     }
 
     /// A status line per manager.

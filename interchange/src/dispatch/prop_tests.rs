@@ -10,7 +10,7 @@ use super::tests::reg as registration;
 use super::*;
 use fxr_protocol::{Builtin, Function};
 
-fn task(id: u64, container: Option<&str>) -> Task {
+pub(super) fn task(id: u64, container: Option<&str>) -> Task {
     Task {
         id: TaskId(id),
         function: Function::Builtin(Builtin::Noop),
@@ -79,9 +79,15 @@ impl Model {
 }
 
 fn check(d: &Dispatcher, model: &Model, seed: u64, step: usize) {
-    let burst = d.config.burst_prefetch;
     let open = model.accepted.len() - model.finished.len();
     assert_eq!(d.outstanding(), open, "seed {seed} step {step}: open tasks");
+    check_counts(d, seed, step);
+}
+
+/// What a dispatcher must agree with itself on, whatever went in: every count it keeps matches
+/// its tables, and no manager holds more than its limit or a task of a manager that is gone.
+pub(super) fn check_counts(d: &Dispatcher, seed: u64, step: usize) {
+    let burst = d.config.burst_prefetch;
     assert_eq!(
         d.queued() + d.in_flight(),
         d.outstanding(),
@@ -97,6 +103,14 @@ fn check(d: &Dispatcher, model: &Model, seed: u64, step: usize) {
         d.workers,
         d.managers.values().map(|m| m.workers()).sum::<usize>(),
         "seed {seed} step {step}: workers counted"
+    );
+    assert_eq!(
+        d.free_slots,
+        d.managers
+            .values()
+            .map(|m| if m.draining { 0 } else { m.free() })
+            .sum::<usize>(),
+        "seed {seed} step {step}: free slots counted"
     );
     for (id, m) in &d.managers {
         let really = d
