@@ -14,8 +14,10 @@ use super::*;
 use fxr_protocol::{InterchangeMsg, Outcome, WorkerCounters};
 use std::time::Duration;
 
+/// A sharded dispatcher; odd seeds run every cycle on the shards' threads, even ones only
+/// cycles with work enough (most of them, in these tests, on the caller's).
 fn sharded(shards: usize, seed: u64) -> Sharded {
-    Sharded::new(DispatchConfig {
+    let mut s = Sharded::new(DispatchConfig {
         max_retries: 2,
         max_batch: 8,
         max_unacked: 3,
@@ -24,7 +26,11 @@ fn sharded(shards: usize, seed: u64) -> Sharded {
         shards,
         ..DispatchConfig::default()
     })
-    .expect("shard threads start")
+    .expect("shard threads start");
+    if seed % 2 == 1 {
+        s.inline_below = 0;
+    }
+    s
 }
 
 /// A task that carries its global id in its arguments: a shard's managers see the shard's own

@@ -171,11 +171,16 @@ pub struct Sharded {
     counters: Counters,
     /// The shard the hand-out starts at, turning each cycle, so no shard is always served first.
     turn: usize,
+    /// [`INLINE_BELOW`]; the tests set 0 to run every cycle on the shards' threads.
+    inline_below: usize,
 }
 
+/// Cycles with less work than this (events, results and tasks handed out) run on the caller's
+/// thread, shard after shard.
+const INLINE_BELOW: usize = 256;
+
 fn lock(d: &Mutex<Part>) -> MutexGuard<'_, Part> {
-    // A shard's thread that panicked left its dispatcher poisoned; its data is still the
-    // last consistent state of each event (no event is applied halfway by a panic-free path).
+    // Poisoned only by a panic in a shard's thread, which aborts the process.
     d.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -247,7 +252,15 @@ impl Sharded {
                     .name(format!("dispatch-{i}"))
                     .spawn(move || {
                         for job in jobs_rx {
-                            let r = work(&mut lock(&mine), job, i);
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                work(&mut lock(&mine), job, i)
+                            }));
+                            let Ok(r) = r else {
+                                // A bug: the core would wait for this shard for ever, and
+                                // the shard's tasks are in an unknown state. Stop loudly.
+                                tracing::error!(shard = i, "a dispatch shard panicked; aborting");
+                                std::process::abort();
+                            };
                             if done.send(r).is_err() {
                                 break;
                             }
@@ -276,6 +289,7 @@ impl Sharded {
             spill: Outbox::default(),
             counters: Counters::default(),
             turn: 0,
+            inline_below: INLINE_BELOW,
         })
     }
 
@@ -302,6 +316,7 @@ impl Sharded {
             spill: Outbox::default(),
             counters: Counters::default(),
             turn: 0,
+            inline_below: INLINE_BELOW,
         }
     }
 
@@ -312,11 +327,6 @@ impl Sharded {
     /// The only shard, when there is one.
     fn one(&self) -> Option<MutexGuard<'_, Part>> {
         (!self.sharded()).then(|| lock(&self.shards[0].d))
-    }
-
-    /// Number of shards.
-    pub fn shards(&self) -> usize {
-        self.shards.len()
     }
 
     /// Accepts new tasks (ids must be fresh, as the core hands them out: a sharded dispatcher
@@ -348,13 +358,6 @@ impl Sharded {
         };
         self.home.insert(id, (shard, reg.block_id.clone()));
         self.shards[shard].ops.push(Op::Register(reg, now));
-    }
-
-    pub fn is_registered(&self, id: ManagerId) -> bool {
-        match self.one() {
-            Some(p) => p.d.is_registered(id),
-            None => self.home.contains_key(&id),
-        }
     }
 
     pub fn on_message(&mut self, id: ManagerId, msg: ManagerMsg, now: Instant, out: &mut Outbox) {
@@ -480,11 +483,24 @@ impl Sharded {
             workers: t.workers + s.load.workers,
         });
         let left = self.front.len();
-        let mut jobs: Vec<Job> = Vec::with_capacity(n);
+        // Work of this cycle, in events and tasks: small cycles run on this thread, one shard
+        // after the other, since waking threads would cost more than the work.
+        let size: usize = self
+            .shards
+            .iter()
+            .zip(&given)
+            .map(|(s, g)| s.ops.len() + s.freed + g.len())
+            .sum();
+        let mut jobs: Vec<Option<Job>> = Vec::with_capacity(n);
         for (i, s) in self.shards.iter_mut().enumerate() {
             let mine = std::mem::take(&mut given[i]);
             s.freed = 0;
-            jobs.push(Job {
+            // A shard with no events, no tasks given, none queued and no tick has nothing to do.
+            if s.ops.is_empty() && mine.is_empty() && s.load.queued == 0 && self.tick.is_none() {
+                jobs.push(None);
+                continue;
+            }
+            jobs.push(Some(Job {
                 ops: std::mem::take(&mut s.ops),
                 outside: Outside {
                     // The tasks other shards were given this cycle count as theirs only once
@@ -496,23 +512,26 @@ impl Sharded {
                 given: mine,
                 tick: self.tick,
                 dispatch,
-            });
+            }));
         }
         self.tick = None;
         let mut sent = 0;
-        for (lane, job) in self.lanes.iter().zip(jobs) {
-            if let Some(tx) = &lane.jobs {
+        let mut dones = Vec::with_capacity(n);
+        for (i, (lane, job)) in self.lanes.iter().zip(jobs).enumerate() {
+            let Some(job) = job else { continue };
+            if size < self.inline_below {
+                dones.push(work(&mut lock(&self.shards[i].d), job, i));
+            } else if let Some(tx) = &lane.jobs {
                 if tx.send(job).is_ok() {
                     sent += 1;
                 }
             }
         }
-        let mut dones = Vec::with_capacity(n);
         if let Some(rx) = &self.done {
             for _ in 0..sent {
                 match rx.recv() {
                     Ok(d) => dones.push(d),
-                    // Every lane is gone (a panic in one): nothing more will come.
+                    // Every lane is gone: only while the process stops.
                     Err(_) => break,
                 }
             }
@@ -634,10 +653,6 @@ impl Sharded {
         })
     }
 
-    pub fn workers(&mut self) -> u64 {
-        self.settled().iter().map(|p| p.d.workers()).sum()
-    }
-
     pub fn manager_status(&mut self) -> Vec<ManagerStatus> {
         let mut all: Vec<ManagerStatus> = self
             .settled()
@@ -661,10 +676,6 @@ impl Sharded {
             .collect();
         ids.sort_unstable();
         ids
-    }
-
-    pub fn config(&self) -> DispatchConfig {
-        lock(&self.shards[0].d).d.config().clone()
     }
 }
 
