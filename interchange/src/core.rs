@@ -409,8 +409,20 @@ impl<C: Comm> Core<C> {
                 }
             }
             (None, other) => {
-                tracing::warn!(pipe_id, kind = ?std::mem::discriminant(&other), "message before registration; closing");
-                self.pipes.remove(&pipe_id);
+                // Kept as refused, so what else is already on its way from this connection is
+                // dropped quietly (a manager whose connection closed while it had messages
+                // queued redials and sends them first; at shutdown hundreds do) until it closes.
+                state.refused_at = Some(now);
+                let kind = std::mem::discriminant(&other);
+                if self.shutting_down.is_some() {
+                    tracing::debug!(
+                        pipe_id,
+                        ?kind,
+                        "message before registration while stopping; closing"
+                    );
+                } else {
+                    tracing::warn!(pipe_id, ?kind, "message before registration; closing");
+                }
                 self.comm.close_pipe(pipe_id);
             }
         }
