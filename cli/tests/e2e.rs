@@ -121,14 +121,12 @@ fn assert_exactly_once(results: &[TaskResult], n: u64) {
     assert!((0..n).all(|i| ids.contains(&i)), "no task missing");
 }
 
-#[test]
-fn results_are_right_and_complete() {
-    let ep = Endpoint::start(&["--blocks", "2", "--workers-per-node", "2"]);
-    ep.wait_workers(4);
+/// Runs 3,000 `echo` tasks and checks each result is its own task's argument, once.
+fn echo_3000(ep: &Endpoint) {
     let tasks: Vec<Task> = (0..3000)
         .map(|i| task(i, Builtin::Echo, &format!("{{\"n\":{i}}}")))
         .collect();
-    let results = run_all(&ep, tasks);
+    let results = run_all(ep, tasks);
     assert_exactly_once(&results, 3000);
     for r in &results {
         let Outcome::Success(v) = &r.outcome else {
@@ -137,6 +135,13 @@ fn results_are_right_and_complete() {
         let v: serde_json::Value = serde_json::from_slice(v).unwrap();
         assert_eq!(v["n"], r.id.0, "echo returns its own argument");
     }
+}
+
+#[test]
+fn results_are_right_and_complete() {
+    let ep = Endpoint::start(&["--blocks", "2", "--workers-per-node", "2"]);
+    ep.wait_workers(4);
+    echo_3000(&ep);
     let fail = run_all(&ep, vec![task(0, Builtin::Fail, r#"{"message":"boom"}"#)]);
     assert_eq!(
         fail[0].outcome,
@@ -200,18 +205,7 @@ fn sharded_dispatch_runs_every_task_once_through_a_lost_manager() {
         "5s",
     ]);
     ep.wait_workers(6);
-    let tasks: Vec<Task> = (0..3000)
-        .map(|i| task(i, Builtin::Echo, &format!("{{\"n\":{i}}}")))
-        .collect();
-    let results = run_all(&ep, tasks);
-    assert_exactly_once(&results, 3000);
-    for r in &results {
-        let Outcome::Success(v) = &r.outcome else {
-            panic!("task {} failed: {:?}", r.id, r.outcome)
-        };
-        let v: serde_json::Value = serde_json::from_slice(v).unwrap();
-        assert_eq!(v["n"], r.id.0, "each result is its own task's");
-    }
+    echo_3000(&ep);
     let victim = ep.pilots[0];
     let mut killed = false;
     let tasks: Vec<Task> = (0..600)

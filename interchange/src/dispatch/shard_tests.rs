@@ -7,12 +7,44 @@
 //! - every shard keeps its own counts (the single dispatcher's checks);
 //! - in the end, with one healthy manager per shard, every accepted task gets its result.
 
-use super::super::prop_tests::check_counts;
+use super::super::prop_tests::{
+    answer_everything, check_counts, global, ok, random_step, results_msg as results, task, Driven,
+    Model,
+};
 use super::super::tests::reg as registration;
 use super::super::Place;
 use super::*;
-use fxr_protocol::{InterchangeMsg, Outcome, WorkerCounters};
-use std::time::Duration;
+use fxr_protocol::InterchangeMsg;
+
+impl Driven for Sharded {
+    fn submit(&mut self, tasks: Vec<Task>, out: &mut Outbox) {
+        Sharded::submit(self, tasks, out)
+    }
+    fn register(&mut self, reg: Registration, now: Instant, out: &mut Outbox) {
+        Sharded::register(self, reg, now, out)
+    }
+    fn on_message(&mut self, id: ManagerId, msg: ManagerMsg, now: Instant, out: &mut Outbox) {
+        Sharded::on_message(self, id, msg, now, out)
+    }
+    fn lost(&mut self, id: ManagerId, out: &mut Outbox) {
+        Sharded::lost(self, id, "test", out)
+    }
+    fn drain(&mut self, id: ManagerId, out: &mut Outbox) {
+        Sharded::drain(self, id, false, out);
+    }
+    fn tick(&mut self, now: Instant, out: &mut Outbox) {
+        Sharded::tick(self, now, out)
+    }
+    fn cancel(&mut self, ids: &[TaskId], out: &mut Outbox) {
+        Sharded::cancel(self, ids, out)
+    }
+    fn dispatch(&mut self, now: Instant, out: &mut Outbox) {
+        Sharded::dispatch(self, now, out)
+    }
+    fn outstanding(&mut self) -> usize {
+        Sharded::outstanding(self)
+    }
+}
 
 /// A sharded dispatcher; odd seeds run every cycle on the shards' threads, even ones only
 /// cycles with work enough (most of them, in these tests, on the caller's).
@@ -31,36 +63,6 @@ fn sharded(shards: usize, seed: u64) -> Sharded {
         s.inline_below = 0;
     }
     s
-}
-
-/// A task that carries its global id in its arguments: a shard's managers see the shard's own
-/// numbers, and the test needs to know which task each one is.
-fn task(id: u64, container: Option<&str>) -> Task {
-    let mut t = super::super::prop_tests::task(id, container);
-    t.args = id.to_le_bytes().to_vec();
-    t
-}
-
-fn global(t: &Task) -> TaskId {
-    TaskId(u64::from_le_bytes(
-        t.args[..8].try_into().expect("test tasks carry 8 bytes"),
-    ))
-}
-
-fn ok(id: TaskId) -> TaskResult {
-    TaskResult {
-        id,
-        outcome: Outcome::Success(b"null".to_vec()),
-        run_us: 1,
-    }
-}
-
-fn results(results: Vec<TaskResult>) -> ManagerMsg {
-    ManagerMsg::Results {
-        results,
-        capacity: vec![],
-        counters: WorkerCounters::default(),
-    }
 }
 
 /// The tasks each manager was sent in `out` (the id it was sent, and the task's global id).
@@ -155,58 +157,6 @@ fn one_shard_is_the_dispatcher_itself() {
     s.dispatch(now, &mut out);
     assert_eq!(sent(&mut out)[&ManagerId(1)].len(), 2);
     assert!(s.lanes.is_empty());
-}
-
-/// What the test knows, from what went in and what came out.
-#[derive(Default)]
-struct Model {
-    accepted: HashSet<TaskId>,
-    finished: HashSet<TaskId>,
-    /// By global id: the manager last sent it, and the id it was sent under.
-    sent_to: HashMap<TaskId, (ManagerId, TaskId)>,
-    seqs: HashMap<ManagerId, Vec<u64>>,
-    managers: Vec<u64>,
-}
-
-impl Model {
-    fn absorb(&mut self, out: &mut Outbox, seed: u64) {
-        for r in out.results.drain(..) {
-            assert!(
-                self.accepted.contains(&r.id),
-                "seed {seed}: a result for {} which was never accepted",
-                r.id.0
-            );
-            assert!(
-                self.finished.insert(r.id),
-                "seed {seed}: a second result for {}",
-                r.id.0
-            );
-            self.sent_to.remove(&r.id);
-        }
-        for (m, msg) in out.to_managers.drain(..) {
-            if let InterchangeMsg::Tasks { seq, tasks } = msg {
-                self.seqs.entry(m).or_default().push(seq);
-                for t in tasks {
-                    self.sent_to.insert(global(&t), (m, t.id));
-                }
-            }
-        }
-        for m in out.close.drain(..) {
-            self.managers.retain(|x| *x != m.0);
-        }
-    }
-
-    /// What `m` holds, under the ids it was sent.
-    fn held_by(&self, m: ManagerId) -> Vec<TaskId> {
-        let mut v: Vec<TaskId> = self
-            .sent_to
-            .iter()
-            .filter(|(g, (x, _))| *x == m && !self.finished.contains(g))
-            .map(|(_, (_, local))| *local)
-            .collect();
-        v.sort_unstable();
-        v
-    }
 }
 
 /// Settles the shards and checks every invariant of the module.
@@ -308,105 +258,17 @@ fn run(seed: u64) {
     let mut model = Model::default();
     let mut next_id = 1u64;
     for step in 0..300 {
-        match rng.u32(0..12) {
-            0 | 1 => {
-                let batch: Vec<Task> = (0..rng.u64(1..20))
-                    .map(|_| {
-                        next_id += 1;
-                        model.accepted.insert(TaskId(next_id - 1));
-                        let container = match rng.u32(0..4) {
-                            0 => Some("a"),
-                            1 => Some("b"),
-                            _ => None,
-                        };
-                        task(next_id - 1, container)
-                    })
-                    .collect();
-                s.submit(batch, &mut out);
-            }
-            2 => {
-                let id = if !model.managers.is_empty() && rng.bool() {
-                    model.managers[rng.usize(0..model.managers.len())]
-                } else {
-                    rng.u64(1..1_000_000)
-                };
-                s.register(
-                    registration(id, rng.u32(1..5), rng.u32(0..3)),
-                    now,
-                    &mut out,
-                );
-                if !model.managers.contains(&id) {
-                    model.managers.push(id);
-                }
-                model.sent_to.retain(|_, (m, _)| m.0 != id);
-            }
-            3..=5 if !model.managers.is_empty() => {
-                let m = ManagerId(model.managers[rng.usize(0..model.managers.len())]);
-                let mut rs = Vec::new();
-                for t in model.held_by(m) {
-                    if rng.bool() {
-                        let outcome = if rng.u32(0..5) == 0 {
-                            Outcome::Failure {
-                                kind: FailureKind::WorkerLost,
-                                message: "killed".into(),
-                            }
-                        } else {
-                            Outcome::Success(b"null".to_vec())
-                        };
-                        rs.push(TaskResult {
-                            id: t,
-                            outcome,
-                            run_us: rng.u64(0..2000),
-                        });
-                    }
-                }
-                if next_id > 1 && rng.u32(0..4) == 0 {
-                    rs.push(ok(TaskId(rng.u64(1..next_id))));
-                }
-                s.on_message(m, results(rs), now, &mut out);
-            }
-            6 if !model.managers.is_empty() => {
-                let m = ManagerId(model.managers[rng.usize(0..model.managers.len())]);
-                if let Some(seqs) = model.seqs.get_mut(&m) {
-                    if !seqs.is_empty() {
-                        let seq = seqs.swap_remove(rng.usize(0..seqs.len()));
-                        s.on_message(m, ManagerMsg::Ack { seq }, now, &mut out);
-                    }
-                }
-            }
-            7 if !model.managers.is_empty() => {
-                let m = ManagerId(model.managers[rng.usize(0..model.managers.len())]);
-                let tasks: Vec<TaskId> = model
-                    .held_by(m)
-                    .into_iter()
-                    .filter(|_| rng.bool())
-                    .collect();
-                s.on_message(m, ManagerMsg::Returned { tasks }, now, &mut out);
-            }
-            8 if !model.managers.is_empty() => {
-                let i = rng.usize(0..model.managers.len());
-                let m = ManagerId(model.managers.swap_remove(i));
-                if rng.bool() {
-                    s.lost(m, "test", &mut out);
-                } else {
-                    s.drain(m, false, &mut out);
-                    s.on_message(m, ManagerMsg::Drained, now, &mut out);
-                }
-            }
-            9 => {
-                now += Duration::from_millis(rng.u64(0..3000));
-                s.tick(now, &mut out);
-            }
-            10 if next_id > 1 => {
-                let ids: Vec<TaskId> = (0..rng.usize(1..5))
-                    .map(|_| TaskId(rng.u64(1..next_id)))
-                    .collect();
-                s.cancel(&ids, &mut out);
-            }
-            _ => s.dispatch(now, &mut out),
-        }
+        random_step(
+            &mut rng,
+            &mut s,
+            &mut model,
+            &mut now,
+            &mut next_id,
+            false,
+            &mut out,
+        );
         model.absorb(&mut out, seed);
-        // Ops pile up between checks, as they do between the core's cycles.
+        // Events pile up between checks, as they do between the core's cycles.
         if rng.u32(0..3) == 0 {
             check(&mut s, &mut model, seed, step);
         }
@@ -422,35 +284,9 @@ fn run(seed: u64) {
     }
     model.managers = last;
     model.absorb(&mut out, seed);
-    for _ in 0..100_000 {
-        if s.outstanding() == 0 {
-            break;
-        }
-        s.dispatch(now, &mut out);
-        let batches: Vec<(ManagerId, InterchangeMsg)> = out.to_managers.drain(..).collect();
-        for (m, msg) in batches {
-            if let InterchangeMsg::Tasks { seq, tasks } = msg {
-                for t in &tasks {
-                    model.sent_to.insert(global(t), (m, t.id));
-                }
-                s.on_message(m, ManagerMsg::Ack { seq }, now, &mut out);
-                s.on_message(
-                    m,
-                    results(tasks.iter().map(|t| ok(t.id)).collect()),
-                    now,
-                    &mut out,
-                );
-            }
-        }
-        model.absorb(&mut out, seed);
-    }
-    check(&mut s, &mut model, seed, 0);
-    assert_eq!(s.outstanding(), 0, "seed {seed}: tasks left open");
-    assert_eq!(
-        model.finished.len(),
-        model.accepted.len(),
-        "seed {seed}: every accepted task has one result"
-    );
+    answer_everything(&mut s, &mut model, now, seed, &mut out, |s, model| {
+        check(s, model, seed, 0)
+    });
     let (managers, _, _) = s.worker_load();
     assert_eq!(managers, shard_count as u64);
     // Each of the last managers went to a shard of its own.

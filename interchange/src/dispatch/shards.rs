@@ -237,77 +237,67 @@ impl Sharded {
     /// only hands out tasks and gathers what the shards did.
     pub fn new(config: DispatchConfig) -> Result<Sharded, std::io::Error> {
         let n = config.shards.max(1);
+        let mut s = Sharded::with_shards(&config, n);
+        if n == 1 {
+            return Ok(s);
+        }
         let (done_tx, done_rx) = mpsc::channel();
-        let mut shards = Vec::with_capacity(n);
-        let mut lanes = Vec::new();
-        for i in 0..n {
-            let mut c = config.clone();
-            c.seed = config.seed.wrapping_add(i as u64);
-            let d = Arc::new(Mutex::new(Part::new(Dispatcher::new(c))));
-            if n > 1 {
-                let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-                let mine = d.clone();
-                let done: Sender<Done> = done_tx.clone();
-                let handle = std::thread::Builder::new()
-                    .name(format!("dispatch-{i}"))
-                    .spawn(move || {
-                        for job in jobs_rx {
-                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                work(&mut lock(&mine), job, i)
-                            }));
-                            let Ok(r) = r else {
-                                // A bug: the core would wait for this shard for ever, and
-                                // the shard's tasks are in an unknown state. Stop loudly.
-                                tracing::error!(shard = i, "a dispatch shard panicked; aborting");
-                                std::process::abort();
-                            };
-                            if done.send(r).is_err() {
-                                break;
-                            }
+        for (i, shard) in s.shards.iter().enumerate() {
+            let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+            let mine = shard.d.clone();
+            let done: Sender<Done> = done_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("dispatch-{i}"))
+                .spawn(move || {
+                    for job in jobs_rx {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            work(&mut lock(&mine), job, i)
+                        }));
+                        let Ok(r) = r else {
+                            // A bug: the core would wait for this shard for ever, and the
+                            // shard's tasks are in an unknown state. Stop loudly.
+                            tracing::error!(shard = i, "a dispatch shard panicked; aborting");
+                            std::process::abort();
+                        };
+                        if done.send(r).is_err() {
+                            break;
                         }
-                    })?;
-                lanes.push(Lane {
-                    jobs: Some(jobs_tx),
-                    handle: Some(handle),
-                });
-            }
-            shards.push(Shard {
-                d,
-                ops: Vec::new(),
-                load: ShardLoad::default(),
-                freed: 0,
-                managers: 0,
+                    }
+                })?;
+            s.lanes.push(Lane {
+                jobs: Some(jobs_tx),
+                handle: Some(handle),
             });
         }
-        Ok(Sharded {
-            shards,
-            lanes,
-            done: (n > 1).then_some(done_rx),
-            front: VecDeque::new(),
-            home: HashMap::default(),
-            tick: None,
-            spill: Outbox::default(),
-            counters: Counters::default(),
-            turn: 0,
-            inline_below: INLINE_BELOW,
-        })
+        s.done = Some(done_rx);
+        Ok(s)
     }
 
     /// One dispatcher, no threads: what the core's unit tests drive.
     pub fn single(config: DispatchConfig) -> Sharded {
-        let config = DispatchConfig {
-            shards: 1,
-            ..config
-        };
-        let d = Arc::new(Mutex::new(Part::new(Dispatcher::new(config))));
+        Sharded::with_shards(&config, 1)
+    }
+
+    /// `n` shards and no threads yet.
+    fn with_shards(config: &DispatchConfig, n: usize) -> Sharded {
+        let shards = (0..n)
+            .map(|i| {
+                let c = DispatchConfig {
+                    seed: config.seed.wrapping_add(i as u64),
+                    shards: n,
+                    ..config.clone()
+                };
+                Shard {
+                    d: Arc::new(Mutex::new(Part::new(Dispatcher::new(c)))),
+                    ops: Vec::new(),
+                    load: ShardLoad::default(),
+                    freed: 0,
+                    managers: 0,
+                }
+            })
+            .collect();
         Sharded {
-            shards: vec![Shard {
-                d,
-                ops: Vec::new(),
-                load: ShardLoad::default(),
-                freed: 0,
-                managers: 0,
-            }],
+            shards,
             lanes: Vec::new(),
             done: None,
             front: VecDeque::new(),
