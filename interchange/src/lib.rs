@@ -10,6 +10,7 @@ pub mod core;
 pub mod dispatch;
 pub mod event;
 pub mod idmap;
+mod lanes;
 pub mod links;
 pub mod metrics;
 pub mod providers;

@@ -17,7 +17,7 @@
 mod batch;
 mod manager;
 mod policy;
-mod shards;
+pub(crate) mod shards;
 use manager::Manager;
 #[cfg(test)]
 mod prop_tests;

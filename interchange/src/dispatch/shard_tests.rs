@@ -156,7 +156,7 @@ fn one_shard_is_the_dispatcher_itself() {
     assert_eq!(lock(&s.shards[0].d).d.queued(), 2);
     s.dispatch(now, &mut out);
     assert_eq!(sent(&mut out)[&ManagerId(1)].len(), 2);
-    assert!(s.lanes.is_empty());
+    assert!(s.lanes.is_none());
 }
 
 /// Settles the shards and checks every invariant of the module.

@@ -32,9 +32,7 @@ use fxr_protocol::{
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::Counters;
@@ -52,7 +50,7 @@ enum Op {
 
 /// One shard's work for a cycle.
 #[derive(Debug)]
-struct Job {
+pub(crate) struct Job {
     ops: Vec<Op>,
     given: Vec<Task>,
     outside: Outside,
@@ -63,7 +61,7 @@ struct Job {
 
 /// What a shard did in a cycle.
 #[derive(Debug, Default)]
-struct Done {
+pub(crate) struct Done {
     shard: usize,
     out: Outbox,
     back: Vec<Task>,
@@ -78,7 +76,7 @@ struct Done {
 /// shard's ids are dense; its managers see only those numbers, and results and tasks handed
 /// back are given their global ids again on the way out.
 #[derive(Debug)]
-struct Part {
+pub(crate) struct Part {
     d: Dispatcher,
     /// The global id of each task by the shard's own number.
     global: IdMap<TaskId>,
@@ -146,20 +144,22 @@ struct Shard {
     managers: usize,
 }
 
-/// A shard's thread: takes jobs, sends back what it did.
-#[derive(Debug)]
-struct Lane {
-    jobs: Option<Sender<Job>>,
-    handle: Option<JoinHandle<()>>,
+/// Runs shards' jobs side by side: a thread per shard (`crate::lanes`, which owns the threads,
+/// so this module stays plain data and calls). Returns what each job did, in any order.
+pub(crate) trait Lanes: std::fmt::Debug + Send {
+    fn run(&mut self, jobs: Vec<(usize, Job)>) -> Vec<Done>;
 }
+
+/// A shard's data, shared with the thread that runs its jobs.
+pub(crate) type SharedPart = Arc<Mutex<Part>>;
 
 /// The sharded dispatcher. See the module documentation.
 #[derive(Debug)]
 pub struct Sharded {
     shards: Vec<Shard>,
-    /// A thread per shard when there are several (none for one).
-    lanes: Vec<Lane>,
-    done: Option<Receiver<Done>>,
+    /// A thread per shard when there are several (none for one, and none in some tests:
+    /// then every cycle runs on the caller's thread).
+    lanes: Option<Box<dyn Lanes>>,
     /// Tasks no shard holds yet, oldest first.
     front: VecDeque<Task>,
     /// Which shard each registered manager belongs to, and its block.
@@ -179,14 +179,14 @@ pub struct Sharded {
 /// thread, shard after shard.
 const INLINE_BELOW: usize = 256;
 
-fn lock(d: &Mutex<Part>) -> MutexGuard<'_, Part> {
+pub(crate) fn lock(d: &Mutex<Part>) -> MutexGuard<'_, Part> {
     // Poisoned only by a panic in a shard's thread, which aborts the process.
     d.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One shard's cycle: its ops in order, its share of tasks, a tick, a dispatch, and the tasks
 /// it could not send handed back.
-fn work(p: &mut Part, mut job: Job, shard: usize) -> Done {
+pub(crate) fn work(p: &mut Part, mut job: Job, shard: usize) -> Done {
     let mut out = Outbox::default();
     p.adopt(&mut job.given);
     for op in job.ops {
@@ -233,43 +233,18 @@ fn work(p: &mut Part, mut job: Job, shard: usize) -> Done {
 
 impl Sharded {
     /// `config.shards` dispatchers (at least one), each with the whole configuration; with
-    /// more than one, each gets a thread of its own (`dispatch-N`), and the caller's thread
-    /// only hands out tasks and gathers what the shards did.
-    pub fn new(config: DispatchConfig) -> Result<Sharded, std::io::Error> {
+    /// more than one, `start` gives them lanes to run on (the caller's thread then only hands
+    /// out tasks and gathers what the shards did). `Sharded::new` (in `crate::lanes`) starts a
+    /// thread per shard.
+    pub(crate) fn with_lanes<E>(
+        config: &DispatchConfig,
+        start: impl FnOnce(Vec<SharedPart>) -> Result<Box<dyn Lanes>, E>,
+    ) -> Result<Sharded, E> {
         let n = config.shards.max(1);
-        let mut s = Sharded::with_shards(&config, n);
-        if n == 1 {
-            return Ok(s);
+        let mut s = Sharded::with_shards(config, n);
+        if n > 1 {
+            s.lanes = Some(start(s.shards.iter().map(|x| x.d.clone()).collect())?);
         }
-        let (done_tx, done_rx) = mpsc::channel();
-        for (i, shard) in s.shards.iter().enumerate() {
-            let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-            let mine = shard.d.clone();
-            let done: Sender<Done> = done_tx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("dispatch-{i}"))
-                .spawn(move || {
-                    for job in jobs_rx {
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            work(&mut lock(&mine), job, i)
-                        }));
-                        let Ok(r) = r else {
-                            // A bug: the core would wait for this shard for ever, and the
-                            // shard's tasks are in an unknown state. Stop loudly.
-                            tracing::error!(shard = i, "a dispatch shard panicked; aborting");
-                            std::process::abort();
-                        };
-                        if done.send(r).is_err() {
-                            break;
-                        }
-                    }
-                })?;
-            s.lanes.push(Lane {
-                jobs: Some(jobs_tx),
-                handle: Some(handle),
-            });
-        }
-        s.done = Some(done_rx);
         Ok(s)
     }
 
@@ -298,8 +273,7 @@ impl Sharded {
             .collect();
         Sharded {
             shards,
-            lanes: Vec::new(),
-            done: None,
+            lanes: None,
             front: VecDeque::new(),
             home: HashMap::default(),
             tick: None,
@@ -505,27 +479,18 @@ impl Sharded {
             }));
         }
         self.tick = None;
-        let mut sent = 0;
-        let mut dones = Vec::with_capacity(n);
-        for (i, (lane, job)) in self.lanes.iter().zip(jobs).enumerate() {
-            let Some(job) = job else { continue };
-            if size < self.inline_below {
-                dones.push(work(&mut lock(&self.shards[i].d), job, i));
-            } else if let Some(tx) = &lane.jobs {
-                if tx.send(job).is_ok() {
-                    sent += 1;
-                }
-            }
-        }
-        if let Some(rx) = &self.done {
-            for _ in 0..sent {
-                match rx.recv() {
-                    Ok(d) => dones.push(d),
-                    // Every lane is gone: only while the process stops.
-                    Err(_) => break,
-                }
-            }
-        }
+        let jobs: Vec<(usize, Job)> = jobs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, j)| Some((i, j?)))
+            .collect();
+        let dones = match &mut self.lanes {
+            Some(lanes) if size >= self.inline_below => lanes.run(jobs),
+            _ => jobs
+                .into_iter()
+                .map(|(i, job)| work(&mut lock(&self.shards[i].d), job, i))
+                .collect(),
+        };
         let mut back: Vec<Task> = Vec::new();
         for mut d in dones {
             out.to_managers.append(&mut d.out.to_managers);
@@ -666,19 +631,6 @@ impl Sharded {
             .collect();
         ids.sort_unstable();
         ids
-    }
-}
-
-impl Drop for Sharded {
-    fn drop(&mut self) {
-        for lane in &mut self.lanes {
-            lane.jobs = None;
-        }
-        for lane in &mut self.lanes {
-            if let Some(h) = lane.handle.take() {
-                let _ = h.join();
-            }
-        }
     }
 }
 
