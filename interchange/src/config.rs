@@ -415,8 +415,8 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("engine.dispatch"));
         let round: EndpointConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round.engine.dispatch, "fastest");
-        let c: EndpointConfig =
-            toml::from_str("name = \"x\"\n[engine]\ndispatch_shards = 0\n").unwrap();
+        let c: EndpointConfig = toml::from_str("name = \"x\"\n[engine]\ndispatch_shards = 0\n")
+            .expect("the TOML itself parses");
         assert!(c
             .validate()
             .unwrap_err()
