@@ -55,11 +55,13 @@ pub enum Action {
         generation: u64,
         container: Option<ContainerSpec>,
     },
-    /// Give these tasks to the worker in `slot`.
+    /// Give the worker in `slot` the last `tasks` tasks assigned to it: the core keeps them
+    /// (to queue again those not started if the worker dies) and lends them with
+    /// [`Core::given`], so no task is copied to be handed over.
     Run {
         slot: usize,
         generation: u64,
-        tasks: Vec<Task>,
+        tasks: usize,
     },
     /// Stop the worker in `slot` (it is forgotten: a later report of its end is ignored).
     Stop { slot: usize, generation: u64 },
@@ -237,6 +239,18 @@ impl Core {
     /// Cold starts, container switches and container errors so far.
     pub fn counters(&self) -> WorkerCounters {
         self.counters
+    }
+
+    /// The last `n` tasks assigned to the worker in `slot` (what an [`Action::Run`] hands
+    /// it); none when the slot holds another worker by now.
+    pub fn given(&mut self, slot: usize, generation: u64, n: usize) -> &[Task] {
+        match self.slots.get_mut(slot) {
+            Some(s) if s.generation == generation && s.assigned.len() >= n => {
+                let all = s.assigned.make_contiguous();
+                &all[all.len() - n..]
+            }
+            _ => &[],
+        }
     }
 
     /// Tasks held: queued here or at a worker.

@@ -281,7 +281,12 @@ impl Running {
                     slot,
                     generation,
                     tasks,
-                } => self.pool.run(slot, generation, tasks, now),
+                } => self.pool.run(
+                    slot,
+                    generation,
+                    self.core.given(slot, generation, tasks),
+                    now,
+                ),
                 Action::Stop { slot, generation } => self.pool.stop(slot, generation),
                 Action::Configure(s) => self.pool.configure(&s),
                 Action::Secure { send_key, recv_key } => self.link.secure(&send_key, &recv_key),

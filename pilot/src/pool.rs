@@ -10,8 +10,8 @@ use crate::event::Event;
 use crate::exec;
 use crate::runtime;
 use fxr_protocol::{
-    Builtin, ContainerSpec, FailureKind, FromWorker, Function, Outcome, Task, TaskResult, ToWorker,
-    WorkerSettings,
+    Builtin, ContainerSpec, FailureKind, FromWorker, Function, Outcome, Task, TaskId, TaskResult,
+    ToWorker, ToWorkerRef, WorkerSettings,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -36,7 +36,7 @@ pub trait WorkerPool: Send {
         now: Instant,
     );
     /// Hands tasks to the worker in `slot`; it runs them in order and reports each result.
-    fn run(&mut self, slot: usize, generation: u64, tasks: Vec<Task>, now: Instant);
+    fn run(&mut self, slot: usize, generation: u64, tasks: &[Task], now: Instant);
     /// Stops the worker in `slot` after its current task.
     fn stop(&mut self, slot: usize, generation: u64);
     /// When [`WorkerPool::poll`] next has something to report.
@@ -273,12 +273,12 @@ impl WorkerPool for ProcessPool {
         self.procs.insert(slot, Proc { generation, input });
     }
 
-    fn run(&mut self, slot: usize, generation: u64, tasks: Vec<Task>, _: Instant) {
+    fn run(&mut self, slot: usize, generation: u64, tasks: &[Task], _: Instant) {
         let Some(p) = self.procs.get(&slot).filter(|p| p.generation == generation) else {
             return;
         };
         let mut frame = Vec::new();
-        match fxr_protocol::encode_into(&mut frame, &ToWorker::Run { tasks }) {
+        match fxr_protocol::encode_into(&mut frame, &ToWorkerRef::Run { tasks }) {
             // A send error means the worker is gone; its reader reports that.
             Ok(()) => {
                 let _ = p.input.send(frame);
@@ -409,12 +409,24 @@ enum Due {
     Done(u64),
 }
 
+/// What a simulated worker keeps of a task: its id and what running it means. The manager
+/// core keeps the task itself.
+#[derive(Debug)]
+enum Job {
+    /// `sleep` and `spin`: a timer of this many milliseconds.
+    Timer(u64),
+    /// Another built-in, run when the worker reaches it.
+    Call(Builtin, Vec<u8>),
+    /// Known to fail when it runs (bad arguments, or not a built-in).
+    Fail(FailureKind, String),
+}
+
 #[derive(Debug, Default)]
 struct SimWorker {
     generation: u64,
     ready: bool,
-    queue: VecDeque<Task>,
-    running: Option<Task>,
+    queue: VecDeque<(TaskId, Job)>,
+    running: Option<TaskId>,
 }
 
 /// In-process workers: built-ins only; `sleep` and `spin` become timers.
@@ -422,7 +434,8 @@ struct SimWorker {
 pub struct SimPool {
     cold: ColdStart,
     rng: fastrand::Rng,
-    workers: HashMap<usize, SimWorker>,
+    /// By slot (slots are small numbers from the manager core).
+    workers: Vec<Option<SimWorker>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64, Due)>>,
     /// Results reported at the next poll.
     done: Vec<Event>,
@@ -436,57 +449,70 @@ impl SimPool {
         SimPool {
             cold,
             rng: fastrand::Rng::with_seed(seed),
-            workers: HashMap::new(),
+            workers: Vec::new(),
             timers: BinaryHeap::new(),
             done: Vec::new(),
             last_millis: None,
         }
     }
 
+    fn worker(&mut self, slot: usize, generation: u64) -> Option<&mut SimWorker> {
+        self.workers
+            .get_mut(slot)?
+            .as_mut()
+            .filter(|w| w.generation == generation)
+    }
+
+    /// What running `task` means here.
+    fn job(&mut self, task: &Task) -> Job {
+        match &task.function {
+            Function::Builtin(Builtin::Sleep | Builtin::Spin) => {
+                let millis = match &self.last_millis {
+                    Some((args, ms)) if *args == task.args => Ok(*ms),
+                    _ => exec::millis_arg(&task.args).inspect(|ms| {
+                        self.last_millis = Some((task.args.clone(), *ms));
+                    }),
+                };
+                match millis {
+                    Ok(ms) => Job::Timer(ms),
+                    Err(e) => Job::Fail(FailureKind::FunctionError, e),
+                }
+            }
+            Function::Builtin(b) => Job::Call(*b, task.args.clone()),
+            Function::Shell(_) | Function::Mpi(_) | Function::Python(_) => Job::Fail(
+                FailureKind::Rejected,
+                "simulated workers run builtin functions only".into(),
+            ),
+        }
+    }
+
     /// Starts the next task of `slot`, finishing those that take no time at once (their
     /// results go out together, as a real worker's batch would).
     fn next(&mut self, slot: usize, now: Instant) {
-        let Some(w) = self.workers.get_mut(&slot) else {
+        let Some(Some(w)) = self.workers.get_mut(slot) else {
             return;
         };
         let mut results = Vec::new();
         while w.running.is_none() && w.ready {
-            let Some(task) = w.queue.pop_front() else {
+            let Some((id, job)) = w.queue.pop_front() else {
                 break;
             };
-            let outcome = match &task.function {
-                Function::Builtin(Builtin::Sleep | Builtin::Spin) => {
-                    let millis = match &self.last_millis {
-                        Some((args, ms)) if *args == task.args => Ok(*ms),
-                        _ => exec::millis_arg(&task.args).inspect(|ms| {
-                            self.last_millis = Some((task.args.clone(), *ms));
-                        }),
-                    };
-                    match millis {
-                        Ok(ms) => {
-                            self.timers.push(Reverse((
-                                now + Duration::from_millis(ms),
-                                slot,
-                                w.generation,
-                                Due::Done(ms * 1000),
-                            )));
-                            w.running = Some(task);
-                            break;
-                        }
-                        Err(e) => Outcome::Failure {
-                            kind: FailureKind::FunctionError,
-                            message: e,
-                        },
-                    }
+            let outcome = match job {
+                Job::Timer(ms) => {
+                    self.timers.push(Reverse((
+                        now + Duration::from_millis(ms),
+                        slot,
+                        w.generation,
+                        Due::Done(ms * 1000),
+                    )));
+                    w.running = Some(id);
+                    break;
                 }
-                Function::Builtin(b) => exec::run_builtin(*b, &task.args),
-                Function::Shell(_) | Function::Mpi(_) | Function::Python(_) => Outcome::Failure {
-                    kind: FailureKind::Rejected,
-                    message: "simulated workers run builtin functions only".into(),
-                },
+                Job::Call(b, args) => exec::run_builtin(b, &args),
+                Job::Fail(kind, message) => Outcome::Failure { kind, message },
             };
             results.push(TaskResult {
-                id: task.id,
+                id,
                 outcome,
                 run_us: 0,
             });
@@ -512,32 +538,31 @@ impl WorkerPool for SimPool {
         now: Instant,
     ) {
         let cost = container.map_or(Duration::ZERO, |c| self.cold.cost(c).draw(&mut self.rng));
-        self.workers.insert(
-            slot,
-            SimWorker {
-                generation,
-                ..SimWorker::default()
-            },
-        );
+        if self.workers.len() <= slot {
+            self.workers.resize_with(slot + 1, || None);
+        }
+        self.workers[slot] = Some(SimWorker {
+            generation,
+            ..SimWorker::default()
+        });
         self.timers
             .push(Reverse((now + cost, slot, generation, Due::Ready)));
     }
 
-    fn run(&mut self, slot: usize, generation: u64, tasks: Vec<Task>, now: Instant) {
-        match self.workers.get_mut(&slot) {
-            Some(w) if w.generation == generation => w.queue.extend(tasks),
-            _ => return,
+    fn run(&mut self, slot: usize, generation: u64, tasks: &[Task], now: Instant) {
+        if self.worker(slot, generation).is_none() {
+            return;
+        }
+        let jobs: Vec<(TaskId, Job)> = tasks.iter().map(|t| (t.id, self.job(t))).collect();
+        if let Some(w) = self.worker(slot, generation) {
+            w.queue.extend(jobs);
         }
         self.next(slot, now);
     }
 
     fn stop(&mut self, slot: usize, generation: u64) {
-        if self
-            .workers
-            .get(&slot)
-            .is_some_and(|w| w.generation == generation)
-        {
-            self.workers.remove(&slot);
+        if self.worker(slot, generation).is_some() {
+            self.workers[slot] = None;
         }
     }
 
@@ -557,11 +582,7 @@ impl WorkerPool for SimPool {
             let Some(Reverse((_, slot, generation, due))) = self.timers.pop() else {
                 break;
             };
-            let Some(w) = self
-                .workers
-                .get_mut(&slot)
-                .filter(|w| w.generation == generation)
-            else {
+            let Some(w) = self.worker(slot, generation) else {
                 continue;
             };
             match due {
@@ -574,13 +595,13 @@ impl WorkerPool for SimPool {
                     });
                 }
                 Due::Done(run_us) => {
-                    if let Some(task) = w.running.take() {
+                    if let Some(id) = w.running.take() {
                         events.push(Event::Worker {
                             slot,
                             generation,
                             msg: FromWorker::Results {
                                 results: vec![TaskResult {
-                                    id: task.id,
+                                    id,
                                     outcome: Outcome::Success(b"null".to_vec()),
                                     run_us,
                                 }],
@@ -641,19 +662,14 @@ mod tests {
             }]
         ));
         let t1 = t0 + Duration::from_secs(2);
-        pool.run(0, 1, vec![sleep_task(1, 10), sleep_task(2, 10)], t1);
+        pool.run(0, 1, &[sleep_task(1, 10), sleep_task(2, 10)], t1);
         ev.clear();
         pool.poll(t1 + Duration::from_millis(10), &mut ev);
         assert_eq!(ev.len(), 1, "one task at a time");
         pool.poll(t1 + Duration::from_millis(20), &mut ev);
         assert_eq!(ev.len(), 2);
         // A stopped worker's timers are dropped.
-        pool.run(
-            0,
-            1,
-            vec![sleep_task(3, 10)],
-            t1 + Duration::from_millis(20),
-        );
+        pool.run(0, 1, &[sleep_task(3, 10)], t1 + Duration::from_millis(20));
         pool.stop(0, 1);
         ev.clear();
         pool.poll(t1 + Duration::from_secs(1), &mut ev);

@@ -284,6 +284,14 @@ pub enum ToWorker {
     Stop,
 }
 
+/// [`ToWorker::Run`] over borrowed tasks, for sending: it encodes exactly as
+/// `ToWorker::Run { tasks }` does, so the manager sends a worker its tasks' bytes without
+/// copying the tasks it keeps.
+#[derive(Debug, Serialize)]
+pub enum ToWorkerRef<'a> {
+    Run { tasks: &'a [Task] },
+}
+
 /// Worker → manager.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromWorker {

@@ -132,6 +132,12 @@ fn samples() -> Vec<Vec<u8>> {
         assert_eq!(&decode::<ToWorker>(&f).unwrap(), m);
         out.push(f);
     }
+    // What a manager sends from borrowed tasks is the same frame, byte for byte.
+    let tasks = sample_tasks();
+    assert_eq!(
+        encode(&ToWorkerRef::Run { tasks: &tasks }).unwrap(),
+        encode(&ToWorker::Run { tasks }).unwrap()
+    );
     let fw = vec![
         FromWorker::Ready { pid: 5 },
         FromWorker::Results { results },

@@ -43,6 +43,11 @@ struct World {
     now: Instant,
     out: Vec<Action>,
     seq: u64,
+    /// The ids each `Run` in `out` handed over, read from the core as the manager reads them:
+    /// (slot, generation, ids).
+    ran: Vec<(usize, u64, Vec<u64>)>,
+    /// Those of the actions last taken.
+    taken_runs: Vec<(usize, u64, Vec<u64>)>,
 }
 
 impl World {
@@ -62,6 +67,8 @@ impl World {
             now,
             out: Vec::new(),
             seq: 0,
+            ran: Vec::new(),
+            taken_runs: Vec::new(),
         };
         let nonce = [9; 32];
         w.ev(Event::LinkUp { nonce });
@@ -93,15 +100,36 @@ impl World {
     }
 
     fn ev(&mut self, e: Event) -> Option<Exit> {
+        let before = self.out.len();
         let r = self.core.handle(e, self.now, &mut self.out);
         self.core.check_invariants();
+        self.lend(before);
         r
     }
 
     fn poll(&mut self) -> Option<Exit> {
+        let before = self.out.len();
         let r = self.core.poll(self.now, &mut self.out);
         self.core.check_invariants();
+        self.lend(before);
         r
+    }
+
+    /// Reads the tasks of the `Run`s from `out[from..]` out of the core.
+    fn lend(&mut self, from: usize) {
+        for a in &self.out[from..] {
+            if let Action::Run {
+                slot,
+                generation,
+                tasks,
+            } = *a
+            {
+                let given = self.core.given(slot, generation, tasks);
+                assert_eq!(given.len(), tasks, "a run lends what it names");
+                let ids = given.iter().map(|t| t.id.0).collect();
+                self.ran.push((slot, generation, ids));
+            }
+        }
     }
 
     fn tasks(&mut self, tasks: Vec<Task>) {
@@ -112,6 +140,7 @@ impl World {
     }
 
     fn take(&mut self) -> Vec<Action> {
+        self.taken_runs = std::mem::take(&mut self.ran);
         std::mem::take(&mut self.out)
     }
 
@@ -134,18 +163,9 @@ impl World {
             .collect()
     }
 
-    fn runs(actions: &[Action]) -> Vec<(usize, u64, Vec<u64>)> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Run {
-                    slot,
-                    generation,
-                    tasks,
-                } => Some((*slot, *generation, tasks.iter().map(|t| t.id.0).collect())),
-                _ => None,
-            })
-            .collect()
+    /// The runs of the actions last taken: (slot, generation, task ids).
+    fn runs(&self) -> Vec<(usize, u64, Vec<u64>)> {
+        self.taken_runs.clone()
     }
 
     fn results(actions: &[Action]) -> Vec<TaskResult> {
@@ -195,7 +215,7 @@ fn workers_start_on_demand_in_the_tasks_container_and_results_carry_capacity() {
     assert_eq!(w.core.counters().cold_starts, 1);
     w.ready(0, 1);
     let a = w.take();
-    assert_eq!(World::runs(&a), vec![(0, 1, vec![1])]);
+    assert_eq!(w.runs(), vec![(0, 1, vec![1])]);
     w.done(0, 1, &[1]);
     let a = w.take();
     let Some(Action::Send(ManagerMsg::Results {
@@ -214,7 +234,7 @@ fn workers_start_on_demand_in_the_tasks_container_and_results_carry_capacity() {
     w.tasks(vec![task(2, Some("a"))]);
     let a = w.take();
     assert!(World::starts(&a).is_empty());
-    assert_eq!(World::runs(&a), vec![(0, 1, vec![2])]);
+    assert_eq!(w.runs(), vec![(0, 1, vec![2])]);
 }
 
 #[test]
@@ -238,7 +258,8 @@ fn slots_are_shared_in_proportion_to_demand_and_a_full_manager_switches_an_idle_
     for (slot, g, _) in &starts {
         w.ready(*slot, *g);
     }
-    let runs = World::runs(&w.take());
+    w.take();
+    let runs = w.runs();
     for (slot, g, ids) in &runs {
         w.done(*slot, *g, ids);
     }
@@ -286,7 +307,8 @@ fn prestarted_bare_workers_give_their_slots_to_containers_without_a_switch() {
     assert_eq!(w.core.counters().cold_starts, 1);
     // A bare task still finds the other bare worker.
     w.tasks(vec![task(2, None)]);
-    assert_eq!(World::runs(&w.take()).len(), 1);
+    w.take();
+    assert_eq!(w.runs().len(), 1);
 }
 
 #[test]
@@ -377,7 +399,8 @@ fn a_worker_that_dies_mid_task_loses_that_task_and_requeues_the_rest() {
     // Tasks are short (10 µs), so they go to the worker together.
     w.tasks(vec![task(2, None), task(3, None)]);
     w.done(0, 1, &[1]);
-    let runs = World::runs(&w.take());
+    w.take();
+    let runs = w.runs();
     assert_eq!(runs, vec![(0, 1, vec![2, 3])]);
     w.now += Duration::from_secs(5);
     w.ev(Event::WorkerGone {
@@ -421,7 +444,7 @@ fn no_type_starves_when_types_outnumber_workers() {
         for (slot, g, _) in World::starts(&a) {
             live.insert(slot, g);
         }
-        let runs = World::runs(&a);
+        let runs = w.runs();
         if let Some((slot, g, _)) = World::starts(&a).first() {
             w.ready(*slot, *g);
             continue;

@@ -186,17 +186,16 @@ impl Core {
                     1
                 };
                 let n = per_worker.min(k.queue.len());
-                let tasks: Vec<_> = k.queue.drain(..n).collect();
                 self.queued -= n;
                 self.assigned += n;
                 k.running += n;
                 let s = &mut self.slots[slot];
                 s.state = SlotState::Busy;
-                s.assigned.extend(tasks.iter().cloned());
+                s.assigned.extend(k.queue.drain(..n));
                 out.push(Action::Run {
                     slot,
                     generation: s.generation,
-                    tasks,
+                    tasks: n,
                 });
             }
         }
