@@ -214,7 +214,7 @@ fn workers_start_on_demand_in_the_tasks_container_and_results_carry_capacity() {
     assert!(a.contains(&Action::Send(ManagerMsg::Ack { seq: 1 })));
     assert_eq!(w.core.counters().cold_starts, 1);
     w.ready(0, 1);
-    let a = w.take();
+    w.take();
     assert_eq!(w.runs(), vec![(0, 1, vec![1])]);
     w.done(0, 1, &[1]);
     let a = w.take();
