@@ -17,17 +17,39 @@ pub fn submit_and_wait(
 ) -> io::Result<Vec<TaskResult>> {
     let total = tasks.len();
     let mut results = Vec::with_capacity(total);
-    let mut it = tasks.into_iter().peekable();
-    while it.peek().is_some() {
-        let chunk: Vec<Task> = it.by_ref().take(batch.max(1)).collect();
+    submit_each(door, tasks.into_iter(), total, batch, timeout, &mut |r| {
+        progress(&r, total);
+        results.extend(r);
+    })?;
+    Ok(results)
+}
+
+/// Submits the `total` tasks `tasks` yields, `batch` at a time, and hands each batch of results
+/// to `each` as it arrives, until `total` have come or `timeout` passes without one. Nothing is
+/// kept: a client that only counts its results (a benchmark's) holds no task or result after
+/// it is done with it.
+pub fn submit_each(
+    door: &mut dyn FrontDoor,
+    mut tasks: impl Iterator<Item = Task>,
+    total: usize,
+    batch: usize,
+    timeout: Duration,
+    each: &mut dyn FnMut(Vec<TaskResult>),
+) -> io::Result<()> {
+    loop {
+        let chunk: Vec<Task> = tasks.by_ref().take(batch.max(1)).collect();
+        if chunk.is_empty() {
+            break;
+        }
         door.send(ClientMsg::Submit { tasks: chunk })?;
     }
+    let mut received = 0;
     let mut last_progress = Instant::now();
-    while results.len() < total {
+    while received < total {
         match door.recv(Duration::from_millis(200))? {
             Some(FrontMsg::Results { results: r }) => {
-                progress(&r, total);
-                results.extend(r);
+                received += r.len();
+                each(r);
                 last_progress = Instant::now();
             }
             Some(FrontMsg::Error { message }) => return Err(io::Error::other(message)),
@@ -37,15 +59,14 @@ pub fn submit_and_wait(
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
-                            "no result for {timeout:?}; {} of {total} results received",
-                            results.len()
+                            "no result for {timeout:?}; {received} of {total} results received"
                         ),
                     ));
                 }
             }
         }
     }
-    Ok(results)
+    Ok(())
 }
 
 /// Asks for the endpoint's status.
