@@ -125,6 +125,30 @@ pub(crate) struct CoreSettings {
 
 /// Longest a broker's request for blocks holds without being renewed (10 minutes).
 const MAX_REQUEST_MS: u64 = 600_000;
+/// Most events the loop takes in before it dispatches.
+const EVENTS_BEFORE_DISPATCH: usize = 100_000;
+/// Most submitted tasks the loop takes in before it dispatches: a client's burst of millions
+/// is handed out while the rest of it is still being queued, so idle workers do not wait for
+/// the whole burst (taking in 4 million tasks costs the loop more than a second).
+const SUBMITTED_BEFORE_DISPATCH: usize = 65_536;
+
+/// How much the loop has taken in since it last dispatched.
+#[derive(Debug, Default)]
+pub(crate) struct Intake {
+    events: usize,
+    tasks: usize,
+}
+
+impl Intake {
+    /// Counts `ev`; whether the loop may take another event before dispatching.
+    pub(crate) fn take(&mut self, ev: &Event) -> bool {
+        self.events += 1;
+        if let Event::Client(_, ClientMsg::Submit { tasks }) = ev {
+            self.tasks += tasks.len();
+        }
+        self.events < EVENTS_BEFORE_DISPATCH && self.tasks < SUBMITTED_BEFORE_DISPATCH
+    }
+}
 /// Most bytes of a request's reason that are kept.
 const MAX_REASON: usize = 1000;
 
@@ -177,17 +201,26 @@ impl<C: Comm> Core<C> {
         let mut out = Outbox::default();
         'outer: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match events.recv_timeout(wait) {
+            let mut intake = Intake::default();
+            let mut more = match events.recv_timeout(wait) {
                 Ok(Event::Stop) => break,
-                Ok(ev) => self.handle(ev, Instant::now(), &mut out),
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(ev) => {
+                    let more = intake.take(&ev);
+                    self.handle(ev, Instant::now(), &mut out);
+                    more
+                }
+                Err(RecvTimeoutError::Timeout) => true,
                 Err(RecvTimeoutError::Disconnected) => break,
-            }
-            // Take everything already waiting before dispatching, so work is batched.
-            for _ in 0..100_000 {
+            };
+            // Take what is already waiting before dispatching, so work is batched, up to what
+            // `Intake` allows.
+            while more {
                 match events.try_recv() {
                     Ok(Event::Stop) => break 'outer,
-                    Ok(ev) => self.handle(ev, Instant::now(), &mut out),
+                    Ok(ev) => {
+                        more = intake.take(&ev);
+                        self.handle(ev, Instant::now(), &mut out);
+                    }
                     Err(_) => break,
                 }
             }

@@ -448,3 +448,36 @@ fn the_brokers_request_shows_in_status_with_what_is_left_of_it_then_lapses() {
     assert_eq!(held.reason.len(), 1000);
     assert!(c.status(now + Duration::from_secs(601)).requested.is_none());
 }
+
+#[test]
+fn the_loop_dispatches_within_a_burst_of_submissions_but_batches_small_events() {
+    let batch = |n: u64| {
+        Event::Client(
+            1,
+            ClientMsg::Submit {
+                tasks: (0..n)
+                    .map(|i| fxr_protocol::Task {
+                        id: TaskId(i),
+                        function: fxr_protocol::Function::Builtin(fxr_protocol::Builtin::Noop),
+                        args: Vec::new(),
+                        attempt: 0,
+                        container: None,
+                    })
+                    .collect(),
+            },
+        )
+    };
+    // Batches of 10,000 tasks: the loop dispatches after the seventh (70,000 tasks), not
+    // after taking in all of a burst of millions.
+    let mut intake = Intake::default();
+    let taken = (1..=100)
+        .take_while(|_| intake.take(&batch(10_000)))
+        .count();
+    assert_eq!(taken, 6, "six batches, and the seventh ends the intake");
+    // Events without tasks are batched up to the event bound.
+    let mut intake = Intake::default();
+    let taken = (0..200_000)
+        .take_while(|_| intake.take(&Event::PipeOpened(1)))
+        .count();
+    assert_eq!(taken, EVENTS_BEFORE_DISPATCH - 1);
+}
