@@ -660,6 +660,9 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         "mode": mode, "function": a.common.function, "batch": a.batch, "via_broker": a.common.via_broker,
         "store": a.common.store.name(), "seconds": secs, "tasks_per_s": rate, "runs": rates, "failed": failed,
         "startup_s": startup, "interchange_peak_rss_bytes": rss, "interchange_cpu_s": cpu,
+        // The endpoint's own CPU: the process's, less the benchmark's in-process client thread
+        // (it builds, submits and counts the tasks) and the in-process broker's threads.
+        "endpoint_cpu_s": (cpu - client_cpu - broker_cpu).max(0.0),
         "backlog": a.backlog.unwrap_or(0), "backlog_submit_s": submit_s, "clients": a.clients,
         "broker_cpu_s": broker_cpu, "task_batches": batches, "manager_messages": messages,
         "dispatch_cpu_s": dispatch_cpu, "core_thread_cpu_s": core_cpu,

@@ -111,10 +111,12 @@ impl Row {
             "peak_rss_mib",
             f("interchange_peak_rss_bytes").map(|b| b / (1024.0 * 1024.0)),
         );
-        put("cpu_s", f("interchange_cpu_s"));
+        // The endpoint's CPU: the interchange process's less the benchmark's in-process client
+        // and broker (runs from before the split report the whole process).
+        let cpu = f("endpoint_cpu_s").or(f("interchange_cpu_s"));
+        put("cpu_s", cpu);
         put("pilots_cpu_s", f("pilots_cpu_s"));
-        // The interchange process's CPU (simulated runs: with the in-process client) per task.
-        if let (Some(cpu), Some(tasks)) = (f("interchange_cpu_s"), f("tasks")) {
+        if let (Some(cpu), Some(tasks)) = (cpu, f("tasks")) {
             put("cpu_us_per_task", Some(cpu * 1e6 / tasks.max(1.0)));
         }
         if j.get("via_broker") == Some(&serde_json::Value::Bool(true)) {
@@ -432,7 +434,7 @@ fn bounds(rows: &[Row]) -> String {
     if m.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\n## What bounds each point\n\nFrom each point's own figures: the interchange process's share of one core over the run (`cpu_s / seconds`), the simulated pilots' CPU over the run in cores, and what the interchange's CPU per task alone would allow: `tasks × cpu_us_per_task`, the shortest run one interchange core could give, against the ideal. The machine has 2 cores, shared by the interchange and every pilot.\n\n| series | workers | efficiency | interchange busy | pilots (cores) | interchange-bound s | ideal s | bound by |\n|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("\n## What bounds each point\n\nFrom each point's own figures: the interchange's share of one core over the run (`cpu_s / seconds`; `cpu_s` is the interchange process's CPU less the benchmark's in-process client and broker), the simulated pilots' CPU over the run in cores, and what the interchange's CPU per task alone would allow: `tasks × cpu_us_per_task`, the shortest run one interchange core could give, against the ideal. The machine has 2 cores, shared by the interchange and every pilot.\n\n| series | workers | efficiency | interchange busy | pilots (cores) | interchange-bound s | ideal s | bound by |\n|---|---|---|---|---|---|---|---|\n");
     // CPU per task where the cores are full (elsewhere it also counts idle time).
     let mut per_task = Vec::new();
     let mut bound_per_task = Vec::new();
