@@ -114,6 +114,7 @@ fn run_all(d: &mut Sharded, n: u64, out: &mut Outbox) -> u64 {
                     results,
                     capacity: vec![],
                     counters: WorkerCounters::default(),
+                    acks: Vec::new(),
                 };
                 d.on_message(m, msg, Instant::now(), out);
             }

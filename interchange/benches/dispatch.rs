@@ -143,6 +143,7 @@ impl Endpoint {
                     results,
                     capacity: vec![],
                     counters: Default::default(),
+                    acks: Vec::new(),
                 },
                 now,
                 &mut out,

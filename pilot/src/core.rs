@@ -41,6 +41,10 @@ const MAX_RESULT_BATCH: usize = 4096;
 const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
 /// Most Python functions whose source a manager keeps.
 const MAX_PYTHON_FUNCTIONS: usize = 100_000;
+/// How long an acknowledgement may wait for results to ride with: the interchange keeps a
+/// window of unacknowledged batches per manager and resends after seconds, so a few
+/// milliseconds cost nothing and spare a message per batch.
+const ACK_DELAY: Duration = Duration::from_millis(20);
 /// How long a draining manager waits for the interchange to take its last messages.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -183,6 +187,8 @@ pub struct Core {
     empty: Vec<usize>,
     results: Vec<TaskResult>,
     acks: Vec<u64>,
+    /// When the oldest acknowledgement in `acks` goes on its own if no results take it.
+    acks_due: Option<Instant>,
     ewma_us: f64,
     seen_results: bool,
     draining: bool,
@@ -224,6 +230,7 @@ impl Core {
             empty: (0..n).rev().collect(),
             results: Vec::new(),
             acks: Vec::new(),
+            acks_due: None,
             ewma_us: 0.0,
             seen_results: false,
             draining: false,
@@ -261,6 +268,9 @@ impl Core {
     /// The earliest time [`Core::poll`] has something to do without a new event.
     pub fn next_deadline(&self) -> Instant {
         let mut d = self.next_heartbeat;
+        if let Some(t) = self.acks_due {
+            d = d.min(t);
+        }
         if self.settings.max_idle_ms > 0 {
             let idle = Duration::from_millis(self.settings.max_idle_ms);
             for k in &self.kinds {
@@ -290,10 +300,18 @@ impl Core {
                 self.connected = false;
                 self.registered = false;
                 self.hello = None;
+                // The interchange takes back what the lost connection held; its batches need
+                // no acknowledgement.
+                self.acks.clear();
+                self.acks_due = None;
             }
             Event::FromInterchange(msg) => {
                 self.last_heard = now;
-                return self.on_interchange(msg, out);
+                let exit = self.on_interchange(msg, out);
+                if !self.acks.is_empty() {
+                    self.acks_due.get_or_insert(now + ACK_DELAY);
+                }
+                return exit;
             }
             Event::Worker {
                 slot,
@@ -325,7 +343,7 @@ impl Core {
             self.assign(out);
         }
         self.retire_idle(now, out);
-        if self.flush(out) && !self.draining {
+        if self.flush(now, out) && !self.draining {
             // Results carry what a heartbeat would (capacity, counters): the next one can wait.
             self.next_heartbeat = now + self.heartbeat_period;
         }
@@ -522,13 +540,20 @@ impl Core {
     /// before that only the handshake may go (it closes a connection that sends anything
     /// else first).
     /// Returns whether results went.
-    fn flush(&mut self, out: &mut Vec<Action>) -> bool {
+    fn flush(&mut self, now: Instant, out: &mut Vec<Action>) -> bool {
         if !self.registered {
             return false;
         }
         let mut sent = false;
-        for seq in self.acks.drain(..) {
-            out.push(Action::Send(ManagerMsg::Ack { seq }));
+        // Acknowledgements ride with the first results; alone only when none came in time.
+        let due = self.acks_due.is_some_and(|t| now >= t) || self.draining;
+        if self.results.is_empty() && due {
+            for seq in self.acks.drain(..) {
+                out.push(Action::Send(ManagerMsg::Ack { seq }));
+            }
+        }
+        if self.acks.is_empty() || !self.results.is_empty() {
+            self.acks_due = None;
         }
         while !self.results.is_empty() {
             let n = self.results.len().min(MAX_RESULT_BATCH);
@@ -544,6 +569,7 @@ impl Core {
                 results,
                 capacity: self.capacity(),
                 counters: self.counters,
+                acks: std::mem::take(&mut self.acks),
             }));
             sent = true;
         }

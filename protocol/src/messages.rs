@@ -95,6 +95,9 @@ pub enum ManagerMsg {
         results: Vec<TaskResult>,
         capacity: Vec<Capacity>,
         counters: WorkerCounters,
+        /// Task batches acknowledged with these results, as [`ManagerMsg::Ack`] would, one
+        /// message fewer each (read before the results).
+        acks: Vec<u64>,
     },
     /// Tasks the manager gives back unstarted (on drain or shutdown).
     Returned { tasks: Vec<TaskId> },

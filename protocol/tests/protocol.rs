@@ -78,6 +78,7 @@ fn samples() -> Vec<Vec<u8>> {
             results: results.clone(),
             capacity: cap,
             counters: WorkerCounters::default(),
+            acks: Vec::new(),
         },
         ManagerMsg::Returned {
             tasks: vec![TaskId(4)],

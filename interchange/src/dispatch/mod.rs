@@ -412,9 +412,13 @@ impl Dispatcher {
                 results,
                 capacity,
                 counters,
+                acks,
             } => {
                 m.capacity = capacity;
                 m.counters = counters;
+                for seq in acks {
+                    m.unacked.remove(&seq);
+                }
                 for r in results {
                     self.on_result(id, r, out);
                 }

@@ -278,6 +278,7 @@ pub(super) fn results_msg(results: Vec<TaskResult>) -> ManagerMsg {
         results,
         capacity: vec![],
         counters: WorkerCounters::default(),
+        acks: Vec::new(),
     }
 }
 

@@ -132,6 +132,7 @@ fn results_free_slots_and_leave_exactly_once() {
         results: vec![ok(TaskId(0)), ok(TaskId(0))],
         capacity: vec![],
         counters: Default::default(),
+        acks: Vec::new(),
     };
     d.on_message(ManagerId(1), r, now, &mut out);
     assert_eq!(out.results.len(), 1, "the duplicate result is dropped");
@@ -209,6 +210,7 @@ fn worker_lost_is_retried_within_the_budget() {
         )],
         capacity: vec![],
         counters: Default::default(),
+        acks: Vec::new(),
     };
     let mut out = Outbox::default();
     d.on_message(ManagerId(1), lost(), now, &mut out);
@@ -246,6 +248,17 @@ fn unacknowledged_batches_limit_and_resend() {
         vec![2, 3],
         "unacked batches are sent again"
     );
+    // An acknowledgement that rides with results opens the window as an `Ack` does.
+    let mut out = Outbox::default();
+    let done = ManagerMsg::Results {
+        results: vec![],
+        capacity: vec![],
+        counters: Default::default(),
+        acks: vec![2, 3],
+    };
+    d.on_message(ManagerId(1), done, t0, &mut out);
+    d.dispatch(t0, &mut out);
+    assert_eq!(sent(&out).len(), 2, "both batches acknowledged");
 }
 
 #[test]
@@ -395,6 +408,7 @@ fn short_tasks_widen_a_managers_window_and_long_ones_narrow_it() {
         results: vec![ok(TaskId(0))],
         capacity: vec![],
         counters: Default::default(),
+        acks: Vec::new(),
     };
     d.on_message(ManagerId(1), r, now, &mut out);
     d.dispatch(now, &mut out);
@@ -408,6 +422,7 @@ fn short_tasks_widen_a_managers_window_and_long_ones_narrow_it() {
         results: (1..40).map(slow).collect(),
         capacity: vec![],
         counters: Default::default(),
+        acks: Vec::new(),
     };
     d.on_message(ManagerId(1), r, now, &mut out);
     let before = d.in_flight();
@@ -501,6 +516,7 @@ fn warm_sends_a_type_to_the_manager_with_its_warm_workers_and_no_more_than_it_ha
         results: vec![ok(TaskId(0))],
         capacity: vec![],
         counters: Default::default(),
+        acks: Vec::new(),
     };
     d.on_message(ManagerId(2), done, now, &mut out);
     report(&mut d, 2, &[("b", 2)], 0, now);
@@ -534,6 +550,7 @@ fn warm_hard_never_forces_a_switch_but_an_idle_manager_takes_any_type() {
         results: vec![ok(TaskId(0))],
         capacity: vec![],
         counters: Default::default(),
+        acks: Vec::new(),
     };
     d.on_message(ManagerId(1), done, now, &mut out);
     d.dispatch(now, &mut out);
@@ -612,6 +629,7 @@ fn a_python_functions_source_goes_to_each_manager_once_per_connection() {
             results: vec![ok(TaskId(0))],
             capacity: vec![],
             counters: WorkerCounters::default(),
+            acks: Vec::new(),
         },
         now,
         &mut out,

@@ -211,6 +211,12 @@ fn workers_start_on_demand_in_the_tasks_container_and_results_carry_capacity() {
     w.tasks(vec![task(1, Some("a"))]);
     let a = w.take();
     assert_eq!(World::starts(&a), vec![(0, 1, Some("a".into()))]);
+    // No results to ride with: the acknowledgement goes alone once it is due.
+    assert!(!a.contains(&Action::Send(ManagerMsg::Ack { seq: 1 })));
+    assert_eq!(w.core.next_deadline(), w.now + super::ACK_DELAY);
+    w.now += super::ACK_DELAY;
+    w.poll();
+    let a = w.take();
     assert!(a.contains(&Action::Send(ManagerMsg::Ack { seq: 1 })));
     assert_eq!(w.core.counters().cold_starts, 1);
     w.ready(0, 1);
@@ -222,11 +228,13 @@ fn workers_start_on_demand_in_the_tasks_container_and_results_carry_capacity() {
         results,
         capacity,
         counters,
+        acks,
     })) = a.last()
     else {
         panic!("{a:?}");
     };
     assert_eq!(results.len(), 1);
+    assert!(acks.is_empty(), "batch 1 was acknowledged on its own");
     assert_eq!(counters.cold_starts, 1);
     let c = capacity.iter().find(|c| c.container == "bwrap:a").unwrap();
     assert_eq!((c.total, c.warm, c.unused, c.free), (1, 1, 1, 2));
@@ -235,6 +243,25 @@ fn workers_start_on_demand_in_the_tasks_container_and_results_carry_capacity() {
     let a = w.take();
     assert!(World::starts(&a).is_empty());
     assert_eq!(w.runs(), vec![(0, 1, vec![2])]);
+    // Batches that arrive before results are acknowledged with them, not on their own:
+    // batch 2 (its results had not come) and batch 9.
+    w.ev(Event::FromInterchange(InterchangeMsg::Tasks {
+        seq: 9,
+        tasks: vec![task(3, Some("a"))],
+    }));
+    w.done(0, 1, &[2]);
+    let a = w.take();
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::Send(ManagerMsg::Ack { .. }))),
+        "{a:?}"
+    );
+    assert!(
+        a.iter().any(
+            |x| matches!(x, Action::Send(ManagerMsg::Results { acks, .. }) if acks[..] == [2, 9])
+        ),
+        "{a:?}"
+    );
 }
 
 #[test]
