@@ -13,7 +13,7 @@ pub enum Event {
     /// A message arrived on a manager pipe.
     FromPipe { pipe_id: u32, body: Vec<u8> },
     /// A message arrived on a manager pipe of an interchange that does not encrypt, and the
-    /// receiving thread decoded it (off the dispatch thread).
+    /// link's receive callback decoded it (off the dispatch thread).
     Decoded { pipe_id: u32, msg: ManagerMsg },
     /// A manager connection opened (it must register within a deadline).
     PipeOpened(u32),

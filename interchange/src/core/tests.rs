@@ -172,7 +172,7 @@ fn with_encrypt_everything_after_welcome_is_sealed_both_ways() {
         Ok(InterchangeMsg::Drain { .. })
     ));
     // A message in clear (or replayed) after Welcome closes the connection, also when the
-    // receiving thread had decoded it.
+    // link had decoded it.
     let decoded = fxr_protocol::decode::<ManagerMsg>(&hb).expect("the heartbeat decodes");
     from_pipe(&mut c, 4, hb, now);
     assert_eq!(c.comm.closed, vec![4]);

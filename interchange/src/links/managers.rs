@@ -11,11 +11,9 @@
 
 use crate::event::Event;
 use fxr_protocol::InterchangeMsg;
-use nng::options::{Options, RecvMaxSize, RecvTimeout};
+use nng::options::{Options, RecvMaxSize};
 use nng::{Pipe, PipeEvent, Protocol, RawSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Errors of the manager link.
@@ -27,14 +25,16 @@ pub enum LinkError {
     Listen { url: String, source: nng::Error },
     #[error("the manager listener on {url} reports no bound TCP port")]
     NoPort { url: String },
-    #[error("cannot start the receiving thread: {0}")]
+    #[error("cannot start the sending thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
-/// How often the receiving thread wakes to look at its stop flag.
-const RECV_POLL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The listening socket, its receiving thread and its sending thread.
+/// The listening socket, its receive callback and its sending thread.
+///
+/// Receiving is asynchronous: NNG calls back on one of its own threads when a message arrives;
+/// the callback decodes it, hands it to the core and starts the next receive. No thread of
+/// ours waits on the socket (a blocking receive cost a thread hand-off per message on top of
+/// NNG's own), and nothing wakes while the managers are quiet.
 ///
 /// Sending has a thread of its own so that the core's dispatch thread does not encode batches
 /// or wait on NNG's locks: the core hands over messages ([`ManagerLink::send_msg`]) and goes on.
@@ -45,8 +45,8 @@ const RECV_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 pub struct ManagerLink {
     socket: nng::Socket,
     port: u16,
-    receiver: Option<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    /// The receive in progress.
+    aio: nng::Aio,
     outgoing: Option<Sender<Outgoing>>,
     sender: Option<JoinHandle<()>>,
 }
@@ -81,34 +81,19 @@ pub fn close_pipe_id(pipe: u32) {
 impl ManagerLink {
     /// Listens on `url` (for example `tcp://127.0.0.1:0`) and forwards every message and every
     /// closed pipe to `events`.
-    /// With `decode`, messages are decoded here, on the receiving thread, and reach the core
-    /// as [`Event::Decoded`] (for an interchange whose connections are never sealed).
+    /// With `decode`, messages are decoded in the receive callback, off the core's thread,
+    /// and reach the core as [`Event::Decoded`] (for an interchange whose connections are
+    /// never sealed).
     pub fn listen(
         url: &str,
         max_frame: usize,
         events: Sender<Event>,
         decode: bool,
     ) -> Result<ManagerLink, LinkError> {
-        ManagerLink::listen_polling(url, max_frame, events, RECV_POLL, decode)
-    }
-
-    /// [`ManagerLink::listen`] with the receiving thread's wake-up period `poll`.
-    fn listen_polling(
-        url: &str,
-        max_frame: usize,
-        events: Sender<Event>,
-        poll: std::time::Duration,
-        decode: bool,
-    ) -> Result<ManagerLink, LinkError> {
         let raw = RawSocket::new(Protocol::Rep0).map_err(LinkError::Open)?;
         let socket = raw.socket;
         socket
             .set_opt::<RecvMaxSize>(max_frame + 64)
-            .map_err(LinkError::Open)?;
-        // Closing the socket does not always wake a thread blocked in receive (NNG 1.4), so the
-        // receiving thread wakes up now and then to look at its stop flag.
-        socket
-            .set_opt::<RecvTimeout>(Some(poll))
             .map_err(LinkError::Open)?;
         let notify = events.clone();
         socket
@@ -132,13 +117,6 @@ impl ManagerLink {
             })?;
         // `Listener` is a plain handle: dropping it does not close it; it closes with the socket.
         let _ = listener;
-        let rx_socket = socket.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let rx_stop = stop.clone();
-        let receiver = std::thread::Builder::new()
-            .name("ix-recv".into())
-            .spawn(move || receive_loop(rx_socket, events, &rx_stop, decode))
-            .map_err(LinkError::Thread)?;
         let (outgoing, queue) = mpsc::channel();
         let tx_socket = socket.clone();
         let sender = match std::thread::Builder::new()
@@ -147,17 +125,46 @@ impl ManagerLink {
         {
             Ok(h) => h,
             Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                let _ = receiver.join();
                 socket.close();
                 return Err(LinkError::Thread(e));
+            }
+        };
+        let rx = socket.clone();
+        let aio = nng::Aio::new(move |aio, res| match res {
+            nng::AioResult::Recv(Ok(mut msg)) => {
+                if !deliver(&events, &mut msg, decode) {
+                    // The core has gone: receive no more.
+                    return;
+                }
+                if let Err(e) = rx.recv_async(&aio) {
+                    tracing::debug!(error = %e, "cannot receive again");
+                }
+            }
+            nng::AioResult::Recv(Err(nng::Error::Closed | nng::Error::Canceled)) => {}
+            nng::AioResult::Recv(Err(e)) => {
+                tracing::warn!(error = %e, "manager socket receive failed");
+                if let Err(e) = rx.recv_async(&aio) {
+                    tracing::debug!(error = %e, "cannot receive again");
+                }
+            }
+            _ => {}
+        });
+        let started = aio
+            .and_then(|aio| socket.recv_async(&aio).map(|()| aio))
+            .map_err(LinkError::Open);
+        let aio = match started {
+            Ok(aio) => aio,
+            Err(e) => {
+                drop(outgoing);
+                let _ = sender.join();
+                socket.close();
+                return Err(e);
             }
         };
         Ok(ManagerLink {
             socket,
             port,
-            receiver: Some(receiver),
-            stop,
+            aio,
             outgoing: Some(outgoing),
             sender: Some(sender),
         })
@@ -186,22 +193,23 @@ impl ManagerLink {
         }
     }
 
-    /// Sends what is queued, stops both threads, then closes the socket.
+    /// Sends what is queued and stops the sending thread, then cancels the receive and closes
+    /// the socket.
     ///
-    /// The receiving thread stops before the close: NNG 1.4 may expire a timed receive on
-    /// another thread just as the socket closes and then lock the socket's freed queue
-    /// (`pthread_mutex_lock: Invalid argument`, an abort). Once the thread has returned no
-    /// receive is pending, so closing is safe; it costs at most one [`RECV_POLL`].
+    /// The receive has no timeout: a timed receive (the receiving thread this link once had)
+    /// could expire on NNG 1.4's expiry thread just as the socket closed and lock its freed
+    /// queue (`pthread_mutex_lock: Invalid argument`, an abort).
     pub fn close(mut self) {
         drop(self.outgoing.take());
         if let Some(h) = self.sender.take() {
             let _ = h.join();
         }
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.receiver.take() {
-            let _ = h.join();
-        }
+        self.aio.cancel();
         self.socket.close();
+        // A callback in flight holds the last handle to the aio once the link is dropped, and
+        // NNG 1.4 cannot free an aio from inside its own callback: keep one handle for the life
+        // of the process (a few hundred bytes per link closed).
+        std::mem::forget(self.aio.clone());
     }
 }
 
@@ -232,69 +240,56 @@ fn send_loop(socket: nng::Socket, queue: Receiver<Outgoing>) {
     }
 }
 
-fn receive_loop(socket: nng::Socket, events: Sender<Event>, stop: &AtomicBool, decode: bool) {
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut msg = match socket.recv() {
-            Ok(m) => m,
-            Err(nng::Error::Closed) => return,
-            Err(nng::Error::TimedOut) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "manager socket receive failed");
-                continue;
-            }
-        };
-        let Some(pipe) = msg.pipe() else { continue };
-        let id = pipe_id(pipe);
-        // What does not decode goes to the core as it came, which closes the connection.
-        let ev = match decode
-            .then(|| fxr_protocol::decode::<fxr_protocol::ManagerMsg>(msg.as_slice()).ok())
-            .flatten()
-        {
-            Some(msg) => Event::Decoded { pipe_id: id, msg },
-            None => Event::FromPipe {
-                pipe_id: id,
-                body: msg.as_slice().to_vec(),
-            },
-        };
-        if events.send(ev).is_err() {
-            return;
-        }
-    }
+/// Hands one received message to the core, decoded when `decode`; false once the core has gone.
+fn deliver(events: &Sender<Event>, msg: &mut nng::Message, decode: bool) -> bool {
+    let Some(pipe) = msg.pipe() else { return true };
+    let id = pipe_id(pipe);
+    // What does not decode goes to the core as it came, which closes the connection.
+    let ev = match decode
+        .then(|| fxr_protocol::decode::<fxr_protocol::ManagerMsg>(msg.as_slice()).ok())
+        .flatten()
+    {
+        Some(msg) => Event::Decoded { pipe_id: id, msg },
+        None => Event::FromPipe {
+            pipe_id: id,
+            body: msg.as_slice().to_vec(),
+        },
+    };
+    events.send(ev).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Closing while a timed receive may be expiring used to abort the process inside NNG
-    /// (seen in CI as `pthread_mutex_lock: Invalid argument`). A 1 ms poll makes a receive
-    /// expire at nearly every moment, and four threads opening and closing links side by side
-    /// make the expiry thread late, so the rounds hit the window (before the fix the test
-    /// aborted in most runs).
+    /// Closing with a receive pending must not abort inside NNG (a timed receive expiring as
+    /// the socket closed once did, seen in CI as `pthread_mutex_lock: Invalid argument`), nor
+    /// when a message is being delivered: four threads open links side by side, half of
+    /// the rounds with a peer that sends as the link closes, and the close falls at every
+    /// phase of that.
     #[test]
-    fn closing_while_receives_expire_does_not_abort() {
+    fn closing_with_a_receive_pending_does_not_abort() {
         let (tx, rx) = std::sync::mpsc::channel();
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let tx = tx.clone();
                 std::thread::spawn(move || {
-                    for round in 0..1_500u64 {
-                        let link = ManagerLink::listen_polling(
-                            "tcp://127.0.0.1:0",
-                            1024,
-                            tx.clone(),
-                            std::time::Duration::from_millis(1),
-                            true,
-                        )
-                        .unwrap_or_else(|e| panic!("thread {t} round {round}: {e}"));
+                    for round in 0..400u64 {
+                        let link = ManagerLink::listen("tcp://127.0.0.1:0", 1024, tx.clone(), true)
+                            .unwrap_or_else(|e| panic!("thread {t} round {round}: {e}"));
                         assert_ne!(link.port(), 0);
+                        let peer = (round % 2 == 0).then(|| {
+                            let s = nng::Socket::new(Protocol::Req0).expect("a peer socket");
+                            s.dial(&format!("tcp://127.0.0.1:{}", link.port()))
+                                .expect("the peer dials");
+                            let _ = s.send(nng::Message::from(&b"not a frame"[..]));
+                            s
+                        });
                         // Not a wait for anything: the link stays open for 0 to 1.2 ms so that
-                        // the close falls at every phase of the receive's 1 ms timeout.
+                        // the close falls at every phase of a delivery.
                         std::thread::sleep(std::time::Duration::from_micros((round + t) % 9 * 150));
                         link.close();
+                        drop(peer);
                     }
                 })
             })
@@ -303,6 +298,11 @@ mod tests {
             t.join().expect("a link thread panicked");
         }
         drop(tx);
-        assert!(rx.iter().next().is_none(), "no manager connected");
+        // What came is what the peers did: connections and undecodable bodies, nothing else.
+        // (A closed link's callback keeps its sender, so the channel never closes.)
+        assert!(rx.try_iter().all(|e| matches!(
+            e,
+            Event::PipeOpened(_) | Event::PipeClosed(_) | Event::FromPipe { .. }
+        )));
     }
 }
