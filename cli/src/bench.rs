@@ -607,7 +607,6 @@ fn throughput(a: ThroughputArgs, json: bool) -> anyhow::Result<u8> {
         client::submit_each(
             &mut door,
             tasks.into_iter(),
-            a.tasks,
             a.batch,
             Duration::from_secs(600),
             &mut |r| failed += r.iter().filter(|r| !r.is_success()).count(),

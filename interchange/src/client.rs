@@ -17,25 +17,25 @@ pub fn submit_and_wait(
 ) -> io::Result<Vec<TaskResult>> {
     let total = tasks.len();
     let mut results = Vec::with_capacity(total);
-    submit_each(door, tasks.into_iter(), total, batch, timeout, &mut |r| {
+    submit_each(door, tasks.into_iter(), batch, timeout, &mut |r| {
         progress(&r, total);
         results.extend(r);
     })?;
     Ok(results)
 }
 
-/// Submits the `total` tasks `tasks` yields, `batch` at a time, and hands each batch of results
-/// to `each` as it arrives, until `total` have come or `timeout` passes without one. Nothing is
+/// Submits the tasks `tasks` yields, `batch` at a time, and hands each batch of results to
+/// `each` as it arrives, until every task has one or `timeout` passes without one. Nothing is
 /// kept: a client that only counts its results (a benchmark's) holds no task or result after
 /// it is done with it.
 pub fn submit_each(
     door: &mut dyn FrontDoor,
-    mut tasks: impl Iterator<Item = Task>,
-    total: usize,
+    mut tasks: impl ExactSizeIterator<Item = Task>,
     batch: usize,
     timeout: Duration,
     each: &mut dyn FnMut(Vec<TaskResult>),
 ) -> io::Result<()> {
+    let total = tasks.len();
     loop {
         let chunk: Vec<Task> = tasks.by_ref().take(batch.max(1)).collect();
         if chunk.is_empty() {

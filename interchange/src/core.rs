@@ -131,6 +131,8 @@ const EVENTS_BEFORE_DISPATCH: usize = 100_000;
 /// is handed out while the rest of it is still being queued, so idle workers do not wait for
 /// the whole burst (taking in 4 million tasks costs the loop more than a second).
 const SUBMITTED_BEFORE_DISPATCH: usize = 65_536;
+/// Most bytes of a request's reason that are kept.
+const MAX_REASON: usize = 1000;
 
 /// How much the loop has taken in since it last dispatched.
 #[derive(Debug, Default)]
@@ -149,8 +151,6 @@ impl Intake {
         self.events < EVENTS_BEFORE_DISPATCH && self.tasks < SUBMITTED_BEFORE_DISPATCH
     }
 }
-/// Most bytes of a request's reason that are kept.
-const MAX_REASON: usize = 1000;
 
 pub(crate) struct Core<C: Comm> {
     settings: CoreSettings,
@@ -201,28 +201,21 @@ impl<C: Comm> Core<C> {
         let mut out = Outbox::default();
         'outer: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let mut intake = Intake::default();
-            let mut more = match events.recv_timeout(wait) {
-                Ok(Event::Stop) => break,
-                Ok(ev) => {
-                    let more = intake.take(&ev);
-                    self.handle(ev, Instant::now(), &mut out);
-                    more
-                }
-                Err(RecvTimeoutError::Timeout) => true,
+            let mut next = match events.recv_timeout(wait) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => events.try_recv().ok(),
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             // Take what is already waiting before dispatching, so work is batched, up to what
             // `Intake` allows.
-            while more {
-                match events.try_recv() {
-                    Ok(Event::Stop) => break 'outer,
-                    Ok(ev) => {
-                        more = intake.take(&ev);
-                        self.handle(ev, Instant::now(), &mut out);
-                    }
-                    Err(_) => break,
+            let mut intake = Intake::default();
+            while let Some(ev) = next {
+                if matches!(ev, Event::Stop) {
+                    break 'outer;
                 }
+                let more = intake.take(&ev);
+                self.handle(ev, Instant::now(), &mut out);
+                next = if more { events.try_recv().ok() } else { None };
             }
             let now = Instant::now();
             if now >= next_tick {

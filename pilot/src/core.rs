@@ -552,9 +552,6 @@ impl Core {
                 out.push(Action::Send(ManagerMsg::Ack { seq }));
             }
         }
-        if self.acks.is_empty() || !self.results.is_empty() {
-            self.acks_due = None;
-        }
         while !self.results.is_empty() {
             let n = self.results.len().min(MAX_RESULT_BATCH);
             let mut bytes = 0;
@@ -572,6 +569,9 @@ impl Core {
                 acks: std::mem::take(&mut self.acks),
             }));
             sent = true;
+        }
+        if self.acks.is_empty() {
+            self.acks_due = None;
         }
         sent
     }

@@ -429,6 +429,31 @@ struct SimWorker {
     running: Option<TaskId>,
 }
 
+/// What running `task` means for a simulated worker. `last_millis` holds the last `sleep`/`spin`
+/// arguments read and their milliseconds: tasks of one run carry the same arguments, so
+/// comparing bytes replaces parsing JSON per task.
+fn job(last_millis: &mut Option<(Vec<u8>, u64)>, task: &Task) -> Job {
+    match &task.function {
+        Function::Builtin(Builtin::Sleep | Builtin::Spin) => {
+            let millis = match last_millis {
+                Some((args, ms)) if *args == task.args => Ok(*ms),
+                _ => exec::millis_arg(&task.args).inspect(|ms| {
+                    *last_millis = Some((task.args.clone(), *ms));
+                }),
+            };
+            match millis {
+                Ok(ms) => Job::Timer(ms),
+                Err(e) => Job::Fail(FailureKind::FunctionError, e),
+            }
+        }
+        Function::Builtin(b) => Job::Call(*b, task.args.clone()),
+        Function::Shell(_) | Function::Mpi(_) | Function::Python(_) => Job::Fail(
+            FailureKind::Rejected,
+            "simulated workers run builtin functions only".into(),
+        ),
+    }
+}
+
 /// In-process workers: built-ins only; `sleep` and `spin` become timers.
 #[derive(Debug)]
 pub struct SimPool {
@@ -439,8 +464,7 @@ pub struct SimPool {
     timers: BinaryHeap<Reverse<(Instant, usize, u64, Due)>>,
     /// Results reported at the next poll.
     done: Vec<Event>,
-    /// The last `sleep`/`spin` arguments read and their milliseconds: tasks of one run carry
-    /// the same arguments, so comparing bytes replaces parsing JSON per task.
+    /// The last `sleep`/`spin` arguments read and their milliseconds (see [`job`]).
     last_millis: Option<(Vec<u8>, u64)>,
 }
 
@@ -461,29 +485,6 @@ impl SimPool {
             .get_mut(slot)?
             .as_mut()
             .filter(|w| w.generation == generation)
-    }
-
-    /// What running `task` means here.
-    fn job(&mut self, task: &Task) -> Job {
-        match &task.function {
-            Function::Builtin(Builtin::Sleep | Builtin::Spin) => {
-                let millis = match &self.last_millis {
-                    Some((args, ms)) if *args == task.args => Ok(*ms),
-                    _ => exec::millis_arg(&task.args).inspect(|ms| {
-                        self.last_millis = Some((task.args.clone(), *ms));
-                    }),
-                };
-                match millis {
-                    Ok(ms) => Job::Timer(ms),
-                    Err(e) => Job::Fail(FailureKind::FunctionError, e),
-                }
-            }
-            Function::Builtin(b) => Job::Call(*b, task.args.clone()),
-            Function::Shell(_) | Function::Mpi(_) | Function::Python(_) => Job::Fail(
-                FailureKind::Rejected,
-                "simulated workers run builtin functions only".into(),
-            ),
-        }
     }
 
     /// Starts the next task of `slot`, finishing those that take no time at once (their
@@ -550,13 +551,15 @@ impl WorkerPool for SimPool {
     }
 
     fn run(&mut self, slot: usize, generation: u64, tasks: &[Task], now: Instant) {
-        if self.worker(slot, generation).is_none() {
+        let Some(Some(w)) = self.workers.get_mut(slot) else {
+            return;
+        };
+        if w.generation != generation {
             return;
         }
-        let jobs: Vec<(TaskId, Job)> = tasks.iter().map(|t| (t.id, self.job(t))).collect();
-        if let Some(w) = self.worker(slot, generation) {
-            w.queue.extend(jobs);
-        }
+        let last_millis = &mut self.last_millis;
+        w.queue
+            .extend(tasks.iter().map(|t| (t.id, job(last_millis, t))));
         self.next(slot, now);
     }
 
